@@ -1,0 +1,1 @@
+"""The finetune-operator: turns FineTuneJob resources into trainer Jobs and reports honest status."""

@@ -1,0 +1,117 @@
+"""``python -m finetune_operator``: kopf with the project's settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import kopf
+
+from finetune_operator import constants as c
+from finetune_operator.handlers import register
+from finetune_operator.kube import Kube, load_api_client
+from finetune_operator.metrics import PhaseBook, serve
+from finetune_operator.reconcile import Context
+from finetune_operator.settings import OperatorSettings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the extra fields handlers attach."""
+
+    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        data.update({k: v for k, v in record.__dict__.items() if k not in self._skip and not k.startswith("_")})
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="finetune-operator", description="Run the FineTuneJob operator.")
+    p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument("--peering", default=None, help="kopf peering name (default: standalone)")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig outside a cluster")
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--health-port", type=int, default=None)
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = OperatorSettings.from_env()
+    namespaces = tuple(args.namespace) or settings.namespaces
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    health_port = args.health_port if args.health_port is not None else settings.health_port
+    peering = args.peering or settings.peering
+
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
+
+    api = load_api_client(args.kubeconfig)
+    kube = Kube(api)
+
+    def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        kopf.event(obj, type=kind, reason=reason, message=message[:1000])
+
+    ctx = Context(kube=kube, settings=settings, phases=PhaseBook(), post_event=post_event)
+    registry = kopf.OperatorRegistry()
+    register(registry, settings)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
+        settings_.persistence.finalizer = f"{c.GROUP}/finalizer"
+        settings_.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+        settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=c.GROUP, key="last-handled-configuration"
+        )
+        settings_.execution.max_workers = settings.max_workers
+        settings_.posting.enabled = True
+        settings_.posting.level = logging.INFO
+        settings_.watching.server_timeout = 300
+        settings_.batching.worker_limit = max(settings.max_workers * 4, 16)
+        if metrics_port:
+            serve(metrics_port)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if args.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_via_client(**kwargs)
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
+    clusterwide = args.all_namespaces or not namespaces
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            memo=kopf.Memo(ctx=ctx),
+            standalone=peering is None,
+            peering_name=peering,
+            namespaces=() if clusterwide else namespaces,
+            clusterwide=clusterwide,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""Pure builders: a FineTuneJob in, plain manifest dicts out. No API calls, no clock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES
+from finetune_trainer.spec import (
+    FineTuneJobSpec,
+    JobRef,
+    Paths,
+    Source,
+    TrainerConfig,
+)
+
+from finetune_operator import constants as c
+from finetune_operator.naming import run_name
+from finetune_operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob that owns a run's children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": c.API_VERSION,
+            "kind": c.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A volume the trainer needs and where it appears in the container."""
+
+    volume: dict[str, Any]
+    mount_path: str
+    sub_path: str | None = None
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where each input and output lives inside the pod."""
+
+    paths: Paths
+    mounts: tuple[Mount, ...]
+
+
+def labels(owner: Owner, run: int) -> dict[str, str]:
+    return {
+        c.LABEL_NAME: "finetune-trainer",
+        c.LABEL_INSTANCE: owner.name[:63],
+        c.LABEL_COMPONENT: "trainer",
+        c.LABEL_MANAGED_BY: c.OPERATOR_NAME,
+        c.LABEL_JOB: owner.name[:63],
+        c.LABEL_RUN: str(run),
+    }
+
+
+def _metadata(owner: Owner, run: int, name: str, spec_hash: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, run),
+        "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def _volume_name(kind: str, name: str) -> str:
+    return f"{kind}-{name}"[:63].rstrip("-.")
+
+
+def resolve_source(source: Source | None, fallback: str, mount_path: str, role: str) -> tuple[str, list[Mount]]:
+    """Path (or URI) the trainer reads for one input, and the volume that makes it visible."""
+    if source is None:
+        return fallback, []
+    if source.uri is not None:
+        uri = source.uri
+        return (uri.removeprefix("file://") if uri.startswith("file://") else uri), []
+    if source.pvc is not None:
+        vol = {
+            "name": _volume_name("pvc", source.pvc.claim_name),
+            "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": source.pvc.read_only},
+        }
+        root = f"/mnt/pvc/{source.pvc.claim_name}"
+        path = f"{root}/{source.pvc.path.lstrip('/')}" if source.pvc.path else root
+        return path, [Mount(vol, root, read_only=source.pvc.read_only)]
+    assert source.config_map is not None
+    cm = source.config_map
+    vol = {"name": _volume_name(f"cm-{role}", cm.name), "configMap": {"name": cm.name}}
+    target = f"{mount_path}/{cm.key}"
+    return target, [Mount(vol, target, sub_path=cm.key)]
+
+
+def resolve(spec: FineTuneJobSpec) -> Resolved:
+    mounts: list[Mount] = []
+    model_path, m = resolve_source(spec.model.source, spec.model.name, c.MODEL_MOUNT, "model")
+    mounts += m
+    data_path, m = resolve_source(spec.dataset.source, "", f"{c.DATASET_MOUNT}/train", "train")
+    mounts += m
+    validation = test = None
+    if spec.dataset.splits.validation_source is not None:
+        validation, m = resolve_source(
+            spec.dataset.splits.validation_source, "", f"{c.DATASET_MOUNT}/validation", "validation"
+        )
+        mounts += m
+    if spec.dataset.splits.test_source is not None:
+        test, m = resolve_source(spec.dataset.splits.test_source, "", f"{c.DATASET_MOUNT}/test", "test")
+        mounts += m
+    out = spec.output.source
+    if out is not None and out.pvc is not None:
+        vol = {
+            "name": _volume_name("pvc", out.pvc.claim_name),
+            "persistentVolumeClaim": {"claimName": out.pvc.claim_name},
+        }
+        root = f"/mnt/pvc/{out.pvc.claim_name}"
+        output = f"{root}/{out.pvc.path.lstrip('/')}" if out.pvc.path else root
+        mounts.append(Mount(vol, root, read_only=False))
+    elif out is not None and out.uri is not None and out.uri.startswith("file://"):
+        output = out.uri.removeprefix("file://")
+    else:
+        output = c.OUTPUT_MOUNT
+    paths = Paths(model=model_path, dataset=data_path, validation=validation, test=test, output=output)
+    return Resolved(paths=paths, mounts=_merge_mounts(mounts))
+
+
+def _merge_mounts(mounts: list[Mount]) -> tuple[Mount, ...]:
+    """One volume per claim even when model, data and output share it (writable wins)."""
+    by_path: dict[str, Mount] = {}
+    for m in mounts:
+        prev = by_path.get(m.mount_path)
+        if prev is None or (prev.read_only and not m.read_only):
+            vol = dict(m.volume)
+            if "persistentVolumeClaim" in vol and not m.read_only:
+                vol["persistentVolumeClaim"] = {**vol["persistentVolumeClaim"], "readOnly": False}
+            by_path[m.mount_path] = Mount(vol, m.mount_path, m.sub_path, m.read_only)
+    return tuple(by_path.values())
+
+
+def trainer_config(owner: Owner, spec: FineTuneJobSpec, run: int) -> TrainerConfig:
+    return TrainerConfig(
+        job=JobRef(name=owner.name, namespace=owner.namespace, uid=owner.uid, run=run),
+        spec=spec.training(),
+        paths=resolve(spec).paths,
+        metrics_port=c.METRICS_PORT,
+    )
+
+
+def build_configmap(owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str) -> dict[str, Any]:
+    config = trainer_config(owner, spec, run)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, run, run_name(owner.name, run), spec_hash),
+        "data": {c.CONFIG_KEY: json.dumps(config.wire(), indent=2, sort_keys=True)},
+    }
+
+
+def build_service(owner: Owner, run: int, spec_hash: str) -> dict[str, Any]:
+    """Headless Service giving each indexed pod a stable DNS name for the torchrun rendezvous."""
+    name = run_name(owner.name, run)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, run, name, spec_hash),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {c.LABEL_JOB_NAME: name},
+            "ports": [{"name": "rendezvous", "port": c.RENDEZVOUS_PORT, "targetPort": c.RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def needs_service(spec: FineTuneJobSpec) -> bool:
+    return spec.distributed_or_default().nodes > 1
+
+
+def trainer_command(spec: FineTuneJobSpec, job_name: str) -> list[str]:
+    """The trainer's command: plain python for one process, torchrun for several."""
+    dist = spec.distributed_or_default()
+    config_arg = ["--config", f"{c.CONFIG_MOUNT}/{c.CONFIG_KEY}"]
+    procs = max(dist.gpus_per_node, 1)
+    if dist.nodes == 1 and procs == 1:
+        return ["python", "-m", "finetune_trainer", *config_arg]
+    cmd = ["python", "-m", "torch.distributed.run", f"--nnodes={dist.nodes}", f"--nproc-per-node={procs}"]
+    if dist.nodes > 1:
+        host = f"{job_name}-0.{job_name}"
+        cmd += [
+            "--node-rank=$(JOB_COMPLETION_INDEX)",
+            f"--master-addr={host}",
+            f"--master-port={c.RENDEZVOUS_PORT}",
+        ]
+    else:
+        cmd += ["--standalone"]
+    return [*cmd, "-m", "finetune_trainer", *config_arg]
+
+
+def _env(spec: FineTuneJobSpec, owner: Owner, run: int, settings: OperatorSettings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "FTJ_JOB_NAME", "value": owner.name},
+        {"name": "FTJ_RUN", "value": str(run)},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    env += [{"name": k, "value": v} for k, v in sorted(settings.trainer_env.items())]
+    if spec.secrets.hub_token is not None:
+        ref = spec.secrets.hub_token
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _resources(spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    amounts: dict[str, str] = {}
+    if spec.resources.cpu:
+        amounts["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        amounts["memory"] = spec.resources.memory
+    gpus = spec.distributed_or_default().gpus_per_node
+    if gpus > 0:
+        amounts[gpu_resource(spec, settings)] = str(gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def gpu_resource(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
+    return spec.resources.gpu_resource_name or settings.gpu_resource_name
+
+
+def _tolerations(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if spec.distributed_or_default().gpus_per_node > 0:
+        out.append({"key": settings.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"})
+    out += [t.wire() for t in spec.scheduling.tolerations or []]
+    return out
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Non-retriable trainer exits fail the Job at once; disruptions never count as failures."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": c.CONTAINER_NAME,
+                    "operator": "In",
+                    "values": list(NON_RETRIABLE_EXIT_CODES),
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def build_job(
+    owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    name = run_name(owner.name, run)
+    dist = spec.distributed_or_default()
+    resolved = resolve(spec)
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": name}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": c.CONFIG_MOUNT, "readOnly": True},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if resolved.paths.output == c.OUTPUT_MOUNT:
+        volumes.append({"name": "output", "emptyDir": {}})
+        mounts.append({"name": "output", "mountPath": c.OUTPUT_MOUNT})
+    seen: set[str] = set()
+    for m in resolved.mounts:
+        if m.volume["name"] not in seen:
+            volumes.append(m.volume)
+            seen.add(m.volume["name"])
+        mount: dict[str, Any] = {"name": m.volume["name"], "mountPath": m.mount_path, "readOnly": m.read_only}
+        if m.sub_path:
+            mount["subPath"] = m.sub_path
+        mounts.append(mount)
+
+    container: dict[str, Any] = {
+        "name": c.CONTAINER_NAME,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": trainer_command(spec, name),
+        "env": _env(spec, owner, run, settings),
+        "ports": [{"name": "metrics", "containerPort": c.METRICS_PORT, "protocol": "TCP"}],
+        "resources": _resources(spec, settings),
+        "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.secrets.storage:
+        container["envFrom"] = [{"secretRef": {"name": spec.secrets.storage}}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 120,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    tolerations = _tolerations(spec, settings)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.affinity:
+        pod_spec["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if dist.nodes > 1:
+        pod_spec["subdomain"] = name
+
+    meta = _metadata(owner, run, name, spec_hash)
+    if sched.queue_name:
+        meta["labels"][c.LABEL_KUEUE_QUEUE] = sched.queue_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": dist.nodes,
+        "parallelism": dist.nodes,
+        "suspend": bool(spec.suspend or sched.queue_name),
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": {"labels": labels(owner, run)}, "spec": pod_spec},
+    }
+    if dist.nodes > 1:
+        job_spec["completionMode"] = "Indexed"
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def build_children(
+    owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """Everything a run needs, in creation order (the Job last, so its inputs exist first)."""
+    children = [build_configmap(owner, spec, run, spec_hash)]
+    if needs_service(spec):
+        children.append(build_service(owner, run, spec_hash))
+    children.append(build_job(owner, spec, run, spec_hash, settings))
+    return children

@@ -1,0 +1,70 @@
+"""kopf handlers: thin wrappers that time themselves and call ``reconcile``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator import constants as c
+from finetune_operator.constants import Phase
+from finetune_operator.metrics import HANDLER_DURATION
+from finetune_operator.reconcile import Context, on_job_event, reconcile, refresh_progress
+from finetune_operator.settings import OperatorSettings
+
+
+def _timed(name: str, fn: Callable[[], None]) -> None:
+    """Run a handler body; transient API errors become kopf retries, never silent loss."""
+    start = time.perf_counter()
+    try:
+        fn()
+    except ApiException as exc:
+        if exc.status in (409, 429) or exc.status >= 500:
+            raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=2) from exc
+        raise kopf.PermanentError(f"API {exc.status}: {exc.reason}: {exc.body}") from exc
+    finally:
+        HANDLER_DURATION.labels(handler=name).observe(time.perf_counter() - start)
+
+
+def _running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == Phase.RUNNING
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """Attach every handler to ``registry`` (no import-time side effects)."""
+
+    @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
+    @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
+    @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
+    def ftj_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        ctx: Context = memo["ctx"]
+        _timed("reconcile", lambda: reconcile(ctx, _plain(body)))
+
+    @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
+    def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            return
+        ctx: Context = memo["ctx"]
+        _timed("job_event", lambda: on_job_event(ctx, dict(event["object"])))
+
+    @kopf.timer(
+        c.GROUP,
+        c.VERSION,
+        c.PLURAL,
+        interval=settings.progress_interval_seconds,
+        when=_running,
+        registry=registry,
+    )
+    def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        ctx: Context = memo["ctx"]
+        _timed("progress", lambda: refresh_progress(ctx, _plain(body)))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """A detached deep copy: kopf's Body is a live view."""
+    import copy
+
+    return copy.deepcopy(dict(body))

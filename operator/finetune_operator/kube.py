@@ -1,0 +1,188 @@
+"""Every Kubernetes API call the operator makes, in one place (official client, synchronous)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator import constants as c
+from finetune_operator.metrics import API_ERRORS
+
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        return client.ApiClient(cfg)
+
+
+@dataclass
+class Kube:
+    """Thin wrapper over the typed APIs, counting errors for /metrics."""
+
+    api: client.ApiClient
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    # -- children ---------------------------------------------------------------------------------
+    def create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create a child; AlreadyExists returns the existing object (deterministic names make it done)."""
+        kind = manifest["kind"]
+        ns = manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        create, read = {
+            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+            "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
+        }[kind]
+        try:
+            created = create(ns, manifest)
+            return self.api.sanitize_for_serialization(created), True
+        except ApiException as exc:
+            if exc.status != 409:
+                API_ERRORS.labels(operation=f"create_{kind.lower()}").inc()
+                raise
+        existing = read(name, ns)
+        return self.api.sanitize_for_serialization(existing), False
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(lambda: self.batch.read_namespaced_job(name, namespace), "get_job")
+
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        self._call(
+            lambda: self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}),
+            "patch_job",
+        )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        body = client.V1DeleteOptions(propagation_policy="Background")
+        try:
+            self.batch.delete_namespaced_job(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status != 404:
+                API_ERRORS.labels(operation="delete_job").inc()
+                raise
+
+    def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        pods = self._call(
+            lambda: self.core.list_namespaced_pod(namespace, label_selector=f"{c.LABEL_JOB_NAME}={job_name}"),
+            "list_pods",
+        )
+        return [self.api.sanitize_for_serialization(p) for p in pods.items]
+
+    # -- the FineTuneJob ----------------------------------------------------------------------------
+    def get_ftj(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(
+            lambda: self.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, name),
+            "get_finetunejob",
+            sanitize=False,
+        )
+
+    def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+        attempts: int = 8,
+    ) -> dict[str, Any] | None:
+        """Read-modify-write of status with optimistic concurrency.
+
+        ``mutate`` gets the whole object and returns the new status, or None for "no change"
+        (then nothing is written: an idle operator makes no API writes).
+        """
+        for attempt in range(attempts):
+            obj = self.get_ftj(namespace, name)
+            if obj is None:
+                return None
+            new_status = mutate(obj)
+            if new_status is None or new_status == obj.get("status"):
+                return obj
+            obj["status"] = new_status
+            try:
+                result: dict[str, Any] = self.custom.replace_namespaced_custom_object_status(
+                    c.GROUP, c.VERSION, namespace, c.PLURAL, name, obj
+                )
+                return result
+            except ApiException as exc:
+                if exc.status == 409 and attempt < attempts - 1:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                if exc.status == 404:
+                    return None
+                API_ERRORS.labels(operation="update_status").inc()
+                raise
+        return None
+
+    # -- pre-flight checks ------------------------------------------------------------------------
+    def exists_metadata_only(self, path: str, operation: str) -> bool:
+        """Existence check that never transfers an object's data (used for Secrets)."""
+        try:
+            self.api.call_api(
+                path,
+                "GET",
+                header_params={"Accept": METADATA_ONLY},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            API_ERRORS.labels(operation=operation).inc()
+            raise
+
+    def secret_exists(self, namespace: str, name: str) -> bool:
+        return self.exists_metadata_only(f"/api/v1/namespaces/{namespace}/secrets/{name}", "get_secret")
+
+    def pvc_exists(self, namespace: str, name: str) -> bool:
+        return self.exists_metadata_only(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}", "get_pvc"
+        )
+
+    def configmap_exists(self, namespace: str, name: str) -> bool:
+        return self.exists_metadata_only(f"/api/v1/namespaces/{namespace}/configmaps/{name}", "get_configmap")
+
+    def cluster_has_resource(self, resource: str) -> bool:
+        nodes = self._call(lambda: self.core.list_node(), "list_nodes")
+        return any(resource in (n.status.allocatable or {}) for n in nodes.items)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _get(self, fn: Callable[[], Any], operation: str, sanitize: bool = True) -> dict[str, Any] | None:
+        try:
+            obj = fn()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            API_ERRORS.labels(operation=operation).inc()
+            raise
+        result: dict[str, Any] = self.api.sanitize_for_serialization(obj) if sanitize else obj
+        return result
+
+    def _call(self, fn: Callable[[], Any], operation: str) -> Any:
+        try:
+            return fn()
+        except ApiException:
+            API_ERRORS.labels(operation=operation).inc()
+            raise

@@ -1,0 +1,58 @@
+"""The operator's own Prometheus metrics (prefix finetune_operator_)."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from finetune_operator.constants import Phase
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS = Gauge("finetune_operator_jobs", "FineTuneJobs by phase.", ["phase"], registry=REGISTRY)
+RUNS = Counter("finetune_operator_runs_total", "Runs by result (started, succeeded, failed).", ["result"], registry=REGISTRY)
+HANDLER_DURATION = Histogram(
+    "finetune_operator_handler_duration_seconds", "Handler wall time.", ["handler"], registry=REGISTRY
+)
+API_ERRORS = Counter(
+    "finetune_operator_api_errors_total", "Kubernetes API errors by operation.", ["operation"], registry=REGISTRY
+)
+JOB_CREATED_LATENCY = Histogram(
+    "finetune_operator_job_created_latency_seconds",
+    "From a FineTuneJob's creation (or its new generation) to its run's Job being created.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+STATUS_LATENCY = Histogram(
+    "finetune_operator_status_latency_seconds",
+    "From a Job finishing to the FineTuneJob's status saying so.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+
+
+class PhaseBook:
+    """The phase of every FineTuneJob this operator has seen, exported as finetune_operator_jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phases: dict[str, str] = {}
+        for phase in Phase.ALL:
+            JOBS.labels(phase=phase).set(0)
+
+    def set(self, key: str, phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phases.pop(key, None)
+            else:
+                self._phases[key] = phase
+            counts = dict.fromkeys(Phase.ALL, 0)
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+            for phase_name, n in counts.items():
+                JOBS.labels(phase=phase_name).set(n)
+
+
+def serve(port: int) -> None:
+    start_http_server(port, registry=REGISTRY)

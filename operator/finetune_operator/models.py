@@ -1,0 +1,99 @@
+"""Typed status of a FineTuneJob. The spec models live in ``finetune_trainer.spec`` (shared with the trainer)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from finetune_trainer.spec import FineTuneJobSpec, Model
+from pydantic import ConfigDict, Field
+
+__all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "RunStatus"]
+
+
+class Condition(Model):
+    """A metav1.Condition."""
+
+    type: str = Field(description="Condition type: Created, Queued, Running, Suspended, Stalled, Succeeded, Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Generation the condition was set for.")
+
+
+class RunStatus(Model):
+    number: int = Field(ge=1, description="Run number; a new run starts on a spec change or a re-run annotation.")
+    job_name: str = Field(description="The batch/v1 Job of this run.")
+    spec_hash: str = Field(description="Hash of the spec the run was started from.")
+    rerun_token: str = Field(default="", description="Value of the finetuning.io/rerun annotation at the start.")
+    start_time: str | None = Field(default=None, description="When the run's Job was created.")
+    completion_time: str | None = Field(default=None, description="When the run finished.")
+
+
+class HistoryEntry(Model):
+    number: int = Field(description="Run number.")
+    job_name: str = Field(description="Job name.")
+    phase: str = Field(description="Final phase (or Superseded when replaced while running).")
+    reason: str | None = Field(default=None, description="Reason of the final phase.")
+    start_time: str | None = Field(default=None, description="Start.")
+    completion_time: str | None = Field(default=None, description="End.")
+    eval_loss: float | None = Field(default=None, description="Final evaluation loss.")
+
+
+class Progress(Model):
+    step: int | None = Field(default=None, description="Optimizer step.")
+    total_steps: int | None = Field(default=None, description="Planned optimizer steps.")
+    percent: int | None = Field(default=None, description="step / totalSteps in percent.")
+    summary: str | None = Field(default=None, description="step/totalSteps, shown in the Progress column.")
+    epoch: float | None = Field(default=None, description="Fractional epoch.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds left.")
+    last_heartbeat: str | None = Field(default=None, description="When the trainer last completed a step.")
+    last_scrape: str | None = Field(default=None, description="When the operator last read the trainer.")
+
+
+class Metrics(Model):
+    model_config = ConfigDict(extra="allow")
+
+    train_loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
+    best_eval_loss: float | None = Field(default=None, description="Best validation loss so far.")
+    best_step: int | None = Field(default=None, description="Step of the best validation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
+    gpu_memory_bytes: float | None = Field(default=None, description="Peak accelerator memory.")
+
+
+class FineTuneJobStatus(Model):
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = Field(default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
+    reason: str | None = Field(default=None, description="CamelCase reason of the current phase (failures name their cause).")
+    message: str | None = Field(default=None, description="Human-readable detail of the reason.")
+    observed_generation: int | None = Field(default=None, description="The spec generation this status is for.")
+    conditions: list[Condition] = Field(default_factory=list, description="metav1.Condition list.")
+    run: RunStatus | None = Field(default=None, description="The current run.")
+    attempts: int | None = Field(default=None, description="Failed pods of the current run (retries so far).")
+    progress: Progress | None = Field(default=None, description="Progress mirrored from the rank-0 trainer.")
+    metrics: Metrics | None = Field(default=None, description="Training metrics.")
+    dataset: dict[str, Any] | None = Field(
+        default=None,
+        description="Data report: counts per split, duplicates removed, redactions, token statistics.",
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    evaluation: dict[str, Any] | None = Field(
+        default=None,
+        description="Test-set evaluation of the tuned model and of the base model.",
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    output: dict[str, Any] | None = Field(
+        default=None,
+        description="Where the results are (uri).",
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    last_checkpoint: dict[str, Any] | None = Field(
+        default=None,
+        description="Latest checkpoint (step, uri).",
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    gpu_seconds: float | None = Field(default=None, description="GPU-seconds used by finished runs and the current one.")
+    history: list[HistoryEntry] = Field(default_factory=list, description="The last runs, newest first.")

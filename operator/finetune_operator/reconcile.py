@@ -1,0 +1,370 @@
+"""Reconciliation: decide which run should exist, create it, and fold the Job's state into status.
+
+Handlers call these functions; they hold no kopf decorators and no globals, so they are easy to
+drive from tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from finetune_trainer.spec import FineTuneJobSpec
+from pydantic import ValidationError
+
+from finetune_operator import constants as c
+from finetune_operator.builders import Owner, build_children, gpu_resource
+from finetune_operator.constants import ConditionType, Phase, Reason
+from finetune_operator.kube import Kube
+from finetune_operator.metrics import JOB_CREATED_LATENCY, RUNS, STATUS_LATENCY, PhaseBook
+from finetune_operator.models import FineTuneJobStatus, RunStatus
+from finetune_operator.naming import run_name, spec_hash
+from finetune_operator.progress import ScrapeError, apply_progress, endpoint_of, rank0_pod, scrape
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.status import (
+    JobView,
+    apply_phase,
+    apply_summary,
+    gpu_seconds,
+    now_iso,
+    observe_job,
+    outcome,
+    push_history,
+    set_condition,
+    termination_of,
+)
+
+log = logging.getLogger("finetune_operator")
+
+EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: OperatorSettings
+    phases: PhaseBook
+    post_event: EventPoster
+
+
+def _parse_status(obj: dict[str, Any]) -> FineTuneJobStatus:
+    return FineTuneJobStatus.model_validate(obj.get("status") or {})
+
+
+def _write(ctx: Context, obj: dict[str, Any], mutate: Callable[[dict[str, Any], FineTuneJobStatus], bool]) -> None:
+    """Apply ``mutate`` to the freshest status; post an Event when the phase changed."""
+    meta = obj["metadata"]
+    before: dict[str, str | None] = {}
+
+    def wrapped(fresh: dict[str, Any]) -> dict[str, Any] | None:
+        st = _parse_status(fresh)
+        before["phase"] = st.phase
+        if not mutate(fresh, st):
+            return None
+        before["new"] = st.phase
+        before["reason"] = st.reason
+        before["message"] = st.message
+        return st.wire()
+
+    result = ctx.kube.update_status(meta["namespace"], meta["name"], wrapped)
+    new_phase = before.get("new")
+    if result is not None and new_phase is not None:
+        ctx.phases.set(f"{meta['namespace']}/{meta['name']}", new_phase)
+        if new_phase != before.get("phase"):
+            kind = "Warning" if new_phase == Phase.FAILED else "Normal"
+            ctx.post_event(result, kind, before.get("reason") or new_phase, before.get("message") or "")
+            log.info(
+                "phase change",
+                extra={"ftj": f"{meta['namespace']}/{meta['name']}", "from": before.get("phase"), "to": new_phase},
+            )
+
+
+def reconcile(ctx: Context, body: dict[str, Any]) -> None:
+    """Create/resume/update entry point: start the run the spec asks for, or sync the current one."""
+    raw_spec = dict(body.get("spec") or {})
+    status = _parse_status(body)
+    try:
+        spec = FineTuneJobSpec.model_validate(raw_spec)
+    except ValidationError as exc:
+        _fail_without_job(ctx, body, Reason.INVALID_SPEC, format_validation(exc), spec_hash(raw_spec))
+        return
+    digest = spec_hash(raw_spec)
+    token = str(((body["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
+    run = status.run
+    if run is None or run.spec_hash != digest or run.rerun_token != token:
+        start_run(ctx, body, spec, digest, token)
+    else:
+        sync_run(ctx, body, spec, status)
+
+
+def format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = "spec." + ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
+    """Problems the schema cannot see, found before a GPU is requested."""
+    refs = spec.secrets
+    if refs.hub_token and not ctx.kube.secret_exists(namespace, refs.hub_token.name):
+        return Reason.SECRET_NOT_FOUND, f"Secret {refs.hub_token.name!r} (spec.secrets.hubToken) does not exist."
+    if refs.storage and not ctx.kube.secret_exists(namespace, refs.storage):
+        return Reason.SECRET_NOT_FOUND, f"Secret {refs.storage!r} (spec.secrets.storage) does not exist."
+    sources = {
+        "spec.model.source": spec.model.source,
+        "spec.dataset.source": spec.dataset.source,
+        "spec.dataset.splits.validationSource": spec.dataset.splits.validation_source,
+        "spec.dataset.splits.testSource": spec.dataset.splits.test_source,
+        "spec.output.source": spec.output.source,
+    }
+    for field, src in sources.items():
+        if src is None:
+            continue
+        if src.pvc and not ctx.kube.pvc_exists(namespace, src.pvc.claim_name):
+            return Reason.PVC_NOT_FOUND, f"PersistentVolumeClaim {src.pvc.claim_name!r} ({field}.pvc) does not exist."
+        if src.config_map and not ctx.kube.configmap_exists(namespace, src.config_map.name):
+            return Reason.CONFIGMAP_NOT_FOUND, f"ConfigMap {src.config_map.name!r} ({field}.configMap) does not exist."
+    gpus = spec.distributed_or_default().gpus_per_node
+    check = ctx.settings.gpu_resource_check
+    if gpus > 0 and check != "off":
+        resource = gpu_resource(spec, ctx.settings)
+        if not ctx.kube.cluster_has_resource(resource):
+            message = f"No node advertises the GPU resource {resource!r} (spec.resources.gpuResourceName)."
+            if check == "fail":
+                return Reason.UNKNOWN_GPU_RESOURCE, message
+            log.warning(message)
+    return None
+
+
+def _fail_without_job(ctx: Context, body: dict[str, Any], reason: str, message: str, digest: str) -> None:
+    token = str(((body["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
+    generation = body["metadata"].get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run and st.run.spec_hash == digest and st.run.rerun_token == token:
+            return False
+        if st.run and st.phase not in Phase.TERMINAL:
+            ctx.kube.delete_job(fresh["metadata"]["namespace"], st.run.job_name)
+            push_history(st, "Superseded", Reason.SUPERSEDED, ctx.settings.history_limit)
+        number = st.run.number + 1 if st.run else 1
+        now = now_iso()
+        st.run = RunStatus(
+            number=number,
+            job_name=run_name(fresh["metadata"]["name"], number),
+            spec_hash=digest,
+            rerun_token=token,
+            start_time=now,
+            completion_time=now,
+        )
+        st.progress = None
+        apply_phase(st, Phase.FAILED, reason, message, generation, now)
+        st.conditions = set_condition(st.conditions, ConditionType.CREATED, False, reason, message, now, generation)
+        push_history(st, Phase.FAILED, reason, ctx.settings.history_limit)
+        RUNS.labels(result="failed").inc()
+        return True
+
+    _write(ctx, body, mutate)
+
+
+def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest: str, token: str) -> None:
+    meta = body["metadata"]
+    owner = Owner.from_body(body)
+    status = _parse_status(body)
+    problem = preflight(ctx, owner.namespace, spec)
+    if problem is not None:
+        _fail_without_job(ctx, body, problem[0], problem[1] + " Fix it, then set the finetuning.io/rerun annotation.", digest)
+        return
+    if status.run is not None and status.phase not in Phase.TERMINAL:
+        ctx.kube.delete_job(owner.namespace, status.run.job_name)
+    number = status.run.number + 1 if status.run else 1
+    while True:
+        job: dict[str, Any] | None = None
+        for child in build_children(owner, spec, number, digest, ctx.settings):
+            obj, _created = ctx.kube.create(child)
+            if child["kind"] == "Job":
+                job = obj
+        assert job is not None
+        existing_hash = ((job.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
+        if existing_hash == digest:
+            break
+        number += 1  # a Job of this number was made from an older spec before a crash: skip it
+    job_name = job["metadata"]["name"]
+    if number == 1:
+        created = datetime.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        JOB_CREATED_LATENCY.observe(max((datetime.now(UTC) - created).total_seconds(), 0.0))
+    generation = meta.get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run and st.run.number >= number:
+            return False
+        if st.run and st.phase not in Phase.TERMINAL:
+            push_history(st, "Superseded", Reason.SUPERSEDED, ctx.settings.history_limit)
+        now = now_iso()
+        st.run = RunStatus(
+            number=number, job_name=job_name, spec_hash=digest, rerun_token=token, start_time=now
+        )
+        st.progress = None
+        st.attempts = None
+        st.reason = None
+        for key in ("evaluation", "output", "last_checkpoint", "dataset"):
+            setattr(st, key, None)
+        st.metrics = None
+        st.conditions = set_condition(
+            st.conditions, ConditionType.CREATED, True, Reason.JOB_CREATED, f"Job {job_name} created.", now, generation
+        )
+        queued = bool(spec.scheduling.queue_name) and not spec.suspend
+        if spec.suspend:
+            apply_phase(st, Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "spec.suspend is true.", generation, now)
+        elif queued:
+            apply_phase(st, Phase.QUEUED, Reason.QUEUED_BY_KUEUE, "Waiting for Kueue to admit the Job.", generation, now)
+        else:
+            apply_phase(st, Phase.PENDING, Reason.JOB_CREATED, f"Job {job_name} created.", generation, now)
+        for ctype in (ConditionType.SUCCEEDED, ConditionType.FAILED):
+            st.conditions = set_condition(st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation)
+        RUNS.labels(result="started").inc()
+        return True
+
+    _write(ctx, body, mutate)
+
+
+def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: FineTuneJobStatus) -> None:
+    """Same run as before: follow suspend/resume and refresh the phase from the Job."""
+    assert status.run is not None
+    ns = body["metadata"]["namespace"]
+    job = ctx.kube.get_job(ns, status.run.job_name)
+    if job is None:
+        if status.phase in Phase.TERMINAL:
+            return
+        _fail_without_job_deleted(ctx, body, status.run.job_name)
+        return
+    if status.phase not in Phase.TERMINAL:
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        if spec.suspend and not suspended:
+            ctx.kube.set_job_suspend(ns, status.run.job_name, True)
+            job["spec"]["suspend"] = True
+        elif not spec.suspend and suspended and not spec.scheduling.queue_name:
+            ctx.kube.set_job_suspend(ns, status.run.job_name, False)
+            job["spec"]["suspend"] = False
+    observe(ctx, body, job, spec)
+
+
+def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str) -> None:
+    generation = body["metadata"].get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run is None or st.run.job_name != job_name or st.phase in Phase.TERMINAL:
+            return False
+        now = now_iso()
+        st.run.completion_time = now
+        apply_phase(st, Phase.FAILED, Reason.JOB_DELETED, f"Job {job_name} was deleted while it ran.", generation, now)
+        push_history(st, Phase.FAILED, Reason.JOB_DELETED, ctx.settings.history_limit)
+        RUNS.labels(result="failed").inc()
+        return True
+
+    _write(ctx, body, mutate)
+
+
+def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: FineTuneJobSpec | None = None) -> None:
+    """Fold a Job's state into its FineTuneJob's status (the Job event handler and sync call this)."""
+    if spec is None:
+        try:
+            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return
+    view = JobView.from_job(job)
+    observed = observe_job(view, spec.suspend, bool(spec.scheduling.queue_name))
+    job_name = job["metadata"]["name"]
+    result = None
+    if observed.phase in Phase.TERMINAL:
+        pods = ctx.kube.job_pods(job["metadata"]["namespace"], job_name)
+        exit_code, message = termination_of(pods)
+        result = outcome(observed, exit_code, message)
+    gpus = spec.distributed_or_default().gpus_per_node * spec.distributed_or_default().nodes
+    generation = body["metadata"].get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run is None or st.run.job_name != job_name:
+            return False
+        if st.phase in Phase.TERMINAL and st.run.completion_time:
+            return False
+        before = st.wire()
+        now = now_iso()
+        st.attempts = view.failed or None
+        if result is None:
+            apply_phase(st, observed.phase, observed.reason, observed.message, fresh["metadata"].get("generation"), now)
+            return st.wire() != before
+        st.run.completion_time = view.completion_time or now
+        if result.summary:
+            apply_summary(st, result.summary)
+        st.gpu_seconds = round((st.gpu_seconds or 0.0) + gpu_seconds(view.start_time, st.run.completion_time, gpus), 1)
+        apply_phase(st, result.phase, result.reason, result.message, generation, now)
+        if st.progress and st.progress.total_steps and result.phase == Phase.SUCCEEDED:
+            st.progress.step = st.progress.total_steps
+            st.progress.percent = 100
+            st.progress.summary = f"{st.progress.total_steps}/{st.progress.total_steps}"
+        push_history(st, result.phase, result.reason, ctx.settings.history_limit)
+        RUNS.labels(result="succeeded" if result.phase == Phase.SUCCEEDED else "failed").inc()
+        if view.completion_time or (observed.phase == Phase.FAILED and result):
+            STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))
+        return True
+
+    _write(ctx, body, mutate)
+
+
+def _failed_time(view: JobView) -> str | None:
+    return (view.failed_condition or {}).get("lastTransitionTime")
+
+
+def _age(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return max((datetime.now(UTC) - then).total_seconds(), 0.0)
+
+
+def on_job_event(ctx: Context, job: dict[str, Any]) -> None:
+    meta = job.get("metadata") or {}
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == c.KIND), None)
+    if owner is None:
+        return
+    body = ctx.kube.get_ftj(meta["namespace"], owner["name"])
+    if body is None or body["metadata"].get("uid") != owner.get("uid"):
+        return
+    run = (body.get("status") or {}).get("run") or {}
+    if run.get("jobName") != meta.get("name"):
+        return
+    observe(ctx, body, job)
+
+
+def refresh_progress(ctx: Context, body: dict[str, Any]) -> None:
+    """Timer body while Running: scrape rank 0 and mirror progress; flag a stall."""
+    status = _parse_status(body)
+    if status.run is None or status.phase != Phase.RUNNING:
+        return
+    spec_timeout = int((body.get("spec") or {}).get("stallTimeoutSeconds") or 900)
+    pods = ctx.kube.job_pods(body["metadata"]["namespace"], status.run.job_name)
+    pod = rank0_pod(pods)
+    url = endpoint_of(pod) if pod else None
+    if url is None:
+        return
+    try:
+        values = scrape(url, ctx.settings.scrape_timeout_seconds)
+    except ScrapeError as exc:
+        log.debug("scrape failed: %s", exc)
+        values = {}
+    job_name = status.run.job_name
+    generation = body["metadata"].get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run is None or st.run.job_name != job_name or st.phase != Phase.RUNNING:
+            return False
+        before = st.wire()
+        apply_progress(st, values, datetime.now(UTC), spec_timeout, generation)
+        return st.wire() != before
+
+    _write(ctx, body, mutate)

@@ -1,0 +1,51 @@
+"""Operator settings from flags and environment (the chart sets the environment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+GpuCheck = Literal["fail", "warn", "off"]
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    trainer_image: str = "ghcr.io/finetune-operator/trainer:0.1.0"
+    gpu_resource_name: str = "nvidia.com/gpu"
+    gpu_toleration_key: str = "nvidia.com/gpu"
+    gpu_resource_check: GpuCheck = "fail"
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 8080
+    health_port: int = 8081
+    progress_interval_seconds: float = 15.0
+    scrape_timeout_seconds: float = 3.0
+    history_limit: int = 5
+    max_workers: int = 8
+    peering: str | None = None
+    trainer_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        e = dict(os.environ if env is None else env)
+        base = cls()
+        check = e.get("FTJ_GPU_RESOURCE_CHECK", base.gpu_resource_check)
+        if check not in ("fail", "warn", "off"):
+            raise ValueError(f"FTJ_GPU_RESOURCE_CHECK must be fail, warn or off, not {check!r}")
+        extra = {
+            k.removeprefix("FTJ_TRAINER_ENV_"): v for k, v in e.items() if k.startswith("FTJ_TRAINER_ENV_")
+        }
+        return cls(
+            trainer_image=e.get("FTJ_TRAINER_IMAGE", base.trainer_image),
+            gpu_resource_name=e.get("FTJ_GPU_RESOURCE_NAME", base.gpu_resource_name),
+            gpu_toleration_key=e.get("FTJ_GPU_TOLERATION_KEY", base.gpu_toleration_key),
+            gpu_resource_check=check,  # type: ignore[arg-type]
+            namespaces=tuple(n for n in e.get("FTJ_NAMESPACES", "").replace(",", " ").split() if n),
+            metrics_port=int(e.get("FTJ_METRICS_PORT", base.metrics_port)),
+            health_port=int(e.get("FTJ_HEALTH_PORT", base.health_port)),
+            progress_interval_seconds=float(e.get("FTJ_PROGRESS_INTERVAL", base.progress_interval_seconds)),
+            history_limit=int(e.get("FTJ_HISTORY_LIMIT", base.history_limit)),
+            max_workers=int(e.get("FTJ_MAX_WORKERS", base.max_workers)),
+            peering=e.get("FTJ_PEERING") or None,
+            trainer_env=extra,
+        )

@@ -1,0 +1,285 @@
+"""Pure status logic: conditions, the phase a Job implies, and what a trainer summary adds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from finetune_trainer.contract import SummaryError, decode_summary, meaning_of
+
+from finetune_operator.constants import ConditionType, Phase, Reason
+from finetune_operator.models import Condition, FineTuneJobStatus, HistoryEntry, Metrics
+
+MESSAGE_LIMIT = 1024
+
+
+def now_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str = "",
+    now: str | None = None,
+    generation: int | None = None,
+) -> list[Condition]:
+    """Upsert a condition; its transition time changes only when its status flips."""
+    value = "True" if status else "False"
+    out: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type_:
+            out.append(cond)
+            continue
+        found = True
+        transition = cond.last_transition_time if cond.status == value else (now or now_iso())
+        out.append(
+            Condition(
+                type=type_,
+                status=value,
+                reason=reason,
+                message=message[:MESSAGE_LIMIT],
+                last_transition_time=transition,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type_,
+                status=value,
+                reason=reason,
+                message=message[:MESSAGE_LIMIT],
+                last_transition_time=now or now_iso(),
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def condition(status: FineTuneJobStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the status needs from a batch/v1 Job."""
+
+    suspended: bool
+    active: int
+    ready: int
+    failed: int
+    succeeded: int
+    complete: bool
+    failed_condition: dict[str, Any] | None
+    start_time: str | None
+    completion_time: str | None
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> JobView:
+        spec = job.get("spec") or {}
+        st = job.get("status") or {}
+        conds = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
+        return cls(
+            suspended=bool(spec.get("suspend")),
+            active=int(st.get("active") or 0),
+            ready=int(st.get("ready") or 0),
+            failed=int(st.get("failed") or 0),
+            succeeded=int(st.get("succeeded") or 0),
+            complete="Complete" in conds,
+            failed_condition=conds.get("Failed"),
+            start_time=st.get("startTime"),
+            completion_time=st.get("completionTime"),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    phase: str
+    reason: str
+    message: str
+
+
+def observe_job(job: JobView, user_suspended: bool, queued_by_kueue: bool) -> Observed:
+    """The phase a live Job implies (terminal outcomes are refined by the trainer summary)."""
+    if job.complete:
+        return Observed(Phase.SUCCEEDED, Reason.SUCCEEDED, "The trainer finished.")
+    if job.failed_condition is not None:
+        reason = job.failed_condition.get("reason") or Reason.JOB_FAILED
+        message = job.failed_condition.get("message") or "The Job failed."
+        return Observed(Phase.FAILED, reason, message)
+    if job.suspended:
+        if user_suspended:
+            return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "spec.suspend is true.")
+        if queued_by_kueue:
+            return Observed(Phase.QUEUED, Reason.QUEUED_BY_KUEUE, "Waiting for Kueue to admit the Job.")
+        return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "The Job is suspended.")
+    if job.ready > 0:
+        message = "Trainer pods are running."
+        if job.failed:
+            message = f"Trainer pods are running (attempt {job.failed + 1})."
+        return Observed(Phase.RUNNING, Reason.PODS_RUNNING, message)
+    if job.failed:
+        return Observed(Phase.PENDING, Reason.RETRYING, f"{job.failed} attempt(s) failed; retrying.")
+    return Observed(Phase.PENDING, Reason.WAITING_FOR_PODS, "Waiting for trainer pods to start.")
+
+
+def termination_of(pods: list[dict[str, Any]]) -> tuple[int | None, str | None]:
+    """Exit code and message of the trainer container that speaks for the run.
+
+    Rank 0 (completion index 0, or the only pod) is preferred, then the newest attempt.
+    """
+    found: list[tuple[bool, str, int, str | None]] = []
+    for pod in pods:
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        is_rank0 = str(annotations.get("batch.kubernetes.io/job-completion-index", "0")) == "0"
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                found.append((is_rank0, str(term.get("finishedAt") or ""), int(term.get("exitCode", 0)), term.get("message")))
+    if not found:
+        return None, None
+    found.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    return found[0][2], found[0][3]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    phase: str
+    reason: str
+    message: str
+    summary: dict[str, Any] | None
+
+
+def outcome(observed: Observed, exit_code: int | None, message: str | None) -> Outcome:
+    """Combine the Job's verdict with the trainer's exit code and summary."""
+    summary: dict[str, Any] | None = None
+    problem = ""
+    if message:
+        try:
+            summary = decode_summary(message)
+        except SummaryError as exc:
+            problem = str(exc)
+    if observed.phase == Phase.SUCCEEDED:
+        return Outcome(Phase.SUCCEEDED, Reason.SUCCEEDED, (summary or {}).get("message") or observed.message, summary)
+    reason = observed.reason
+    text = observed.message
+    if summary and summary.get("reason"):
+        reason = str(summary["reason"])
+        text = str(summary.get("message") or meaning_of(exit_code or 1).description)
+    elif exit_code is not None and exit_code != 0:
+        meaning = meaning_of(exit_code)
+        reason = meaning.reason
+        text = f"{meaning.description} (exit code {exit_code})"
+        if message and problem:
+            text += f"; last output: {message[-300:]}"
+    return Outcome(Phase.FAILED, reason, text[:MESSAGE_LIMIT], summary)
+
+
+def apply_summary(status: FineTuneJobStatus, summary: dict[str, Any]) -> None:
+    """Copy the trainer's final metrics, evaluation, data report, output and checkpoint into status."""
+    metrics = summary.get("metrics")
+    if isinstance(metrics, dict):
+        merged = {**(status.metrics.model_dump(by_alias=False) if status.metrics else {}), **_snake(metrics)}
+        status.metrics = Metrics.model_validate({k: v for k, v in merged.items() if v is not None})
+    for key, attr in (
+        ("evaluation", "evaluation"),
+        ("dataset", "dataset"),
+        ("output", "output"),
+        ("checkpoint", "last_checkpoint"),
+    ):
+        value = summary.get(key)
+        if isinstance(value, dict):
+            setattr(status, attr, value)
+
+
+def _snake(data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in k)
+        out[snake] = v
+    return out
+
+
+def push_history(status: FineTuneJobStatus, phase: str, reason: str | None, limit: int) -> None:
+    """Record the current run (finished or superseded) at the head of the history."""
+    run = status.run
+    if run is None:
+        return
+    entry = HistoryEntry(
+        number=run.number,
+        job_name=run.job_name,
+        phase=phase,
+        reason=reason,
+        start_time=run.start_time,
+        completion_time=run.completion_time,
+        eval_loss=status.metrics.eval_loss if status.metrics else None,
+    )
+    rest = [h for h in status.history if h.number != run.number]
+    status.history = [entry, *rest][:limit]
+
+
+PHASE_CONDITIONS = {
+    Phase.QUEUED: ConditionType.QUEUED,
+    Phase.RUNNING: ConditionType.RUNNING,
+    Phase.SUSPENDED: ConditionType.SUSPENDED,
+    Phase.SUCCEEDED: ConditionType.SUCCEEDED,
+    Phase.FAILED: ConditionType.FAILED,
+}
+
+
+def apply_phase(
+    status: FineTuneJobStatus, phase: str, reason: str, message: str, generation: int | None, now: str
+) -> None:
+    """Set phase, reason and message, and keep the phase conditions consistent with them."""
+    status.phase, status.reason, status.message = phase, reason, message[:MESSAGE_LIMIT]
+    status.observed_generation = generation
+    conds = status.conditions
+    for ph, ctype in PHASE_CONDITIONS.items():
+        active = ph == phase
+        if not active and condition(status, ctype) is None and ctype not in (
+            ConditionType.SUCCEEDED,
+            ConditionType.FAILED,
+        ):
+            continue
+        conds = set_condition(conds, ctype, active, reason if active else _inactive_reason(phase), 
+                              message if active else "", now, generation)
+        status.conditions = conds
+    if phase in Phase.TERMINAL:
+        conds = set_condition(conds, ConditionType.STALLED, False, reason, "", now, generation) if condition(
+            status, ConditionType.STALLED
+        ) else conds
+    status.conditions = conds
+
+
+def _inactive_reason(phase: str) -> str:
+    return f"Now{phase}"
+
+
+def gpu_seconds(start: str | None, end: str | None, gpus: int) -> float:
+    if not start or not end or gpus <= 0:
+        return 0.0
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    delta = datetime.strptime(end, fmt) - datetime.strptime(start, fmt)
+    return max(delta.total_seconds(), 0.0) * gpus
+
+
+__all__ = [
+    "ConditionType",
+    "JobView",
+    "Observed",
+    "Outcome",
+    "apply_summary",
+    "condition",
+    "gpu_seconds",
+    "now_iso",
+    "observe_job",
+    "outcome",
+    "push_history",
+    "set_condition",
+    "termination_of",
+]

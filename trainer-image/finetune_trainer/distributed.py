@@ -1,0 +1,214 @@
+"""Process-group setup for multi-process training, and the torchrun command line the operator runs.
+
+The launch is ``torchrun`` in every pod (see :func:`torchrun_args`); torchrun exports RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK and MASTER_ADDR/PORT to each worker, and :func:`world_info`
+reads them back.
+
+Why :func:`init_distributed` exists (see docs/distributed-training.md): with DeepSpeed on a CPU,
+``transformers`` + ``accelerate`` get the world size wrong unless the process group is created through
+``deepspeed.comm`` *before* ``TrainingArguments`` and the model are built, and ``TrainingArguments`` is
+given ``use_cpu=True`` (:func:`training_arguments_overrides`). Otherwise DeepSpeed's batch-size check
+fails (``train_batch_size != micro * accumulation * world_size``) with one side seeing a world of 1.
+
+Import-light: the operator imports :func:`torchrun_args`; torch and deepspeed are imported only inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+DEFAULT_RDZV_PORT = 29500
+# Long enough for a slow checkpoint load on one rank while the others wait in a collective; a hung
+# peer still ends the run (exit code 75, retriable) instead of holding GPUs forever.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """Where this process sits in the run, as the launcher (torchrun) described it."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes outputs, the termination summary and serves the metrics the operator reads."""
+        return self.rank == 0
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def world_info(env: Mapping[str, str] | None = None) -> WorldInfo:
+    """The world as torchrun's environment variables describe it; a plain process is a world of one.
+
+    GROUP_RANK is torchrun's node rank (NODE_RANK is accepted for other launchers); the local world size
+    falls back to the world size, which is right for a single node.
+    """
+    env = os.environ if env is None else env
+    world_size = _int(env, "WORLD_SIZE", 1)
+    rank = _int(env, "RANK", 0)
+    local_rank = _int(env, "LOCAL_RANK", 0)
+    local_world_size = _int(env, "LOCAL_WORLD_SIZE", world_size)
+    node_rank = _int(env, "GROUP_RANK", _int(env, "NODE_RANK", rank // max(local_world_size, 1)))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"inconsistent launcher environment: RANK={rank} WORLD_SIZE={world_size}")
+    if not 0 <= local_rank < max(local_world_size, 1):
+        raise ValueError(
+            f"inconsistent launcher environment: LOCAL_RANK={local_rank} LOCAL_WORLD_SIZE={local_world_size}"
+        )
+    port = env.get("MASTER_PORT")
+    return WorldInfo(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        local_world_size=local_world_size,
+        node_rank=node_rank,
+        master_addr=env.get("MASTER_ADDR") or None,
+        master_port=int(port) if port else None,
+    )
+
+
+def cuda_available() -> bool:
+    """Whether this process trains on GPUs (imports torch)."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.device_count() > 0)
+
+
+def backend_name(use_cuda: bool) -> str:
+    """nccl between GPUs; gloo on CPUs (the one CPU backend every torch build has: no MPI, no oneCCL)."""
+    return "nccl" if use_cuda else "gloo"
+
+
+def select_deepspeed_accelerator(use_cuda: bool, env: MutableMapping[str, str] | None = None) -> str:
+    """Pin DeepSpeed's accelerator before ``deepspeed`` is first imported; returns the name in force.
+
+    DeepSpeed picks its accelerator once, at import, by probing for xpu/npu/mps/hpu/... packages and then
+    CUDA, and logs a warning when it falls back to CPU. Setting DS_ACCELERATOR=cpu on a machine without
+    GPUs makes that choice explicit (no probing, no warning), so the communication backend it reports is
+    gloo and matches the process group created here. A value already set by the user is kept.
+    """
+    env = os.environ if env is None else env
+    wanted = "cuda" if use_cuda else "cpu"
+    return env.setdefault("DS_ACCELERATOR", wanted)
+
+
+def training_arguments_overrides(use_cuda: bool) -> dict[str, object]:
+    """Keyword arguments the trainer adds to ``TrainingArguments`` for a distributed run.
+
+    On CPU, ``use_cpu=True`` is what makes accelerate count the processes: without it accelerate finds no
+    device backend, reports one process, and HF computes ``train_batch_size`` for a world of 1 while
+    DeepSpeed sees 2. ``use_cpu`` does not switch DeepSpeed off: the Trainer's Accelerator still runs the
+    DeepSpeed engine because a DeepSpeed plugin is given (ACCELERATE_USE_CPU must stay unset, that one
+    would).
+    """
+    if use_cuda:
+        return {"ddp_backend": "nccl"}
+    return {"use_cpu": True, "ddp_backend": "gloo"}
+
+
+def init_distributed(
+    *, use_deepspeed: bool, use_cuda: bool | None = None, timeout: timedelta = DEFAULT_TIMEOUT
+) -> WorldInfo:
+    """Create the process group from torchrun's environment, before TrainingArguments and the model.
+
+    For DeepSpeed the group is created through ``deepspeed.comm``: DeepSpeed reads the world size from
+    its own communication layer, and ``zero.Init`` (used by ``from_pretrained`` under ZeRO-3) builds its
+    config *before* it initialises that layer, silently falling back to a world of 1. Creating the group
+    here first closes that gap. A single process does nothing: DeepSpeed and the Trainer set up their
+    own world of one.
+
+    Raises RuntimeError when the group that came up disagrees with the launcher's WORLD_SIZE.
+    """
+    info = world_info()
+    if use_cuda is None:
+        use_cuda = cuda_available()
+    if use_deepspeed:
+        select_deepspeed_accelerator(use_cuda)
+    if not info.is_distributed:
+        return info
+
+    import torch
+    import torch.distributed as dist
+
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    backend = backend_name(use_cuda)
+    if use_deepspeed:
+        import deepspeed
+
+        # Also wraps a group someone else already created, so deepspeed.comm sees the real world size.
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    elif not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timeout)
+
+    actual = dist.get_world_size()
+    if actual != info.world_size or dist.get_rank() != info.rank:
+        raise RuntimeError(
+            f"process group has rank {dist.get_rank()} of {actual}, "
+            f"but the launcher set RANK={info.rank} WORLD_SIZE={info.world_size}"
+        )
+    return info
+
+
+def torchrun_args(
+    nodes: int,
+    procs_per_node: int,
+    rdzv_host: str,
+    rdzv_port: int = DEFAULT_RDZV_PORT,
+    node_rank: int = 0,
+) -> list[str]:
+    """torchrun's options for ``nodes`` pods x ``procs_per_node`` processes (the caller appends the module).
+
+    One node: ``--standalone`` (rendezvous on localhost, a free port; rdzv_host is not used). Several:
+    static rendezvous on the index-0 pod (``rdzv_host``, its stable headless-Service name) with this pod's
+    index as ``--node_rank``. Static, not c10d, because c10d hands out node ranks in arrival order, while
+    the operator reads progress from rank 0 and expects it on the index-0 pod. No torchrun restarts: a
+    failed worker ends the pod, and the Job's podFailurePolicy decides whether to retry.
+    A CPU pod (gpusPerNode 0) runs one process: pass procs_per_node=1.
+    """
+    if nodes < 1:
+        raise ValueError(f"nodes must be at least 1, got {nodes}")
+    if procs_per_node < 1:
+        raise ValueError(f"procs_per_node must be at least 1, got {procs_per_node}")
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"node_rank must be in [0, {nodes}), got {node_rank}")
+    if not 0 < rdzv_port < 65536:
+        raise ValueError(f"rdzv_port must be a TCP port, got {rdzv_port}")
+    common = ["--nproc_per_node", str(procs_per_node), "--max_restarts", "0"]
+    if nodes == 1:
+        return ["--standalone", "--nnodes", "1", *common]
+    if not rdzv_host:
+        raise ValueError("rdzv_host is required for more than one node")
+    return [
+        "--nnodes",
+        str(nodes),
+        *common,
+        "--node_rank",
+        str(node_rank),
+        "--master_addr",
+        rdzv_host,
+        "--master_port",
+        str(rdzv_port),
+    ]

@@ -1,0 +1,488 @@
+"""The FineTuneJob spec as typed models: the one definition the CRD schema is generated from.
+
+The operator validates a spec with these models and renders them into the trainer's config; the
+trainer reads the same models back. ``finetune_operator.crdgen`` turns them into the CRD's OpenAPI
+schema (descriptions, defaults, enums, ranges, CEL rules), so the API, the operator and the trainer
+cannot drift apart. Import-light on purpose: pydantic only, never torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Task = Literal["causal-lm", "classification"]
+Method = Literal["full", "lora", "qlora"]
+Objective = Literal["sft", "dpo"]
+DataFormat = Literal["auto", "prompt-completion", "messages", "preference", "text-label", "text"]
+FileFormat = Literal["auto", "jsonl", "json", "csv", "parquet"]
+PiiKind = Literal["email", "phone", "credit-card", "ip-address", "iban", "api-key"]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+LeakagePolicy = Literal["fail", "warn", "off"]
+DType = Literal["bfloat16", "float16", "float32"]
+
+DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL rule for ``x-kubernetes-validations`` (fieldPath makes the error name the field)."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class Model(BaseModel):
+    """Base for every spec object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase, no unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class SecretKeyRef(Model):
+    """A key in a Secret in the job's namespace; the value never appears in spec or status."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class PvcSource(Model):
+    claim_name: str = Field(min_length=1, max_length=253, description="PersistentVolumeClaim name.")
+    path: str = Field(default="", max_length=1024, description="Path inside the volume (file or directory).")
+    read_only: bool = Field(default=True, description="Mount the claim read-only.")
+
+
+class ConfigMapSource(Model):
+    name: str = Field(min_length=1, max_length=253, description="ConfigMap name.")
+    key: str = Field(min_length=1, max_length=253, description="Key of the ConfigMap holding the file.")
+
+
+class Source(Model):
+    """Where files come from or go to. Exactly one of uri, pvc or configMap."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.uri), has(self.pvc), has(self.configMap)].filter(x, x).size() == 1",
+                    "exactly one of uri, pvc or configMap must be set",
+                )
+            ]
+        }
+    )
+
+    uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^(file|s3|gs|hf|https?)://.+",
+        description=(
+            "A URI: file:// (a path inside the pod or, for `ftj run`, on this machine), s3://, gs://, "
+            "hf:// (a model or dataset repository) or http(s)://."
+        ),
+    )
+    pvc: PvcSource | None = Field(default=None, description="A path on a PersistentVolumeClaim.")
+    config_map: ConfigMapSource | None = Field(
+        default=None, description="A small file held in a ConfigMap (datasets up to about 1 MiB)."
+    )
+
+
+class ModelSpec(Model):
+    name: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Base model: a hub id (org/name) or, with source set, a label for the model files.",
+    )
+    source: Source | None = Field(
+        default=None, description="Where the model files are; unset means download `name` from the hub."
+    )
+    revision: str | None = Field(default=None, max_length=128, description="Hub revision (tag, branch or commit).")
+    trust_remote_code: bool = Field(default=False, description="Allow model code from the repository to run.")
+
+
+class Splits(Model):
+    """Validation and test fractions taken from the dataset, or explicit files for them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.validation + self.test < 1.0",
+                    "splits.validation + splits.test must be below 1 so that training data remains",
+                )
+            ]
+        }
+    )
+
+    validation: float = Field(default=0.1, ge=0.0, lt=1.0, description="Fraction held out for validation.")
+    test: float = Field(default=0.1, ge=0.0, lt=1.0, description="Fraction held out as the final test set.")
+    seed: int = Field(default=42, ge=0, description="Seed of the shuffle that makes the split reproducible.")
+    validation_source: Source | None = Field(
+        default=None, description="An explicit validation file; replaces the validation fraction."
+    )
+    test_source: Source | None = Field(default=None, description="An explicit test file; replaces the test fraction.")
+
+
+class Dedup(Model):
+    exact: bool = Field(default=True, description="Drop records whose normalised text repeats.")
+    near: bool = Field(default=True, description="Drop near-duplicates found by MinHash.")
+    near_threshold: float = Field(
+        default=0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which two records are near-duplicates."
+    )
+
+
+class Pii(Model):
+    enabled: bool = Field(default=True, description="Redact personal data before training.")
+    kinds: list[PiiKind] = Field(
+        default_factory=lambda: ["email", "phone", "credit-card", "ip-address", "iban", "api-key"],
+        max_length=6,
+        description="Kinds of personal data to redact.",
+    )
+
+
+class Cleaning(Model):
+    dedup: Dedup = Field(default_factory=Dedup, description="Duplicate removal.")
+    strip_markup: bool = Field(default=True, description="Strip HTML tags and entities and collapse whitespace.")
+    pii: Pii = Field(default_factory=Pii, description="Personal-data redaction.")
+    min_characters: int = Field(default=1, ge=0, description="Drop records whose text is shorter than this.")
+
+
+class Columns(Model):
+    """Column names when the file's differ from the format's usual ones."""
+
+    prompt: str = Field(default="prompt", description="Prompt column (prompt-completion, preference).")
+    completion: str = Field(default="completion", description="Completion column (prompt-completion).")
+    messages: str = Field(default="messages", description="Chat messages column (messages).")
+    chosen: str = Field(default="chosen", description="Preferred answer column (preference).")
+    rejected: str = Field(default="rejected", description="Rejected answer column (preference).")
+    text: str = Field(default="text", description="Text column (text-label, text).")
+    label: str = Field(default="label", description="Label column (text-label).")
+
+
+class DatasetSpec(Model):
+    source: Source = Field(description="The training data file (JSONL, JSON, CSV or Parquet).")
+    format: DataFormat = Field(default="auto", description="Record format; auto detects it from the columns.")
+    file_format: FileFormat = Field(default="auto", description="File format; auto uses the file extension.")
+    columns: Columns = Field(default_factory=Columns, description="Column names, when they differ.")
+    labels: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Class names for classification, in order; unset means the sorted labels found in the data.",
+    )
+    splits: Splits = Field(default_factory=Splits, description="How validation and test sets are made.")
+    cleaning: Cleaning = Field(default_factory=Cleaning, description="Cleaning applied before the split.")
+    leakage: LeakagePolicy = Field(
+        default="fail", description="What to do when test or validation records (near-)duplicate training ones."
+    )
+    max_errors_listed: int = Field(
+        default=20, ge=1, le=1000, description="How many invalid records are listed by line; all are counted."
+    )
+    max_invalid_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Invalid records tolerated (dropped) as a fraction; above it the run fails with InvalidData.",
+    )
+
+
+class Hyperparameters(Model):
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Peak learning rate; unset means 2e-4 for lora/qlora and 2e-5 for full.",
+    )
+    epochs: float = Field(default=3.0, gt=0.0, le=1000.0, description="Passes over the training set.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Per-device micro-batch size.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024, description="Micro-batches per optimizer step (effective batch = batch x this x GPUs)."
+    )
+    max_sequence_length: int = Field(default=512, ge=8, le=131072, description="Tokens per example; longer ones are truncated.")
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule after warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
+    packing: bool = Field(default=False, description="Pack several short examples into one sequence (causal-lm SFT).")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    seed: int = Field(default=42, ge=0, description="Seed for weights of new layers, dropout and data order.")
+    dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature (objective dpo).")
+
+
+class LoraSpec(Model):
+    r: int = Field(default=16, ge=1, le=1024, description="Rank of the adapter matrices.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(
+        default=None, max_length=64, description="Module names to adapt; unset means all linear layers."
+    )
+
+
+class QuantizationSpec(Model):
+    bits: Literal[4] = Field(default=4, description="Weight bits of the frozen base model (bitsandbytes).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    compute_dtype: DType = Field(default="bfloat16", description="Dtype of the matmuls.")
+
+
+class DeepSpeedSpec(Model):
+    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(default=False, description="Keep optimizer state in CPU memory.")
+    offload_parameters: bool = Field(
+        default=False, description="Keep parameters in CPU memory (ZeRO-3 only)."
+    )
+
+
+class DistributedSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.deepspeed) || !self.deepspeed.offloadParameters || self.deepspeed.zeroStage == 3",
+                    "deepspeed.offloadParameters needs zeroStage 3",
+                )
+            ]
+        }
+    )
+
+    nodes: int = Field(default=1, ge=1, le=256, description="Pods (nodes) in the run; above 1 needs method full.")
+    gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per pod; 0 runs on CPU.")
+    deepspeed: DeepSpeedSpec | None = Field(
+        default=None, description="DeepSpeed ZeRO settings (method full only); unset means plain DDP."
+    )
+
+
+class EarlyStoppingSpec(Model):
+    enabled: bool = Field(default=True, description="Stop when validation loss stops improving.")
+    patience: int = Field(default=3, ge=1, le=1000, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0.0, description="Smallest decrease that counts as improvement.")
+
+
+class QualityGate(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.min) || has(self.max)", "a quality gate needs min or max")
+            ]
+        }
+    )
+
+    metric: str = Field(
+        min_length=1,
+        max_length=64,
+        description="A test metric name, e.g. accuracy, macro_f1, loss, perplexity, rougeL, bleu.",
+    )
+    min: float | None = Field(default=None, description="The run fails with QualityGateFailed below this.")
+    max: float | None = Field(default=None, description="The run fails with QualityGateFailed above this.")
+
+
+class EvaluationSpec(Model):
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Validate every N steps; unset means once per epoch."
+    )
+    compare_base: bool = Field(default=True, description="Also evaluate the untuned base model on the test set.")
+    generation_metrics: bool = Field(
+        default=True, description="ROUGE and BLEU on generated completions (causal-lm, prompt-completion)."
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation length for ROUGE/BLEU.")
+    max_test_samples: int | None = Field(default=None, ge=1, description="Cap on test records evaluated.")
+    quality_gate: QualityGate | None = Field(default=None, description="Fail the run when a test metric misses.")
+
+
+class CheckpointingSpec(Model):
+    every_steps: int = Field(default=100, ge=1, description="Save a checkpoint every N optimizer steps.")
+    keep: int = Field(default=2, ge=1, le=100, description="Checkpoints kept (the best one is always kept).")
+
+
+class OutputSpec(Model):
+    source: Source | None = Field(
+        default=None, description="Where results go (pvc or uri); unset means an emptyDir (lost with the pod)."
+    )
+    merge_adapter: bool = Field(
+        default=False, description="Also save the adapter merged into a 16-bit copy of the base model."
+    )
+
+
+class TrainingSpec(Model):
+    """What the trainer needs to know: the part of the spec copied into its config."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.quantization) || self.method == 'qlora'",
+                    "quantization is only valid with method qlora",
+                    ".quantization",
+                ),
+                cel(
+                    "!has(self.distributed) || !has(self.distributed.deepspeed) || self.method == 'full'",
+                    "distributed.deepspeed is only valid with method full",
+                    ".distributed",
+                ),
+                cel(
+                    "!has(self.distributed) || self.distributed.nodes == 1 || self.method == 'full'",
+                    "distributed.nodes > 1 needs method full (lora and qlora run on one node)",
+                    ".distributed",
+                ),
+                cel(
+                    "self.method != 'qlora' || !has(self.distributed) || self.distributed.gpusPerNode <= 1",
+                    "qlora runs on a single GPU: distributed.gpusPerNode must be 0 or 1",
+                    ".distributed",
+                ),
+                cel(
+                    "self.objective != 'dpo' || self.task == 'causal-lm'",
+                    "objective dpo needs task causal-lm",
+                    ".objective",
+                ),
+                cel(
+                    "!has(self.lora) || self.method != 'full'",
+                    "lora settings are not used with method full",
+                    ".lora",
+                ),
+            ]
+        }
+    )
+
+    task: Task = Field(default="causal-lm", description="causal-lm (generation) or classification.")
+    method: Method = Field(default="lora", description="full, lora or qlora (4-bit base + LoRA).")
+    objective: Objective = Field(default="sft", description="sft (supervised) or dpo (preference pairs).")
+    model: ModelSpec = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Training data, its format, cleaning and splits.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Optimisation settings.")
+    lora: LoraSpec | None = Field(default=None, description="Adapter settings (lora, qlora); defaults apply when unset.")
+    quantization: QuantizationSpec | None = Field(
+        default=None, description="4-bit settings (qlora only); defaults apply when unset."
+    )
+    distributed: DistributedSpec | None = Field(default=None, description="Nodes, GPUs and DeepSpeed.")
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Early stopping.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Test-set evaluation.")
+    checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoints.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where the results go.")
+
+    def learning_rate(self) -> float:
+        return self.hyperparameters.learning_rate or DEFAULT_LEARNING_RATE[self.method]
+
+    def lora_or_default(self) -> LoraSpec:
+        return self.lora or LoraSpec()
+
+    def quantization_or_default(self) -> QuantizationSpec:
+        return self.quantization or QuantizationSpec()
+
+    def distributed_or_default(self) -> DistributedSpec:
+        return self.distributed or DistributedSpec()
+
+
+class Toleration(Model):
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; unset matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class SchedulingSpec(Model):
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Kueue LocalQueue; the Job is created suspended and Kueue admits it.",
+    )
+    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the pods.")
+    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=64, description="Tolerations added to the GPU taint toleration."
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "A core/v1 Affinity copied into the pod template as it is; the API server validates it when the "
+            "Job is created."
+        ),
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class ResourcesSpec(Model):
+    cpu: str | None = Field(
+        default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit per pod, e.g. 8 or 500m."
+    )
+    memory: str | None = Field(
+        default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$", description="Memory request and limit per pod, e.g. 64Gi."
+    )
+    shared_memory: str = Field(
+        default="8Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$",
+        description="Size of /dev/shm (data-loader workers and NCCL need more than the runtime's 64 MiB).",
+    )
+    gpu_resource_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Extended resource name of the GPU; unset means the operator's default (nvidia.com/gpu).",
+    )
+
+
+class SecretsSpec(Model):
+    hub_token: SecretKeyRef | None = Field(default=None, description="Model hub token, exposed as HF_TOKEN.")
+    storage: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret whose keys become environment variables (e.g. AWS_ACCESS_KEY_ID) for s3/gs URIs.",
+    )
+
+
+class FineTuneJobSpec(TrainingSpec):
+    """The whole spec of a FineTuneJob: training plus how and where its pods run."""
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU, memory and GPU per pod.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where and when the pods run.")
+    image: str | None = Field(
+        default=None, max_length=512, description="Trainer image; unset means the operator's default."
+    )
+    secrets: SecretsSpec = Field(default_factory=SecretsSpec, description="References to Secrets (never values).")
+    suspend: bool = Field(default=False, description="Suspend the run; setting it back to false resumes it.")
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries after retriable failures.")
+    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Wall-clock limit of a run.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the finished Job (not the FineTuneJob) after this long."
+    )
+    stall_timeout_seconds: int = Field(
+        default=900, ge=30, description="Mark the run Stalled when the step has not advanced for this long."
+    )
+
+    def training(self) -> TrainingSpec:
+        return TrainingSpec.model_validate(self.model_dump(include=set(TrainingSpec.model_fields)))
+
+
+class JobRef(Model):
+    name: str = Field(description="FineTuneJob name.")
+    namespace: str = Field(description="Namespace.")
+    uid: str = Field(default="", description="FineTuneJob uid.")
+    run: int = Field(default=1, ge=1, description="Run number.")
+
+
+class Paths(Model):
+    """Resolved local paths inside the pod (or on this machine for `ftj run`)."""
+
+    model: str = Field(description="Base model directory or hub id.")
+    dataset: str = Field(description="Training data file.")
+    validation: str | None = Field(default=None, description="Explicit validation file.")
+    test: str | None = Field(default=None, description="Explicit test file.")
+    output: str = Field(description="Output directory.")
+
+
+class TrainerConfig(Model):
+    """The JSON the operator renders into the run's ConfigMap and the trainer reads."""
+
+    version: Literal[1] = 1
+    job: JobRef
+    spec: TrainingSpec
+    paths: Paths
+    metrics_port: int = Field(default=9400, ge=0, le=65535, description="Prometheus port; 0 disables it.")
+    termination_log: str = Field(default="/dev/termination-log", description="Where the exit summary goes.")

@@ -1,0 +1,192 @@
+"""``ftj validate JOB.yaml``: check, clean and split a FineTuneJob's data on this machine, no training.
+
+The same ``prepare_data`` runs in the pod, so a manifest that validates here fails there only for
+reasons outside the data (model, storage, GPUs). Exit codes follow the trainer's contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from finetune_trainer.contract import ExitCode
+from finetune_trainer.spec import FineTuneJobSpec, Paths, Source
+
+API_VERSION = "finetuning.io/v1alpha1"
+KIND = "FineTuneJob"
+
+
+class ManifestError(Exception):
+    """The manifest cannot be used: its lines are printed as they are."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def load_manifest(manifest_path: str | Path) -> tuple[str, FineTuneJobSpec]:
+    """The job's name and its parsed spec; the first FineTuneJob document of the file is used."""
+    path = Path(manifest_path)
+    try:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+    except OSError as exc:
+        raise ManifestError([f"{path}: {exc.strerror or exc}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError([f"{path}: not valid YAML: {exc}"]) from exc
+    jobs = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == KIND]
+    if not jobs:
+        raise ManifestError([f"{path}: no document with kind {KIND}"])
+    job = jobs[0]
+    if job.get("apiVersion") != API_VERSION:
+        raise ManifestError([f"{path}: apiVersion must be {API_VERSION}, got {job.get('apiVersion')!r}"])
+    name = str((job.get("metadata") or {}).get("name", path.stem))
+    spec = job.get("spec")
+    if not isinstance(spec, dict):
+        raise ManifestError([f"{path}: spec is missing or not an object"])
+    try:
+        return name, FineTuneJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise ManifestError([f"{path}: invalid spec", *_field_errors(exc)]) from exc
+
+
+def _field_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, naming the field as written in YAML: ``spec.dataset.splits.test: ...``."""
+    lines = []
+    for error in exc.errors():
+        where = "spec"
+        for part in error["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else f".{part}"
+        lines.append(f"  {where}: {error['msg']}")
+    return lines
+
+
+def local_file(source: Source | None, base_dir: Path, field: str) -> str | None:
+    """A local path for a file:// source (relative ones from the manifest's directory)."""
+    if source is None:
+        return None
+    if source.uri is None or not source.uri.startswith("file://"):
+        raise ManifestError([f"{field}: ftj validate reads local files only; use a file:// URI"])
+    from finetune_trainer.data.loading import local_path
+
+    return str(local_path(source.uri, base_dir))
+
+
+def resolve_paths(spec: FineTuneJobSpec, manifest_path: str | Path, output: str) -> Paths:
+    base = Path(manifest_path).resolve().parent
+    splits = spec.dataset.splits
+    dataset = local_file(spec.dataset.source, base, "spec.dataset.source")
+    assert dataset is not None
+    return Paths(
+        model=spec.model.name,
+        dataset=dataset,
+        validation=local_file(splits.validation_source, base, "spec.dataset.splits.validationSource"),
+        test=local_file(splits.test_source, base, "spec.dataset.splits.testSource"),
+        output=output,
+    )
+
+
+def validate_command(manifest_path: str, *, json_output: bool = False, out: TextIO | None = None) -> int:
+    """Validate a manifest and its data; prints the data report; returns the trainer's exit code."""
+    from finetune_trainer.data.pipeline import DataError, prepare_data
+
+    stream = out or sys.stdout
+    try:
+        name, spec = load_manifest(manifest_path)
+        paths = resolve_paths(spec, manifest_path, tempfile.gettempdir())  # nothing is written
+    except ManifestError as exc:
+        _emit(
+            stream, json_output, {"valid": False, "reason": "InvalidConfig", "errors": exc.lines}, exc.lines
+        )
+        return int(ExitCode.INVALID_CONFIG)
+    try:
+        prepared = prepare_data(spec.training(), paths)
+    except DataError as exc:
+        lines = [f"{name}: the data is not valid: {exc.summary}", *[f"  {e}" for e in exc.errors]]
+        if exc.total > len(exc.errors):
+            lines.append(f"  ... and {exc.total - len(exc.errors)} more")
+        payload = {
+            "valid": False,
+            "reason": "InvalidData",
+            "summary": exc.summary,
+            "errors": exc.errors,
+            "total": exc.total,
+        }
+        payload["report"] = exc.report
+        _emit(stream, json_output, payload, lines)
+        return int(ExitCode.INVALID_DATA)
+    payload = {"valid": True, "report": prepared.report}
+    _emit(stream, json_output, payload, [f"{name}: the data is valid", *summarise(prepared.report)])
+    return int(ExitCode.SUCCEEDED)
+
+
+def _emit(stream: TextIO, json_output: bool, payload: dict[str, Any], lines: list[str]) -> None:
+    if json_output:
+        stream.write(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    else:
+        stream.write("\n".join(lines) + "\n")
+
+
+def summarise(report: dict[str, Any]) -> list[str]:
+    """The data report in a few lines for a terminal."""
+    counts = report.get("counts", {})
+    cleaning = report.get("cleaning", {})
+    dups = cleaning.get("duplicates_removed", {})
+    redactions = {kind: n for kind, n in cleaning.get("redactions", {}).items() if n}
+    lines = [
+        f"  format: {report.get('format')}{' (detected)' if report.get('format_detected') else ''}",
+        f"  records: {counts.get('read', 0)} read, {counts.get('valid', 0)} valid, "
+        f"{counts.get('invalid', 0)} invalid (dropped)",
+        f"  duplicates removed: {dups.get('exact', 0)} exact, {dups.get('near', 0)} near",
+        "  redactions: "
+        + (", ".join(f"{kind} {n}" for kind, n in redactions.items()) if redactions else "none")
+        + f" ({cleaning.get('records_redacted', 0)} records)",
+        f"  markup stripped: {cleaning.get('markup_stripped', 0)} records; "
+        f"too short: {cleaning.get('too_short_removed', 0)}",
+        f"  splits ({report.get('splits', {}).get('method', '?')}): train {counts.get('train', 0)}, "
+        f"validation {counts.get('validation', 0)}, test {counts.get('test', 0)}",
+    ]
+    labels = report.get("labels")
+    if labels:
+        for split, distribution in labels.get("distribution", {}).items():
+            shown = ", ".join(f"{label} {n}" for label, n in distribution.items())
+            lines.append(f"  labels {split}: {shown}")
+    leakage = report.get("leakage", {})
+    if leakage.get("checked"):
+        lines.append(
+            f"  leakage ({leakage.get('policy')}): "
+            f"{leakage.get('exact', 0)} exact, {leakage.get('near', 0)} near"
+        )
+    else:
+        lines.append("  leakage: not checked (policy off)")
+    tokens = report.get("tokens")
+    if tokens:
+        lines.append(
+            f"  tokens: min {tokens['min']}, mean {tokens['mean']}, p95 {tokens['p95']}, "
+            f"max {tokens['max']}, truncated {tokens.get('truncated', 0)}"
+        )
+    for warning in report.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    for entry in report.get("files", []):
+        lines.append(f"  {entry['role']}: {entry['path']} sha256 {entry['sha256'][:16]}...")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ftj validate", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("manifest", help="FineTuneJob YAML")
+    parser.add_argument("--json", action="store_true", help="print the data report as JSON")
+    args = parser.parse_args(argv)
+    return validate_command(args.manifest, json_output=args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
