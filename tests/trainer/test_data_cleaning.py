@@ -33,7 +33,11 @@ def prepare(tmp_path: Path, records: list[dict[str, Any]], **dataset: Any) -> An
         ("phone", "ring 555-987-6543 now", "ring [PHONE] now"),
         ("credit-card", "card 4111 1111 1111 1111 expires", "card [CREDIT_CARD] expires"),
         ("credit-card", "amex 378282246310005.", "amex [CREDIT_CARD]."),
-        ("ip-address", "from 192.168.10.20 and 2001:db8::8a2e:370:7334", "from [IP_ADDRESS] and [IP_ADDRESS]"),
+        (
+            "ip-address",
+            "from 192.168.10.20 and 2001:db8::8a2e:370:7334",
+            "from [IP_ADDRESS] and [IP_ADDRESS]",
+        ),
         ("iban", "pay GB82 WEST 1234 5698 7654 32 or DE89370400440532013000", "pay [IBAN] or [IBAN]"),
         ("api-key", "key sk-proj-abcdefghijklmnopqrstuvwxyz0123", "key [API_KEY]"),
         ("api-key", "ghp_abcdefghijklmnopqrstuvwxyz0123456789 AKIAIOSFODNN7EXAMPLE", "[API_KEY] [API_KEY]"),
@@ -72,7 +76,10 @@ def test_pii_kinds_are_configurable_and_counts_reach_the_report(tmp_path: Path) 
         {"prompt": "Card?", "completion": "4111-1111-1111-1111"},
     ]
     data = prepare(tmp_path, records, cleaning={"pii": {"kinds": ["email"]}})
-    assert data.train[0] == {"prompt": "Who is [EMAIL]?", "completion": "Call +1 415 555 0100 or mail [EMAIL]"}
+    assert data.train[0] == {
+        "prompt": "Who is [EMAIL]?",
+        "completion": "Call +1 415 555 0100 or mail [EMAIL]",
+    }
     assert data.train[1]["completion"] == "4111-1111-1111-1111"
     cleaning = data.report["cleaning"]
     assert cleaning["redactions"]["email"] == 2 and cleaning["redactions"]["phone"] == 0
@@ -119,7 +126,9 @@ def test_exact_and_near_duplicates_are_removed_and_counted(tmp_path: Path) -> No
         "Exporting a report to PDF cuts off the last column on every page I print.",
     ]
     records = [{"text": t} for t in base]
-    records.append({"text": "  the INVOICE page crashes whenever I add more than ten line items to a draft. "})
+    records.append(
+        {"text": "  the INVOICE page crashes whenever I add more than ten line items to a draft. "}
+    )
     records.append({"text": "Please add a dark mode; the white background hurts my eyes late at night!!"})
     records.append({"text": "Exporting a report to PDF cuts off the last column on every page I print out."})
     data = prepare(tmp_path, records)
@@ -133,7 +142,10 @@ def test_exact_and_near_duplicates_are_removed_and_counted(tmp_path: Path) -> No
 
 
 def test_near_duplicate_threshold_decides() -> None:
-    texts = ["the quick brown fox jumps over the lazy dog today", "the quick brown fox jumped over a lazy dog"]
+    texts = [
+        "the quick brown fox jumps over the lazy dog today",
+        "the quick brown fox jumped over a lazy dog",
+    ]
     assert find_duplicates(texts, exact=True, near=True, threshold=0.95)[0] == [0, 1]
     keep, dropped = find_duplicates(texts, exact=True, near=True, threshold=0.4)
     assert keep == [0] and dropped == [(1, 0, "near")]

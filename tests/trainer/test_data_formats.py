@@ -20,7 +20,9 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
 def make_spec(task: str = "causal-lm", objective: str = "sft", **dataset: Any) -> TrainingSpec:
     dataset.setdefault("source", {"uri": "file:///unused"})
     dataset.setdefault("splits", {"validation": 0.0, "test": 0.0})
-    return TrainingSpec.model_validate({"task": task, "objective": objective, "model": {"name": "m"}, "dataset": dataset})
+    return TrainingSpec.model_validate(
+        {"task": task, "objective": objective, "model": {"name": "m"}, "dataset": dataset}
+    )
 
 
 def prepare(path: Path, spec: TrainingSpec) -> Any:
@@ -28,14 +30,29 @@ def prepare(path: Path, spec: TrainingSpec) -> Any:
 
 
 CASES = [
-    ("causal-lm", "sft", {"prompt": "Q{i} about cats?", "completion": "Answer number {i}."}, "prompt-completion"),
     (
         "causal-lm",
         "sft",
-        {"messages": [{"role": "user", "content": "Hello {i}"}, {"role": "assistant", "content": "Hi there {i}"}]},
+        {"prompt": "Q{i} about cats?", "completion": "Answer number {i}."},
+        "prompt-completion",
+    ),
+    (
+        "causal-lm",
+        "sft",
+        {
+            "messages": [
+                {"role": "user", "content": "Hello {i}"},
+                {"role": "assistant", "content": "Hi there {i}"},
+            ]
+        },
         "messages",
     ),
-    ("causal-lm", "dpo", {"prompt": "Q{i}", "chosen": "good answer {i}", "rejected": "bad one {i}"}, "preference"),
+    (
+        "causal-lm",
+        "dpo",
+        {"prompt": "Q{i}", "chosen": "good answer {i}", "rejected": "bad one {i}"},
+        "preference",
+    ),
     ("classification", "sft", {"text": "message number {i}", "label": "L{k}"}, "text-label"),
     ("causal-lm", "sft", {"text": "plain document number {i}"}, "text"),
 ]
@@ -154,7 +171,9 @@ def test_format_must_suit_task_and_objective(
 
 def test_undetectable_columns_are_reported(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
-    with pytest.raises(DataError, match=r"cannot detect the record format from the columns \(answer, question\)"):
+    with pytest.raises(
+        DataError, match=r"cannot detect the record format from the columns \(answer, question\)"
+    ):
         prepare(path, make_spec())
 
 
@@ -162,12 +181,17 @@ def test_custom_columns_and_integer_labels(tmp_path: Path) -> None:
     records = [{"body": f"review {i}", "y": i % 2} for i in range(6)] + [{"body": "x", "y": 7}]
     path = write_jsonl(tmp_path / "d.jsonl", records)
     spec = make_spec(
-        "classification", columns={"text": "body", "label": "y"}, labels=["negative", "positive"], maxInvalidFraction=0.2
+        "classification",
+        columns={"text": "body", "label": "y"},
+        labels=["negative", "positive"],
+        maxInvalidFraction=0.2,
     )
     data = prepare(path, spec)
     assert data.labels == ["negative", "positive"]
     assert {r["label"] for r in data.train} == {"negative", "positive"}
-    assert data.report["invalid"]["errors"] == ['line 7: label "7" is not one of the dataset labels (negative, positive)']
+    assert data.report["invalid"]["errors"] == [
+        'line 7: label "7" is not one of the dataset labels (negative, positive)'
+    ]
 
 
 def test_preference_with_identical_answers_is_invalid(tmp_path: Path) -> None:

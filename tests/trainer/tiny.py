@@ -37,7 +37,7 @@ def corpus() -> list[str]:
     return lines
 
 
-def build_llama(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
+def build_llama(directory: Path, hidden: int = 64, layers: int = 2) -> Path:
     """Save a random-init LlamaForCausalLM and a BPE tokenizer with a chat template into ``directory``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -260,6 +260,8 @@ def _split(spec: TrainingSpec, paths: Paths, fmt: str, items: dict[str, list[Ite
         split.validation = items.get("validation", [])
     if paths.test:
         split.test = items.get("test", [])
+    if split.method == "none" and (paths.validation or paths.test):
+        split.method = "files"
     return split
 
 

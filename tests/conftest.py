@@ -1,0 +1,142 @@
+"""Fixtures shared by every tier. Only tests that ask for ``cluster`` (directly or through
+``kube_api``, ``kubectl`` or ``namespace``) start a control plane; unit tests never do.
+
+- ``cluster`` (session): a ``ClusterInfo`` for a fresh local cluster (hack/localcluster.py) named
+  ``ftj-test-<pid>``, stopped at the end of the session, at exit, on SIGTERM/SIGHUP and, through
+  a watchdog, even if pytest is killed. ``USE_EXISTING_CLUSTER=true`` uses ``$KUBECONFIG`` instead
+  and starts nothing. Missing binaries FAIL the test with the command that builds them.
+- ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for that cluster.
+- ``kubectl`` (session): ``kubectl(*args, input=None, check=True, timeout=60) -> CompletedProcess``.
+- ``namespace``: a fresh namespace per test, whose ``default`` ServiceAccount exists (pods need it
+  under ServiceAccount admission); deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from helpers import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def _load_hack(name: str) -> ModuleType:
+    """hack/ is scripts, not a package: load by path, once, under a name nothing else uses."""
+    key = f"ftj_hack_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "hack" / f"{name}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def _existing_cluster() -> Any:
+    lc = _load_hack("localcluster")
+    kubeconfig = os.environ.get("KUBECONFIG", "")
+    if not kubeconfig or not Path(kubeconfig).is_file():
+        pytest.fail("USE_EXISTING_CLUSTER=true needs KUBECONFIG to name a kubeconfig file", pytrace=False)
+    with open(kubeconfig) as f:
+        kc = yaml.safe_load(f)
+    ctx_name = kc.get("current-context")
+    ctx = next((c["context"] for c in kc.get("contexts", []) if c["name"] == ctx_name), {})
+    cl = next((c["cluster"] for c in kc.get("clusters", []) if c["name"] == ctx.get("cluster")), {})
+    return lc.ClusterInfo(
+        name=ctx_name or "existing",
+        kubeconfig=Path(kubeconfig),
+        server=cl.get("server", ""),
+        state_dir=Path(),
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """A ready control plane for the whole session (see the module docstring)."""
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        yield _existing_cluster()
+        return
+    lc = _load_hack("localcluster")
+    lc.reap_stale()
+    name = f"{lc.TEST_NAME_PREFIX}{os.getpid()}"
+    lc.register_cleanup(name)
+    try:
+        info = lc.ensure_up(name, owner_pid=os.getpid())
+    except lc.MissingBinariesError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except lc.ClusterError as exc:
+        lc.down(name)
+        pytest.fail(f"the local control plane did not come up: {exc}", pytrace=False)
+    try:
+        yield info
+    finally:
+        lc.down(name)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Any) -> Kubectl:
+    """Run the cached kubectl against the session's cluster."""
+    binary = str(_load_hack("tools").ensure_tools() / "kubectl")
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [binary, *args], input=input, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+        return res
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def kube_api(cluster: Any) -> Iterator[Any]:
+    """A ``kubernetes.client.ApiClient`` bound to the session's cluster (not the global config)."""
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, ready for pods; deleted (not awaited) afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"finetuning.io/test": "true"}))
+    )
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        what=f"the default ServiceAccount in {name}",
+    )
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise

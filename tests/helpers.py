@@ -1,0 +1,34 @@
+"""Small helpers shared by the test tiers. Import as ``from helpers import wait_for``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that value.
+
+    Tests wait on observable conditions with a deadline instead of sleeping a guessed time, so they
+    are as fast as the cluster allows and fail with a message that says what never happened. An
+    exception from the predicate counts as "not yet" (objects appear asynchronously), but the last
+    one is reported if the deadline passes.
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            last = predicate()
+            error = None
+            if last:
+                return last
+        except Exception as exc:
+            error = exc
+        if time.monotonic() >= deadline:
+            detail = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} ({detail})")
+        time.sleep(interval)

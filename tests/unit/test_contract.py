@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from finetune_trainer.contract import (
+    NON_RETRIABLE_EXIT_CODES,
+    SUMMARY_MAX_BYTES,
+    ExitCode,
+    SummaryError,
+    decode_summary,
+    encode_summary,
+    meaning_of,
+)
+
+
+def test_exit_code_classes():
+    assert ExitCode.RETRIABLE not in NON_RETRIABLE_EXIT_CODES
+    assert {2, 3, 4, 5, 6, 137} == set(NON_RETRIABLE_EXIT_CODES)
+    assert meaning_of(1).retriable and meaning_of(1).reason == "TrainerCrashed"
+
+
+def test_oversized_summary_is_trimmed_message_first():
+    big = {"phase": "Failed", "reason": "InvalidData", "message": "x" * 10000, "metrics": {"trainLoss": 1.0}}
+    text = encode_summary(big)
+    assert len(text.encode()) <= SUMMARY_MAX_BYTES
+    data = decode_summary(text)
+    assert data["reason"] == "InvalidData" and data["metrics"] == {"trainLoss": 1.0}
+    assert data["message"].endswith("...")
+
+
+def test_huge_details_are_dropped_but_reason_survives():
+    text = encode_summary({"phase": "Succeeded", "reason": "Succeeded", "evaluation": {"k" * 9000: 1}})
+    assert len(text.encode()) <= SUMMARY_MAX_BYTES
+    assert decode_summary(text)["reason"] == "Succeeded"
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [("", "empty"), ("not json", "not JSON"), ("[1]", "not a JSON object"), ('{"version": 9}', "version"),
+     (json.dumps({"version": 1, "metrics": 3}), "metrics"), ("{}" + " " * 5000, "over")],
+)
+def test_bad_summaries_say_why(text, why):
+    with pytest.raises(SummaryError, match=why):
+        decode_summary(text)
+
+
+def test_shared_modules_never_import_torch():
+    code = (
+        "import sys, finetune_trainer.contract, finetune_trainer.spec, finetune_operator.builders;"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from finetune_trainer.contract import Metric, metric_name
+
+from finetune_operator.models import FineTuneJobStatus
+from finetune_operator.progress import apply_progress, endpoint_of, parse_metrics
+from finetune_operator.status import condition
+
+TEXT = "\n".join(
+    [
+        f"{metric_name(Metric.STEP)} 50",
+        f"{metric_name(Metric.TOTAL_STEPS)} 200",
+        f"{metric_name(Metric.EPOCH)} 0.75",
+        f"{metric_name(Metric.TRAIN_LOSS)} 1.25",
+        f"{metric_name(Metric.EVAL_LOSS)} NaN",
+        f"{metric_name(Metric.TOKENS_PER_SECOND)} 1234.5",
+        f'{metric_name(Metric.MEMORY_BYTES)}{{device="cuda:0"}} 100',
+        f'{metric_name(Metric.MEMORY_BYTES)}{{device="cuda:1"}} 300',
+        f"{metric_name(Metric.ETA_SECONDS)} 600",
+        "unrelated_metric 7",
+        "",
+    ]
+)
+
+
+def test_parse_contract_metrics():
+    values = parse_metrics(TEXT)
+    assert values[Metric.STEP] == 50 and values[Metric.MEMORY_BYTES] == 300
+    assert "unrelated_metric" not in values
+
+
+def test_progress_and_stall():
+    st = FineTuneJobStatus()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    apply_progress(st, parse_metrics(TEXT), now, 900, 1)
+    assert st.progress.summary == "50/200" and st.progress.percent == 25
+    assert st.metrics.train_loss == 1.25 and st.metrics.eval_loss is None
+    assert condition(st, "Stalled") is None
+    apply_progress(st, parse_metrics(TEXT), now + timedelta(seconds=901), 900, 1)
+    assert condition(st, "Stalled").status == "True"
+    moved = TEXT.replace(f"{metric_name(Metric.STEP)} 50", f"{metric_name(Metric.STEP)} 51")
+    apply_progress(st, parse_metrics(moved), now + timedelta(seconds=950), 900, 1)
+    assert condition(st, "Stalled").status == "False"
+
+
+def test_endpoint_annotation_wins_over_pod_ip():
+    pod = {"metadata": {"annotations": {"finetuning.io/metrics-endpoint": "http://127.0.0.1:1/metrics"}},
+           "status": {"podIP": "10.0.0.1"}}
+    assert endpoint_of(pod) == "http://127.0.0.1:1/metrics"
+    assert endpoint_of({"status": {"podIP": "10.0.0.1"}}) == "http://10.0.0.1:9400/metrics"

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from finetune_trainer.contract import encode_summary
+
+from finetune_operator.constants import ConditionType, Phase, Reason
+from finetune_operator.models import FineTuneJobStatus, RunStatus
+from finetune_operator.status import (
+    JobView,
+    apply_phase,
+    apply_summary,
+    condition,
+    observe_job,
+    outcome,
+    push_history,
+    set_condition,
+    termination_of,
+)
+
+
+def job(spec=None, status=None):
+    return JobView.from_job({"spec": spec or {}, "status": status or {}})
+
+
+def test_transition_time_changes_only_when_status_flips():
+    conds = set_condition([], "Running", True, "PodsRunning", now="t1")
+    conds = set_condition(conds, "Running", True, "PodsRunning", "still", now="t2")
+    assert conds[0].last_transition_time == "t1" and conds[0].message == "still"
+    conds = set_condition(conds, "Running", False, "NowSucceeded", now="t3")
+    assert conds[0].last_transition_time == "t3" and conds[0].status == "False"
+
+
+def test_suspended_job_is_queued_under_kueue_and_suspended_for_user():
+    view = job({"suspend": True})
+    assert observe_job(view, user_suspended=False, queued_by_kueue=True).phase == Phase.QUEUED
+    assert observe_job(view, user_suspended=True, queued_by_kueue=True).phase == Phase.SUSPENDED
+
+
+def test_running_needs_a_ready_pod():
+    assert observe_job(job(status={"active": 1}), False, False).phase == Phase.PENDING
+    assert observe_job(job(status={"active": 1, "ready": 1}), False, False).phase == Phase.RUNNING
+    retry = observe_job(job(status={"active": 1, "failed": 1}), False, False)
+    assert (retry.phase, retry.reason) == (Phase.PENDING, Reason.RETRYING)
+
+
+def test_job_conditions_decide_terminal_phase():
+    done = job(status={"conditions": [{"type": "Complete", "status": "True"}]})
+    assert observe_job(done, False, False).phase == Phase.SUCCEEDED
+    failed = job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    observed = observe_job(failed, False, False)
+    assert (observed.phase, observed.reason) == (Phase.FAILED, "BackoffLimitExceeded")
+
+
+def pod(exit_code, message, index="0", finished="2026-01-01T00:00:00Z"):
+    return {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": index}},
+        "status": {
+            "containerStatuses": [
+                {"state": {"terminated": {"exitCode": exit_code, "message": message, "finishedAt": finished}}}
+            ]
+        },
+    }
+
+
+def test_termination_prefers_rank0_then_newest():
+    pods = [pod(1, "old", finished="2026-01-01T00:00:00Z"), pod(3, "new", finished="2026-01-01T00:05:00Z"),
+            pod(75, "rank1", index="1", finished="2026-01-01T00:09:00Z")]
+    assert termination_of(pods) == (3, "new")
+    assert termination_of([]) == (None, None)
+
+
+def test_failure_reason_comes_from_the_trainer_summary():
+    failed = observe_job(job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}), False, False)
+    msg = encode_summary({"phase": "Failed", "reason": "InvalidData", "message": "line 3: field \"text\" is empty"})
+    out = outcome(failed, 3, msg)
+    assert (out.phase, out.reason) == (Phase.FAILED, "InvalidData")
+    assert "line 3" in out.message
+
+
+def test_malformed_or_oversized_summary_falls_back_to_exit_code():
+    failed = observe_job(job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}), False, False)
+    out = outcome(failed, 5, "Traceback (most recent call last): boom")
+    assert out.reason == "LossNotFinite" and "exit code 5" in out.message and "boom" in out.message
+    out = outcome(failed, 4, "{" + "x" * 5000)
+    assert out.reason == "QualityGateFailed"
+    out = outcome(failed, None, None)
+    assert out.reason == "PodFailurePolicy"
+
+
+def test_summary_fills_status_on_success():
+    st = FineTuneJobStatus()
+    summary = {
+        "version": 1,
+        "metrics": {"trainLoss": 0.5, "evalLoss": 0.7, "bestStep": 30},
+        "evaluation": {"tuned": {"accuracy": 0.9}, "base": {"accuracy": 0.2}},
+        "output": {"uri": "file:///out"},
+        "checkpoint": {"step": 30, "uri": "file:///out/checkpoints/checkpoint-30"},
+    }
+    apply_summary(st, summary)
+    assert st.metrics is not None and st.metrics.eval_loss == 0.7 and st.metrics.best_step == 30
+    assert st.evaluation == {"tuned": {"accuracy": 0.9}, "base": {"accuracy": 0.2}}
+    assert st.last_checkpoint == {"step": 30, "uri": "file:///out/checkpoints/checkpoint-30"}
+    wire = st.wire()
+    assert wire["metrics"]["evalLoss"] == 0.7 and wire["lastCheckpoint"]["step"] == 30
+
+
+def test_apply_phase_keeps_conditions_consistent():
+    st = FineTuneJobStatus()
+    apply_phase(st, Phase.RUNNING, Reason.PODS_RUNNING, "running", 3, "t1")
+    assert condition(st, ConditionType.RUNNING).status == "True"
+    assert condition(st, ConditionType.SUCCEEDED).status == "False"
+    apply_phase(st, Phase.SUCCEEDED, Reason.SUCCEEDED, "done", 3, "t2")
+    assert condition(st, ConditionType.RUNNING).status == "False"
+    assert condition(st, ConditionType.SUCCEEDED).status == "True"
+    assert condition(st, ConditionType.SUCCEEDED).last_transition_time == "t2"
+    assert st.observed_generation == 3
+
+
+def test_history_is_bounded_and_newest_first():
+    st = FineTuneJobStatus()
+    for n in range(1, 9):
+        st.run = RunStatus(number=n, job_name=f"j-r{n}", spec_hash="h")
+        push_history(st, Phase.SUCCEEDED, None, limit=5)
+    assert [h.number for h in st.history] == [8, 7, 6, 5, 4]
