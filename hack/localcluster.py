@@ -53,7 +53,7 @@ DEV_RUNTIME_LABEL = "finetuning.io/dev-runtime"
 STATE_FILE = "ftj-state.json"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwokctl")
 # Components kwokctl runs, named after their pid files in <state>/pids/.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 BUILD_HINT = (
     "build them once with `make binaries` (hack/build-binaries.sh; a cold build takes tens of "
     "minutes on 2 cores), or point KUBEBUILDER_ASSETS / TEST_ASSET_<NAME> at binaries you have"
@@ -86,7 +86,7 @@ def _load_tools() -> ModuleType:
     """hack/ is not a package; load tools.py by path so a stray top-level ``tools`` never wins."""
     spec = importlib.util.spec_from_file_location("ftj_hack_tools", Path(__file__).with_name("tools.py"))
     assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
     spec.loader.exec_module(module)
     return module
 
@@ -196,7 +196,7 @@ def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -
             "securePort": True,
             "kubeAuthorization": True,  # --authorization-mode=Node,RBAC; SA signing key for KCM
             "kubeAdmission": True,  # default admission plugins, ServiceAccount included
-            "components": [*COMPONENTS[:-1], "kwok-controller"],
+            "components": list(COMPONENTS),
             "etcdBinary": str(bins["etcd"]),
             "kubeApiserverBinary": str(bins["kube-apiserver"]),
             "kubeControllerManagerBinary": str(bins["kube-controller-manager"]),
@@ -461,8 +461,6 @@ def down(name: str = DEFAULT_NAME) -> bool:
             shutil.rmtree(sdir, ignore_errors=True)
         if name == DEFAULT_NAME:
             ADMIN_KUBECONFIG.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        (KWOK_WORKDIR / f".{name}.lock").unlink()
     return bool(stopped)
 
 
@@ -494,6 +492,8 @@ def register_cleanup(name: str) -> None:
             down(name)
         if callable(prev):
             prev(signum, frame)
+            return
+        if prev == signal.SIG_IGN:
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -72,13 +72,16 @@ def cluster() -> Iterator[Any]:
     lc.reap_stale()
     name = f"{lc.TEST_NAME_PREFIX}{os.getpid()}"
     lc.register_cleanup(name)
+    failure = None
     try:
         info = lc.ensure_up(name, owner_pid=os.getpid())
     except lc.MissingBinariesError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
     except lc.ClusterError as exc:
         lc.down(name)
-        pytest.fail(f"the local control plane did not come up: {exc}", pytrace=False)
+        failure = f"the local control plane did not come up: {exc}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
     try:
         yield info
     finally:

@@ -32,7 +32,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        data.update({k: v for k, v in record.__dict__.items() if k not in self._skip and not k.startswith("_")})
+        data.update(
+            {k: v for k, v in record.__dict__.items() if k not in self._skip and not k.startswith("_")}
+        )
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)

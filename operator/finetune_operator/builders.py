@@ -87,7 +87,9 @@ def _volume_name(kind: str, name: str) -> str:
     return f"{kind}-{name}"[:63].rstrip("-.")
 
 
-def resolve_source(source: Source | None, fallback: str, mount_path: str, role: str) -> tuple[str, list[Mount]]:
+def resolve_source(
+    source: Source | None, fallback: str, mount_path: str, role: str
+) -> tuple[str, list[Mount]]:
     """Path (or URI) the trainer reads for one input, and the volume that makes it visible."""
     if source is None:
         return fallback, []

@@ -79,9 +79,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     additional = out.pop("additionalProperties", None)
     if isinstance(additional, dict):
         out["additionalProperties"] = _convert(additional, defs, f"{path}.*")
-    elif additional is True and "properties" not in out:
-        out["x-kubernetes-preserve-unknown-fields"] = True
-    elif additional is True:
+    elif (additional is True and "properties" not in out) or additional is True:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("x-kubernetes-preserve-unknown-fields"):
         out["type"] = "object"

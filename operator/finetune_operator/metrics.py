@@ -11,12 +11,20 @@ from finetune_operator.constants import Phase
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Gauge("finetune_operator_jobs", "FineTuneJobs by phase.", ["phase"], registry=REGISTRY)
-RUNS = Counter("finetune_operator_runs_total", "Runs by result (started, succeeded, failed).", ["result"], registry=REGISTRY)
+RUNS = Counter(
+    "finetune_operator_runs_total",
+    "Runs by result (started, succeeded, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
 HANDLER_DURATION = Histogram(
     "finetune_operator_handler_duration_seconds", "Handler wall time.", ["handler"], registry=REGISTRY
 )
 API_ERRORS = Counter(
-    "finetune_operator_api_errors_total", "Kubernetes API errors by operation.", ["operation"], registry=REGISTRY
+    "finetune_operator_api_errors_total",
+    "Kubernetes API errors by operation.",
+    ["operation"],
+    registry=REGISTRY,
 )
 JOB_CREATED_LATENCY = Histogram(
     "finetune_operator_job_created_latency_seconds",

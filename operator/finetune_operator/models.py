@@ -1,4 +1,4 @@
-"""Typed status of a FineTuneJob. The spec models live in ``finetune_trainer.spec`` (shared with the trainer)."""
+"""Typed status of a FineTuneJob; the spec models live in ``finetune_trainer.spec``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ __all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "RunStatus"]
 class Condition(Model):
     """A metav1.Condition."""
 
-    type: str = Field(description="Condition type: Created, Queued, Running, Suspended, Stalled, Succeeded, Failed.")
+    type: str = Field(
+        description="Condition type: Created, Queued, Running, Suspended, Stalled, Succeeded, Failed."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -22,10 +24,14 @@ class Condition(Model):
 
 
 class RunStatus(Model):
-    number: int = Field(ge=1, description="Run number; a new run starts on a spec change or a re-run annotation.")
+    number: int = Field(
+        ge=1, description="Run number; a new run starts on a spec change or a re-run annotation."
+    )
     job_name: str = Field(description="The batch/v1 Job of this run.")
     spec_hash: str = Field(description="Hash of the spec the run was started from.")
-    rerun_token: str = Field(default="", description="Value of the finetuning.io/rerun annotation at the start.")
+    rerun_token: str = Field(
+        default="", description="Value of the finetuning.io/rerun annotation at the start."
+    )
     start_time: str | None = Field(default=None, description="When the run's Job was created.")
     completion_time: str | None = Field(default=None, description="When the run finished.")
 
@@ -66,10 +72,16 @@ class Metrics(Model):
 class FineTuneJobStatus(Model):
     model_config = ConfigDict(extra="allow")
 
-    phase: str | None = Field(default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
-    reason: str | None = Field(default=None, description="CamelCase reason of the current phase (failures name their cause).")
+    phase: str | None = Field(
+        default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended."
+    )
+    reason: str | None = Field(
+        default=None, description="CamelCase reason of the current phase (failures name their cause)."
+    )
     message: str | None = Field(default=None, description="Human-readable detail of the reason.")
-    observed_generation: int | None = Field(default=None, description="The spec generation this status is for.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status is for."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="metav1.Condition list.")
     run: RunStatus | None = Field(default=None, description="The current run.")
     attempts: int | None = Field(default=None, description="Failed pods of the current run (retries so far).")
@@ -95,5 +107,7 @@ class FineTuneJobStatus(Model):
         description="Latest checkpoint (step, uri).",
         json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
     )
-    gpu_seconds: float | None = Field(default=None, description="GPU-seconds used by finished runs and the current one.")
+    gpu_seconds: float | None = Field(
+        default=None, description="GPU-seconds used by finished runs and the current one."
+    )
     history: list[HistoryEntry] = Field(default_factory=list, description="The last runs, newest first.")

@@ -54,7 +54,9 @@ def _parse_status(obj: dict[str, Any]) -> FineTuneJobStatus:
     return FineTuneJobStatus.model_validate(obj.get("status") or {})
 
 
-def _write(ctx: Context, obj: dict[str, Any], mutate: Callable[[dict[str, Any], FineTuneJobStatus], bool]) -> None:
+def _write(
+    ctx: Context, obj: dict[str, Any], mutate: Callable[[dict[str, Any], FineTuneJobStatus], bool]
+) -> None:
     """Apply ``mutate`` to the freshest status; post an Event when the phase changed."""
     meta = obj["metadata"]
     before: dict[str, str | None] = {}
@@ -78,7 +80,11 @@ def _write(ctx: Context, obj: dict[str, Any], mutate: Callable[[dict[str, Any], 
             ctx.post_event(result, kind, before.get("reason") or new_phase, before.get("message") or "")
             log.info(
                 "phase change",
-                extra={"ftj": f"{meta['namespace']}/{meta['name']}", "from": before.get("phase"), "to": new_phase},
+                extra={
+                    "ftj": f"{meta['namespace']}/{meta['name']}",
+                    "from": before.get("phase"),
+                    "to": new_phase,
+                },
             )
 
 
@@ -86,6 +92,7 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
     """Create/resume/update entry point: start the run the spec asks for, or sync the current one."""
     raw_spec = dict(body.get("spec") or {})
     status = _parse_status(body)
+    ctx.phases.set(f"{body['metadata']['namespace']}/{body['metadata']['name']}", status.phase)
     try:
         spec = FineTuneJobSpec.model_validate(raw_spec)
     except ValidationError as exc:
@@ -112,7 +119,10 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
     """Problems the schema cannot see, found before a GPU is requested."""
     refs = spec.secrets
     if refs.hub_token and not ctx.kube.secret_exists(namespace, refs.hub_token.name):
-        return Reason.SECRET_NOT_FOUND, f"Secret {refs.hub_token.name!r} (spec.secrets.hubToken) does not exist."
+        return (
+            Reason.SECRET_NOT_FOUND,
+            f"Secret {refs.hub_token.name!r} (spec.secrets.hubToken) does not exist.",
+        )
     if refs.storage and not ctx.kube.secret_exists(namespace, refs.storage):
         return Reason.SECRET_NOT_FOUND, f"Secret {refs.storage!r} (spec.secrets.storage) does not exist."
     sources = {
@@ -126,9 +136,15 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
         if src is None:
             continue
         if src.pvc and not ctx.kube.pvc_exists(namespace, src.pvc.claim_name):
-            return Reason.PVC_NOT_FOUND, f"PersistentVolumeClaim {src.pvc.claim_name!r} ({field}.pvc) does not exist."
+            return (
+                Reason.PVC_NOT_FOUND,
+                f"PersistentVolumeClaim {src.pvc.claim_name!r} ({field}.pvc) does not exist.",
+            )
         if src.config_map and not ctx.kube.configmap_exists(namespace, src.config_map.name):
-            return Reason.CONFIGMAP_NOT_FOUND, f"ConfigMap {src.config_map.name!r} ({field}.configMap) does not exist."
+            return (
+                Reason.CONFIGMAP_NOT_FOUND,
+                f"ConfigMap {src.config_map.name!r} ({field}.configMap) does not exist.",
+            )
     gpus = spec.distributed_or_default().gpus_per_node
     check = ctx.settings.gpu_resource_check
     if gpus > 0 and check != "off":
@@ -163,7 +179,9 @@ def _fail_without_job(ctx: Context, body: dict[str, Any], reason: str, message: 
         )
         st.progress = None
         apply_phase(st, Phase.FAILED, reason, message, generation, now)
-        st.conditions = set_condition(st.conditions, ConditionType.CREATED, False, reason, message, now, generation)
+        st.conditions = set_condition(
+            st.conditions, ConditionType.CREATED, False, reason, message, now, generation
+        )
         push_history(st, Phase.FAILED, reason, ctx.settings.history_limit)
         RUNS.labels(result="failed").inc()
         return True
@@ -177,7 +195,13 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     status = _parse_status(body)
     problem = preflight(ctx, owner.namespace, spec)
     if problem is not None:
-        _fail_without_job(ctx, body, problem[0], problem[1] + " Fix it, then set the finetuning.io/rerun annotation.", digest)
+        _fail_without_job(
+            ctx,
+            body,
+            problem[0],
+            problem[1] + " Fix it, then set the finetuning.io/rerun annotation.",
+            digest,
+        )
         return
     if status.run is not None and status.phase not in Phase.TERMINAL:
         ctx.kube.delete_job(owner.namespace, status.run.job_name)
@@ -215,17 +239,34 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             setattr(st, key, None)
         st.metrics = None
         st.conditions = set_condition(
-            st.conditions, ConditionType.CREATED, True, Reason.JOB_CREATED, f"Job {job_name} created.", now, generation
+            st.conditions,
+            ConditionType.CREATED,
+            True,
+            Reason.JOB_CREATED,
+            f"Job {job_name} created.",
+            now,
+            generation,
         )
         queued = bool(spec.scheduling.queue_name) and not spec.suspend
         if spec.suspend:
-            apply_phase(st, Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "spec.suspend is true.", generation, now)
+            apply_phase(
+                st, Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "spec.suspend is true.", generation, now
+            )
         elif queued:
-            apply_phase(st, Phase.QUEUED, Reason.QUEUED_BY_KUEUE, "Waiting for Kueue to admit the Job.", generation, now)
+            apply_phase(
+                st,
+                Phase.QUEUED,
+                Reason.QUEUED_BY_KUEUE,
+                "Waiting for Kueue to admit the Job.",
+                generation,
+                now,
+            )
         else:
             apply_phase(st, Phase.PENDING, Reason.JOB_CREATED, f"Job {job_name} created.", generation, now)
         for ctype in (ConditionType.SUCCEEDED, ConditionType.FAILED):
-            st.conditions = set_condition(st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation)
+            st.conditions = set_condition(
+                st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation
+            )
         RUNS.labels(result="started").inc()
         return True
 
@@ -261,7 +302,9 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
             return False
         now = now_iso()
         st.run.completion_time = now
-        apply_phase(st, Phase.FAILED, Reason.JOB_DELETED, f"Job {job_name} was deleted while it ran.", generation, now)
+        apply_phase(
+            st, Phase.FAILED, Reason.JOB_DELETED, f"Job {job_name} was deleted while it ran.", generation, now
+        )
         push_history(st, Phase.FAILED, Reason.JOB_DELETED, ctx.settings.history_limit)
         RUNS.labels(result="failed").inc()
         return True
@@ -269,7 +312,9 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
     _write(ctx, body, mutate)
 
 
-def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: FineTuneJobSpec | None = None) -> None:
+def observe(
+    ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: FineTuneJobSpec | None = None
+) -> None:
     """Fold a Job's state into its FineTuneJob's status (the Job event handler and sync call this)."""
     if spec is None:
         try:
@@ -296,12 +341,21 @@ def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: FineT
         now = now_iso()
         st.attempts = view.failed or None
         if result is None:
-            apply_phase(st, observed.phase, observed.reason, observed.message, fresh["metadata"].get("generation"), now)
+            apply_phase(
+                st,
+                observed.phase,
+                observed.reason,
+                observed.message,
+                fresh["metadata"].get("generation"),
+                now,
+            )
             return st.wire() != before
         st.run.completion_time = view.completion_time or now
         if result.summary:
             apply_summary(st, result.summary)
-        st.gpu_seconds = round((st.gpu_seconds or 0.0) + gpu_seconds(view.start_time, st.run.completion_time, gpus), 1)
+        st.gpu_seconds = round(
+            (st.gpu_seconds or 0.0) + gpu_seconds(view.start_time, st.run.completion_time, gpus), 1
+        )
         apply_phase(st, result.phase, result.reason, result.message, generation, now)
         if st.progress and st.progress.total_steps and result.phase == Phase.SUCCEEDED:
             st.progress.step = st.progress.total_steps

@@ -140,7 +140,14 @@ def termination_of(pods: list[dict[str, Any]]) -> tuple[int | None, str | None]:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if term:
-                found.append((is_rank0, str(term.get("finishedAt") or ""), int(term.get("exitCode", 0)), term.get("message")))
+                found.append(
+                    (
+                        is_rank0,
+                        str(term.get("finishedAt") or ""),
+                        int(term.get("exitCode", 0)),
+                        term.get("message"),
+                    )
+                )
     if not found:
         return None, None
     found.sort(key=lambda t: (t[0], t[1]), reverse=True)
@@ -165,7 +172,9 @@ def outcome(observed: Observed, exit_code: int | None, message: str | None) -> O
         except SummaryError as exc:
             problem = str(exc)
     if observed.phase == Phase.SUCCEEDED:
-        return Outcome(Phase.SUCCEEDED, Reason.SUCCEEDED, (summary or {}).get("message") or observed.message, summary)
+        return Outcome(
+            Phase.SUCCEEDED, Reason.SUCCEEDED, (summary or {}).get("message") or observed.message, summary
+        )
     reason = observed.reason
     text = observed.message
     if summary and summary.get("reason"):
@@ -241,18 +250,32 @@ def apply_phase(
     conds = status.conditions
     for ph, ctype in PHASE_CONDITIONS.items():
         active = ph == phase
-        if not active and condition(status, ctype) is None and ctype not in (
-            ConditionType.SUCCEEDED,
-            ConditionType.FAILED,
+        if (
+            not active
+            and condition(status, ctype) is None
+            and ctype
+            not in (
+                ConditionType.SUCCEEDED,
+                ConditionType.FAILED,
+            )
         ):
             continue
-        conds = set_condition(conds, ctype, active, reason if active else _inactive_reason(phase), 
-                              message if active else "", now, generation)
+        conds = set_condition(
+            conds,
+            ctype,
+            active,
+            reason if active else _inactive_reason(phase),
+            message if active else "",
+            now,
+            generation,
+        )
         status.conditions = conds
     if phase in Phase.TERMINAL:
-        conds = set_condition(conds, ConditionType.STALLED, False, reason, "", now, generation) if condition(
-            status, ConditionType.STALLED
-        ) else conds
+        conds = (
+            set_condition(conds, ConditionType.STALLED, False, reason, "", now, generation)
+            if condition(status, ConditionType.STALLED)
+            else conds
+        )
     status.conditions = conds
 
 

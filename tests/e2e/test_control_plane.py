@@ -54,15 +54,16 @@ def _phase(core: client.CoreV1Api, ns: str, name: str) -> str:
 
 def test_gpu_job_lands_on_a_gpu_node_and_completes(kube_api: Any, namespace: str) -> None:
     batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
-    template = _pod("unused", annotations={EXIT_CODE: "0"}, gpus=1, tolerations=[GPU_TOLERATION])
     job = client.V1Job(
         metadata=client.V1ObjectMeta(name="train"),
         spec=client.V1JobSpec(
             backoff_limit=0,
-            template=client.V1PodTemplateSpec(metadata=template.metadata, spec=template.spec),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(annotations={EXIT_CODE: "0"}),
+                spec=_pod("unused", gpus=1, tolerations=[GPU_TOLERATION]).spec,
+            ),
         ),
     )
-    template.metadata.name = None
     batch.create_namespaced_job(namespace, job)
 
     def complete() -> bool:
@@ -123,7 +124,8 @@ def test_deleting_an_owner_deletes_its_dependents(kube_api: Any, namespace: str)
 
 def test_crd_cel_rule_refuses_a_bad_object_with_its_message(kube_api: Any) -> None:
     ext, custom = client.ApiextensionsV1Api(kube_api), client.CustomObjectsApi(kube_api)
-    group, plural = "e2e.finetuning.io", f"widgets{uuid.uuid4().hex[:6]}"
+    suffix = uuid.uuid4().hex[:6]
+    group, singular, plural = "e2e.finetuning.io", f"widget{suffix}", f"widget{suffix}s"
     message = "spec.minReplicas must not exceed spec.maxReplicas"
     spec_schema = {
         "type": "object",
@@ -137,7 +139,7 @@ def test_crd_cel_rule_refuses_a_bad_object_with_its_message(kube_api: Any) -> No
         "spec": {
             "group": group,
             "scope": "Cluster",
-            "names": {"plural": plural, "singular": plural[:-1], "kind": "Widget" + plural[7:].upper()},
+            "names": {"plural": plural, "singular": singular, "kind": f"Widget{suffix.upper()}"},
             "versions": [
                 {
                     "name": "v1",
@@ -148,7 +150,7 @@ def test_crd_cel_rule_refuses_a_bad_object_with_its_message(kube_api: Any) -> No
             ],
         },
     }
-    kind = crd["spec"]["names"]["kind"]  # type: ignore[index]
+    kind = f"Widget{suffix.upper()}"
     ext.create_custom_resource_definition(crd)
     try:
 

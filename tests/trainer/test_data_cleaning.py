@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from finetune_trainer.data import prepare_data
 from finetune_trainer.data.dedup import find_duplicates
 from finetune_trainer.data.markup import strip_markup

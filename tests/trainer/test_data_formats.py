@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.spec import Paths, TrainingSpec
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.data.report import percentile, token_stats
 from finetune_trainer.spec import Paths, TrainingSpec

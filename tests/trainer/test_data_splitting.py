@@ -8,12 +8,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.data.splitting import held_out_sizes, split_records
 from finetune_trainer.spec import Paths, TrainingSpec
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+]
 
 
 def sentence(i: int) -> str:

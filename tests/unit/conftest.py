@@ -3,10 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from finetune_trainer.spec import FineTuneJobSpec
-
 from finetune_operator.builders import Owner
 from finetune_operator.settings import OperatorSettings
+from finetune_trainer.spec import FineTuneJobSpec
 
 
 @pytest.fixture

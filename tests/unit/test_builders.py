@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import json
 
-from finetune_trainer.contract import ExitCode
-from finetune_trainer.spec import TrainerConfig
-
 from finetune_operator import constants as c
 from finetune_operator.builders import build_children, build_configmap, build_job, trainer_command
+from finetune_trainer.contract import ExitCode
+from finetune_trainer.spec import TrainerConfig
 
 
 def container(job):
@@ -25,7 +24,13 @@ def test_single_gpu_lora_job_shape(owner, settings, make_spec):
     assert container(job)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container(job)["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert container(job)["command"] == ["python", "-m", "finetune_trainer", "--config", "/etc/finetune/config.json"]
+    assert container(job)["command"] == [
+        "python",
+        "-m",
+        "finetune_trainer",
+        "--config",
+        "/etc/finetune/config.json",
+    ]
     assert "completionMode" not in job["spec"]
     assert job["spec"]["suspend"] is False
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
@@ -120,7 +125,9 @@ def test_pvc_sources_share_one_volume_and_output_is_writable(owner, settings, ma
     vols = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert vols["pvc-models"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     assert vols["pvc-results"]["persistentVolumeClaim"]["readOnly"] is False
-    cfg = TrainerConfig.model_validate(json.loads(build_configmap(owner, spec, 1, "h")["data"]["config.json"]))
+    cfg = TrainerConfig.model_validate(
+        json.loads(build_configmap(owner, spec, 1, "h")["data"]["config.json"])
+    )
     assert cfg.paths.model == "/mnt/pvc/models/llama-3-8b"
     assert cfg.paths.dataset == "/mnt/pvc/models/data/train.jsonl"
     assert cfg.paths.output == "/mnt/pvc/results/runs/a"

@@ -39,8 +39,14 @@ def test_huge_details_are_dropped_but_reason_survives():
 
 @pytest.mark.parametrize(
     "text, why",
-    [("", "empty"), ("not json", "not JSON"), ("[1]", "not a JSON object"), ('{"version": 9}', "version"),
-     (json.dumps({"version": 1, "metrics": 3}), "metrics"), ("{}" + " " * 5000, "over")],
+    [
+        ("", "empty"),
+        ("not json", "not JSON"),
+        ("[1]", "not a JSON object"),
+        ('{"version": 9}', "version"),
+        (json.dumps({"version": 1, "metrics": 3}), "metrics"),
+        ("{}" + " " * 5000, "over"),
+    ],
 )
 def test_bad_summaries_say_why(text, why):
     with pytest.raises(SummaryError, match=why):

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from finetune_trainer.spec import TrainingSpec
-
 from finetune_operator import crdgen
+from finetune_trainer.spec import TrainingSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from finetune_trainer.contract import encode_summary
-
 from finetune_operator.constants import ConditionType, Phase, Reason
 from finetune_operator.models import FineTuneJobStatus, RunStatus
 from finetune_operator.status import (
@@ -15,6 +13,7 @@ from finetune_operator.status import (
     set_condition,
     termination_of,
 )
+from finetune_trainer.contract import encode_summary
 
 
 def job(spec=None, status=None):
@@ -45,7 +44,9 @@ def test_running_needs_a_ready_pod():
 def test_job_conditions_decide_terminal_phase():
     done = job(status={"conditions": [{"type": "Complete", "status": "True"}]})
     assert observe_job(done, False, False).phase == Phase.SUCCEEDED
-    failed = job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    failed = job(
+        status={"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    )
     observed = observe_job(failed, False, False)
     assert (observed.phase, observed.reason) == (Phase.FAILED, "BackoffLimitExceeded")
 
@@ -62,22 +63,35 @@ def pod(exit_code, message, index="0", finished="2026-01-01T00:00:00Z"):
 
 
 def test_termination_prefers_rank0_then_newest():
-    pods = [pod(1, "old", finished="2026-01-01T00:00:00Z"), pod(3, "new", finished="2026-01-01T00:05:00Z"),
-            pod(75, "rank1", index="1", finished="2026-01-01T00:09:00Z")]
+    pods = [
+        pod(1, "old", finished="2026-01-01T00:00:00Z"),
+        pod(3, "new", finished="2026-01-01T00:05:00Z"),
+        pod(75, "rank1", index="1", finished="2026-01-01T00:09:00Z"),
+    ]
     assert termination_of(pods) == (3, "new")
     assert termination_of([]) == (None, None)
 
 
 def test_failure_reason_comes_from_the_trainer_summary():
-    failed = observe_job(job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}), False, False)
-    msg = encode_summary({"phase": "Failed", "reason": "InvalidData", "message": "line 3: field \"text\" is empty"})
+    failed = observe_job(
+        job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}),
+        False,
+        False,
+    )
+    msg = encode_summary(
+        {"phase": "Failed", "reason": "InvalidData", "message": 'line 3: field "text" is empty'}
+    )
     out = outcome(failed, 3, msg)
     assert (out.phase, out.reason) == (Phase.FAILED, "InvalidData")
     assert "line 3" in out.message
 
 
 def test_malformed_or_oversized_summary_falls_back_to_exit_code():
-    failed = observe_job(job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}), False, False)
+    failed = observe_job(
+        job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}),
+        False,
+        False,
+    )
     out = outcome(failed, 5, "Traceback (most recent call last): boom")
     assert out.reason == "LossNotFinite" and "exit code 5" in out.message and "boom" in out.message
     out = outcome(failed, 4, "{" + "x" * 5000)

@@ -102,7 +102,9 @@ class ModelSpec(Model):
     source: Source | None = Field(
         default=None, description="Where the model files are; unset means download `name` from the hub."
     )
-    revision: str | None = Field(default=None, max_length=128, description="Hub revision (tag, branch or commit).")
+    revision: str | None = Field(
+        default=None, max_length=128, description="Hub revision (tag, branch or commit)."
+    )
     trust_remote_code: bool = Field(default=False, description="Allow model code from the repository to run.")
 
 
@@ -126,14 +128,19 @@ class Splits(Model):
     validation_source: Source | None = Field(
         default=None, description="An explicit validation file; replaces the validation fraction."
     )
-    test_source: Source | None = Field(default=None, description="An explicit test file; replaces the test fraction.")
+    test_source: Source | None = Field(
+        default=None, description="An explicit test file; replaces the test fraction."
+    )
 
 
 class Dedup(Model):
     exact: bool = Field(default=True, description="Drop records whose normalised text repeats.")
     near: bool = Field(default=True, description="Drop near-duplicates found by MinHash.")
     near_threshold: float = Field(
-        default=0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which two records are near-duplicates."
+        default=0.85,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity at which two records are near-duplicates.",
     )
 
 
@@ -148,7 +155,9 @@ class Pii(Model):
 
 class Cleaning(Model):
     dedup: Dedup = Field(default_factory=Dedup, description="Duplicate removal.")
-    strip_markup: bool = Field(default=True, description="Strip HTML tags and entities and collapse whitespace.")
+    strip_markup: bool = Field(
+        default=True, description="Strip HTML tags and entities and collapse whitespace."
+    )
     pii: Pii = Field(default_factory=Pii, description="Personal-data redaction.")
     min_characters: int = Field(default=1, ge=0, description="Drop records whose text is shorter than this.")
 
@@ -173,12 +182,13 @@ class DatasetSpec(Model):
     labels: list[str] | None = Field(
         default=None,
         max_length=1000,
-        description="Class names for classification, in order; unset means the sorted labels found in the data.",
+        description="Class names for classification, in order; unset: the sorted labels in the data.",
     )
     splits: Splits = Field(default_factory=Splits, description="How validation and test sets are made.")
     cleaning: Cleaning = Field(default_factory=Cleaning, description="Cleaning applied before the split.")
     leakage: LeakagePolicy = Field(
-        default="fail", description="What to do when test or validation records (near-)duplicate training ones."
+        default="fail",
+        description="What to do when test or validation records (near-)duplicate training ones.",
     )
     max_errors_listed: int = Field(
         default=20, ge=1, le=1000, description="How many invalid records are listed by line; all are counted."
@@ -187,7 +197,7 @@ class DatasetSpec(Model):
         default=0.0,
         ge=0.0,
         le=1.0,
-        description="Invalid records tolerated (dropped) as a fraction; above it the run fails with InvalidData.",
+        description="Fraction of invalid records tolerated (dropped); above it the run fails: InvalidData.",
     )
 
 
@@ -199,17 +209,28 @@ class Hyperparameters(Model):
         description="Peak learning rate; unset means 2e-4 for lora/qlora and 2e-5 for full.",
     )
     epochs: float = Field(default=3.0, gt=0.0, le=1000.0, description="Passes over the training set.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Per-device micro-batch size.")
     gradient_accumulation_steps: int = Field(
-        default=1, ge=1, le=1024, description="Micro-batches per optimizer step (effective batch = batch x this x GPUs)."
+        default=1,
+        ge=1,
+        le=1024,
+        description="Micro-batches per optimizer step (effective batch = batch x this x GPUs).",
     )
-    max_sequence_length: int = Field(default=512, ge=8, le=131072, description="Tokens per example; longer ones are truncated.")
-    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    max_sequence_length: int = Field(
+        default=512, ge=8, le=131072, description="Tokens per example; longer ones are truncated."
+    )
+    warmup_ratio: float = Field(
+        default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up."
+    )
     scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule after warm-up.")
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
-    packing: bool = Field(default=False, description="Pack several short examples into one sequence (causal-lm SFT).")
+    packing: bool = Field(
+        default=False, description="Pack several short examples into one sequence (causal-lm SFT)."
+    )
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
     seed: int = Field(default=42, ge=0, description="Seed for weights of new layers, dropout and data order.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature (objective dpo).")
@@ -244,14 +265,17 @@ class DistributedSpec(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "!has(self.deepspeed) || !self.deepspeed.offloadParameters || self.deepspeed.zeroStage == 3",
+                    "!has(self.deepspeed) || !self.deepspeed.offloadParameters"
+                    " || self.deepspeed.zeroStage == 3",
                     "deepspeed.offloadParameters needs zeroStage 3",
                 )
             ]
         }
     )
 
-    nodes: int = Field(default=1, ge=1, le=256, description="Pods (nodes) in the run; above 1 needs method full.")
+    nodes: int = Field(
+        default=1, ge=1, le=256, description="Pods (nodes) in the run; above 1 needs method full."
+    )
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per pod; 0 runs on CPU.")
     deepspeed: DeepSpeedSpec | None = Field(
         default=None, description="DeepSpeed ZeRO settings (method full only); unset means plain DDP."
@@ -260,7 +284,9 @@ class DistributedSpec(Model):
 
 class EarlyStoppingSpec(Model):
     enabled: bool = Field(default=True, description="Stop when validation loss stops improving.")
-    patience: int = Field(default=3, ge=1, le=1000, description="Evaluations without improvement before stopping.")
+    patience: int = Field(
+        default=3, ge=1, le=1000, description="Evaluations without improvement before stopping."
+    )
     min_delta: float = Field(default=0.0, ge=0.0, description="Smallest decrease that counts as improvement.")
 
 
@@ -286,13 +312,17 @@ class EvaluationSpec(Model):
     eval_steps: int | None = Field(
         default=None, ge=1, description="Validate every N steps; unset means once per epoch."
     )
-    compare_base: bool = Field(default=True, description="Also evaluate the untuned base model on the test set.")
+    compare_base: bool = Field(
+        default=True, description="Also evaluate the untuned base model on the test set."
+    )
     generation_metrics: bool = Field(
         default=True, description="ROUGE and BLEU on generated completions (causal-lm, prompt-completion)."
     )
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation length for ROUGE/BLEU.")
     max_test_samples: int | None = Field(default=None, ge=1, description="Cap on test records evaluated.")
-    quality_gate: QualityGate | None = Field(default=None, description="Fail the run when a test metric misses.")
+    quality_gate: QualityGate | None = Field(
+        default=None, description="Fail the run when a test metric misses."
+    )
 
 
 class CheckpointingSpec(Model):
@@ -302,7 +332,8 @@ class CheckpointingSpec(Model):
 
 class OutputSpec(Model):
     source: Source | None = Field(
-        default=None, description="Where results go (pvc or uri); unset means an emptyDir (lost with the pod)."
+        default=None,
+        description="Where results go (pvc or uri); unset means an emptyDir (lost with the pod).",
     )
     merge_adapter: bool = Field(
         default=False, description="Also save the adapter merged into a 16-bit copy of the base model."
@@ -354,13 +385,19 @@ class TrainingSpec(Model):
     objective: Objective = Field(default="sft", description="sft (supervised) or dpo (preference pairs).")
     model: ModelSpec = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training data, its format, cleaning and splits.")
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Optimisation settings.")
-    lora: LoraSpec | None = Field(default=None, description="Adapter settings (lora, qlora); defaults apply when unset.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Optimisation settings."
+    )
+    lora: LoraSpec | None = Field(
+        default=None, description="Adapter settings (lora, qlora); defaults apply when unset."
+    )
     quantization: QuantizationSpec | None = Field(
         default=None, description="4-bit settings (qlora only); defaults apply when unset."
     )
     distributed: DistributedSpec | None = Field(default=None, description="Nodes, GPUs and DeepSpeed.")
-    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Early stopping.")
+    early_stopping: EarlyStoppingSpec = Field(
+        default_factory=EarlyStoppingSpec, description="Early stopping."
+    )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Test-set evaluation.")
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoints.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where the results go.")
@@ -385,7 +422,9 @@ class Toleration(Model):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; unset matches all."
     )
-    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class SchedulingSpec(Model):
@@ -394,7 +433,9 @@ class SchedulingSpec(Model):
         max_length=63,
         description="Kueue LocalQueue; the Job is created suspended and Kueue admits it.",
     )
-    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the pods.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the pods."
+    )
     node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=64, description="Tolerations added to the GPU taint toleration."
@@ -411,10 +452,14 @@ class SchedulingSpec(Model):
 
 class ResourcesSpec(Model):
     cpu: str | None = Field(
-        default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit per pod, e.g. 8 or 500m."
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?m?$",
+        description="CPU request and limit per pod, e.g. 8 or 500m.",
     )
     memory: str | None = Field(
-        default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$", description="Memory request and limit per pod, e.g. 64Gi."
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$",
+        description="Memory request and limit per pod, e.g. 64Gi.",
     )
     shared_memory: str = Field(
         default="8Gi",
@@ -440,12 +485,18 @@ class SecretsSpec(Model):
 class FineTuneJobSpec(TrainingSpec):
     """The whole spec of a FineTuneJob: training plus how and where its pods run."""
 
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU, memory and GPU per pod.")
-    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where and when the pods run.")
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="CPU, memory and GPU per pod."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Where and when the pods run."
+    )
     image: str | None = Field(
         default=None, max_length=512, description="Trainer image; unset means the operator's default."
     )
-    secrets: SecretsSpec = Field(default_factory=SecretsSpec, description="References to Secrets (never values).")
+    secrets: SecretsSpec = Field(
+        default_factory=SecretsSpec, description="References to Secrets (never values)."
+    )
     suspend: bool = Field(default=False, description="Suspend the run; setting it back to false resumes it.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries after retriable failures.")
     active_deadline_seconds: int | None = Field(default=None, ge=1, description="Wall-clock limit of a run.")

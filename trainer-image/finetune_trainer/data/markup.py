@@ -20,6 +20,11 @@ _HTML_TAGS = (
 )
 # Known HTML element names only, so that generics such as List<String> in code are not taken for tags.
 _TAG = re.compile(rf"(?i)<(?:/?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?|!--.*?--|!doctype[^<>]*)>", re.S)
+# A lone opening tag is usually prose about HTML ("tags like <b> show up"); real markup closes its
+# elements, uses void elements, or carries comments or a doctype.
+_REAL_MARKUP = re.compile(
+    rf"(?i)</(?:{_HTML_TAGS})\s*>|<(?:br|hr|img|meta|link|input)\b[^<>]*>|<!--.*?-->|<!doctype", re.S
+)
 _ENTITY = re.compile(r"&(?:[A-Za-z]{2,8}|#\d{1,6}|#x[0-9A-Fa-f]{1,6});")
 _BLOCK_TAGS = frozenset(
     [
@@ -98,7 +103,7 @@ class _TextExtractor(HTMLParser):
 
 
 def has_markup(text: str) -> bool:
-    return bool(_TAG.search(text) or _ENTITY.search(text))
+    return bool(_REAL_MARKUP.search(text) or _ENTITY.search(text))
 
 
 def html_to_text(text: str) -> str:
@@ -118,7 +123,7 @@ def tidy_whitespace(text: str) -> str:
 
 def strip_markup(text: str) -> str:
     """Text without tags, entities and boilerplate lines."""
-    if _TAG.search(text):
+    if _REAL_MARKUP.search(text):
         text = html_to_text(text)
     elif _ENTITY.search(text):
         text = html.unescape(text)

@@ -7,6 +7,7 @@ parse with ``ipaddress``. A number that fails its check is left as it is.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter
@@ -152,7 +153,7 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         for rule in self.rules:
-            text = rule.pattern.sub(lambda m, rule=rule: self._replace(rule, m), text)
+            text = rule.pattern.sub(functools.partial(self._replace, rule), text)
         return text
 
     def _replace(self, rule: _Rule, match: re.Match[str]) -> str:

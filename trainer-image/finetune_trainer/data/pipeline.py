@@ -87,39 +87,9 @@ def prepare_data(spec: TrainingSpec, paths: Paths) -> PreparedData:
     fmt = _resolve_format(spec, main)
     labels_declared = list(ds.labels) if ds.labels else None
 
-    # validate and normalise
-    errors: list[tuple[int, int, str]] = []
-    items: dict[str, list[Item]] = {}
-    read = invalid = 0
-    per_file: list[dict[str, Any]] = []
-    for order, source in enumerate(sources):
-        loaded = source.loaded
-        good: list[Item] = []
-        bad = len(loaded.errors)
-        errors += [(order, _line_of(message), message) for message in loaded.errors]
-        for row in loaded.rows:
-            record, problems = normalise(row.data, fmt, ds.columns, labels_declared)
-            if record is None:
-                bad += 1
-                errors += [(order, row.number, f"{row.where}: {problem}") for problem in problems]
-            else:
-                good.append(Item(record, row))
-        items[source.role] = good
-        read += loaded.read
-        invalid += bad
-        per_file.append(
-            {
-                "role": source.role,
-                "path": loaded.path,
-                "file_format": loaded.file_format,
-                "sha256": loaded.sha256,
-                "read": loaded.read,
-                "valid": len(good),
-                "invalid": bad,
-            }
-        )
-    errors.sort(key=lambda entry: (entry[0], entry[1]))
-    messages = [message for _, _, message in errors]
+    items, per_file, messages = _validate(sources, fmt, spec, labels_declared)
+    read = sum(entry["read"] for entry in per_file)
+    invalid = sum(entry["invalid"] for entry in per_file)
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "format": fmt,
@@ -211,6 +181,41 @@ def prepare_data(spec: TrainingSpec, paths: Paths) -> PreparedData:
     )
 
 
+def _validate(
+    sources: list[_Source], fmt: str, spec: TrainingSpec, labels: list[str] | None
+) -> tuple[dict[str, list[Item]], list[dict[str, Any]], list[str]]:
+    """Normalised records per role, a summary per file, and every error message in line order."""
+    errors: list[tuple[int, int, str]] = []
+    items: dict[str, list[Item]] = {}
+    per_file: list[dict[str, Any]] = []
+    for order, source in enumerate(sources):
+        loaded = source.loaded
+        good: list[Item] = []
+        bad = len(loaded.errors)
+        errors += [(order, _line_of(message), message) for message in loaded.errors]
+        for row in loaded.rows:
+            record, problems = normalise(row.data, fmt, spec.dataset.columns, labels)
+            if record is None:
+                bad += 1
+                errors += [(order, row.number, f"{row.where}: {problem}") for problem in problems]
+            else:
+                good.append(Item(record, row))
+        items[source.role] = good
+        per_file.append(
+            {
+                "role": source.role,
+                "path": loaded.path,
+                "file_format": loaded.file_format,
+                "sha256": loaded.sha256,
+                "read": loaded.read,
+                "valid": len(good),
+                "invalid": bad,
+            }
+        )
+    errors.sort(key=lambda entry: (entry[0], entry[1]))
+    return items, per_file, [message for _, _, message in errors]
+
+
 def _load(paths: Paths, file_format: str) -> list[_Source]:
     """Explicit validation/test files are named by file in messages; the training file is not."""
     sources: list[_Source] = []
@@ -228,6 +233,9 @@ def _load(paths: Paths, file_format: str) -> list[_Source]:
 def _resolve_format(spec: TrainingSpec, main: Loaded) -> str:
     ds = spec.dataset
     accepted = accepted_formats(spec.task, spec.objective)
+    if main.read == 0:
+        raise DataError([f"{main.path}: the file holds no records"])
+    fmt: str
     if ds.format != "auto":
         fmt = ds.format
     else:

@@ -70,3 +70,12 @@ def token_lengths(texts: Sequence[str], tokenizer: Any) -> list[int]:
 def token_stats(texts: Sequence[str], tokenizer: Any, max_len: int) -> dict[str, Any]:
     """min/mean/p50/p95/max token length and how many records exceed ``max_len`` (will be truncated)."""
     return length_stats(token_lengths(texts, tokenizer), max_len)
+
+
+def record_token_stats(
+    records: Sequence[dict[str, Any]], fmt: str, tokenizer: Any, max_len: int
+) -> dict[str, Any]:
+    """token_stats over normalised records rendered as plain text (no chat template applied)."""
+    from finetune_trainer.data.formats import render
+
+    return token_stats([render(record, fmt) for record in records], tokenizer, max_len)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -166,7 +166,7 @@ class LeakageReport:
 
 
 def check_leakage(
-    splits: dict[str, Sequence[T]],
+    splits: Mapping[str, Sequence[T]],
     text_of: Callable[[T], str],
     where_of: Callable[[T], str],
     near: bool,

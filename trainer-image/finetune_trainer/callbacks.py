@@ -1,0 +1,231 @@
+"""Trainer callbacks that turn training events into the operator contract.
+
+- ``FiniteLossGuard``: a NaN/Inf loss stops the run before the poisoned weights are checkpointed;
+  the runner then exits with ``ExitCode.LOSS_NOT_FINITE``.
+- ``GracefulStop``: SIGTERM (preemption, eviction, node drain) saves a checkpoint at the next step
+  boundary and stops; the runner exits ``RETRIABLE`` and the next pod resumes from it.
+- ``MetricsCallback``: feeds the Prometheus gauges the operator mirrors into status.
+- ``ProgressLog``: one plain log line per logging step (kubectl logs shows no progress bars well).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from finetune_trainer.contract import Metric
+from finetune_trainer.metrics_server import TrainerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class LossNotFinite(Exception):
+    """The training or validation loss became NaN or infinite."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived; a checkpoint was saved if training had started."""
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+class FiniteLossGuard(TrainerCallback):
+    """Stop at the first non-finite loss and keep that step out of the checkpoints.
+
+    Needs ``logging_steps=1`` and ``logging_nan_inf_filter=False``: the HF default silently replaces a
+    NaN step loss by the running mean, which would hide exactly what this guard looks for.
+    """
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key in ("loss", "eval_loss"):
+            if logs and key in logs and not _finite(logs[key]):
+                self._trip(state, control, key, logs[key])
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if metrics and "eval_loss" in metrics and not _finite(metrics["eval_loss"]):
+            self._trip(state, control, "eval_loss", metrics["eval_loss"])
+
+    def _trip(self, state: TrainerState, control: TrainerControl, key: str, value: Any) -> None:
+        if self.failure is None:
+            what = "training loss" if key == "loss" else "validation loss"
+            self.failure = (
+                f"{what} became {value} at step {state.global_step}; the learning rate "
+                "may be too high, or the data holds extreme values"
+            )
+            log.error("%s", self.failure)
+        control.should_training_stop = True
+        control.should_save = False
+        control.should_evaluate = False
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM handling: a checkpoint at the next step boundary, then a clean stop.
+
+    The pod's grace period has to cover one optimizer step plus a checkpoint write; the operator sets
+    terminationGracePeriodSeconds accordingly. Before training starts there is nothing to save, so
+    the signal ends the run at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.training = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if not self.training:
+            raise Terminated("SIGTERM before training started")
+        log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.training = True
+        if self.requested:  # arrived while the trainer was being set up
+            control.should_training_stop = True
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.training = False
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class MetricsCallback(TrainerCallback):
+    """Prometheus gauges from trainer events; rates are measured between logging steps."""
+
+    def __init__(self, metrics: TrainerMetrics, samples_per_step: int) -> None:
+        self.metrics = metrics
+        self.samples_per_step = samples_per_step
+        self._last: tuple[float, int, int] | None = None  # time, step, tokens
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.metrics.set(Metric.TOTAL_STEPS, state.max_steps)
+        self.metrics.set(Metric.STEP, state.global_step)
+        self._last = (time.time(), state.global_step, state.num_input_tokens_seen)
+        if state.best_metric is not None:
+            self.metrics.on_eval_loss(state.best_metric)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.metrics.on_step(state.global_step, state.max_steps, state.epoch or 0.0)
+        self.metrics.on_tokens(state.num_input_tokens_seen)
+        self.metrics.update_memory()
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        logs = logs or {}
+        for key, metric in (
+            ("loss", Metric.TRAIN_LOSS),
+            ("learning_rate", Metric.LEARNING_RATE),
+            ("grad_norm", Metric.GRAD_NORM),
+        ):
+            if key in logs and isinstance(logs[key], (int, float)):
+                self.metrics.set(metric, float(logs[key]))
+        now = time.time()
+        if self._last is not None and "loss" in logs:
+            then, step, tokens = self._last
+            elapsed = now - then
+            if elapsed > 0 and state.global_step > step:
+                self.metrics.set(Metric.TOKENS_PER_SECOND, (state.num_input_tokens_seen - tokens) / elapsed)
+                self.metrics.set(
+                    Metric.SAMPLES_PER_SECOND, (state.global_step - step) * self.samples_per_step / elapsed
+                )
+            self._last = (now, state.global_step, state.num_input_tokens_seen)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if metrics and "eval_loss" in metrics and _finite(metrics["eval_loss"]):
+            self.metrics.on_eval_loss(float(metrics["eval_loss"]))
+
+
+class ProgressLog(TrainerCallback):
+    """``step 40/200 (20%) epoch 0.80 loss 1.9312 lr 1.8e-04 eta 3m12s`` lines for ``kubectl logs``."""
+
+    def __init__(self, metrics: TrainerMetrics) -> None:
+        self.metrics = metrics
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        if state.max_steps:
+            parts[0] += f" ({100 * state.global_step // state.max_steps}%)"
+        parts.append(f"epoch {state.epoch or 0.0:.2f}")
+        for key, label, fmt in (
+            ("loss", "loss", ".4f"),
+            ("eval_loss", "eval_loss", ".4f"),
+            ("learning_rate", "lr", ".2e"),
+            ("grad_norm", "grad_norm", ".3f"),
+        ):
+            if key in logs and isinstance(logs[key], (int, float)):
+                parts.append(f"{label} {logs[key]:{fmt}}")
+        eta = self.metrics.value(Metric.ETA_SECONDS)
+        if math.isfinite(eta) and eta > 0:
+            parts.append(f"eta {_duration(eta)}")
+        log.info("%s", " ".join(parts))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -1,0 +1,125 @@
+"""What every recipe shares: its inputs (``RecipeContext``), its protocol, and the training arguments.
+
+The arguments are one function so that checkpointing, evaluation cadence, early stopping, logging
+and precision behave the same for SFT, DPO and classification; a recipe only adds what its trainer
+class needs on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from finetune_trainer.data.pipeline import PreparedData
+from finetune_trainer.modeling import LoadedModel, half_dtype
+from finetune_trainer.spec import TrainingSpec
+
+
+@dataclass
+class RecipeContext:
+    spec: TrainingSpec
+    data: PreparedData
+    loaded: LoadedModel
+    checkpoint_dir: str
+    callbacks: list[Any] = field(default_factory=list)
+    world_size: int = 1
+    extra_arguments: dict[str, Any] = field(default_factory=dict)
+
+
+class Recipe(Protocol):
+    """How one objective trains: its records as a dataset, and a configured HF/TRL trainer."""
+
+    name: str
+
+    def dataset(self, ctx: RecipeContext, records: list[dict[str, Any]]) -> Any:
+        """The records of one split in the shape this recipe's trainer consumes."""
+        ...
+
+    def build(self, ctx: RecipeContext) -> Any:
+        """A ready ``transformers.Trainer`` (or TRL subclass) for train and validation splits."""
+        ...
+
+
+def steps_per_epoch(ctx: RecipeContext) -> int:
+    hp = ctx.spec.hyperparameters
+    batches = math.ceil(len(ctx.data.train) / (hp.batch_size * ctx.world_size))
+    return max(1, math.ceil(batches / hp.gradient_accumulation_steps))
+
+
+def validation_enabled(ctx: RecipeContext) -> bool:
+    return bool(ctx.data.validation)
+
+
+def early_stopping_enabled(ctx: RecipeContext) -> bool:
+    return ctx.spec.early_stopping.enabled and validation_enabled(ctx)
+
+
+def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
+    """Keyword arguments for ``TrainingArguments`` (and TRL's configs, which extend it).
+
+    Validation runs every ``evaluation.evalSteps`` (default: once per epoch, counted in steps so it
+    lines up with checkpoints). Keeping the best checkpoint needs every checkpoint step to be an
+    evaluation step, so with early stopping the evaluation interval becomes the largest divisor
+    of the checkpoint interval not above it: evaluations only ever get more frequent.
+    """
+    spec = ctx.spec
+    hp = spec.hyperparameters
+    save_steps = spec.checkpointing.every_steps
+    eval_steps = spec.evaluation.eval_steps or steps_per_epoch(ctx)
+    early = early_stopping_enabled(ctx)
+    if early:
+        eval_steps = math.gcd(eval_steps, save_steps)
+    use_cuda = torch.cuda.is_available()
+    args: dict[str, Any] = {
+        "output_dir": ctx.checkpoint_dir,
+        "seed": hp.seed,
+        "data_seed": hp.seed,
+        "learning_rate": spec.learning_rate(),
+        "num_train_epochs": hp.epochs,
+        "max_steps": hp.max_steps or -1,
+        "per_device_train_batch_size": hp.batch_size,
+        "per_device_eval_batch_size": hp.batch_size,
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        # A float below 1 is a ratio of the total steps in transformers 5.
+        "warmup_steps": float(hp.warmup_ratio),
+        "lr_scheduler_type": hp.scheduler,
+        "weight_decay": hp.weight_decay,
+        "max_grad_norm": hp.max_grad_norm,
+        "gradient_checkpointing": hp.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if hp.gradient_checkpointing else None,
+        # Every step is logged: the NaN guard and the metrics endpoint see each step's loss.
+        "logging_steps": 1,
+        "logging_nan_inf_filter": False,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": spec.checkpointing.keep,
+        "eval_strategy": "steps" if validation_enabled(ctx) else "no",
+        "eval_steps": eval_steps,
+        "load_best_model_at_end": early,
+        "metric_for_best_model": "eval_loss" if validation_enabled(ctx) else None,
+        "greater_is_better": False if validation_enabled(ctx) else None,
+        # Early-stopping patience survives a restart with the checkpoint it was counted against.
+        "restore_callback_states_from_checkpoint": True,
+        "report_to": ["tensorboard"],
+        "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "use_cpu": not use_cuda,
+    }
+    if use_cuda:
+        if spec.method == "qlora":
+            compute = spec.quantization_or_default().compute_dtype
+            args["bf16"] = compute == "bfloat16"
+            args["fp16"] = compute == "float16"
+        else:
+            args["bf16"] = half_dtype() == torch.bfloat16
+            args["fp16"] = not args["bf16"]
+    if spec.method == "full" and spec.distributed_or_default().deepspeed is not None:
+        from finetune_trainer.deepspeed_config import deepspeed_config
+
+        args["deepspeed"] = deepspeed_config(spec)
+    args.update(ctx.extra_arguments)
+    return args

@@ -1,0 +1,54 @@
+"""Supervised fine-tuning of a causal LM with TRL's SFTTrainer, the loss on completions only.
+
+prompt-completion records go to TRL as they are (its completion mask excludes the prompt from the
+loss). A chat whose last turn is the assistant's becomes a conversational prompt-completion pair:
+the earlier turns are the prompt (rendered by the chat template with the generation prompt), the
+last answer is the completion. Plain text records train on every token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_trainer.recipes.base import RecipeContext, training_arguments
+
+
+def as_sft_records(records: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
+    if fmt == "messages":
+        if all(r["messages"] and r["messages"][-1]["role"] == "assistant" for r in records):
+            return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
+        return [{"messages": r["messages"]} for r in records]
+    if fmt == "prompt-completion":
+        return [{"prompt": r["prompt"], "completion": r["completion"]} for r in records]
+    if fmt == "text":
+        return [{"text": r["text"]} for r in records]
+    raise ValueError(f"SFT cannot train on {fmt} records")
+
+
+class SftRecipe:
+    name = "sft"
+
+    def dataset(self, ctx: RecipeContext, records: list[dict[str, Any]]) -> Any:
+        from datasets import Dataset
+
+        return Dataset.from_list(as_sft_records(records, ctx.data.format))
+
+    def build(self, ctx: RecipeContext) -> Any:
+        from trl import SFTConfig, SFTTrainer
+
+        hp = ctx.spec.hyperparameters
+        args = SFTConfig(
+            **training_arguments(ctx),
+            max_length=hp.max_sequence_length,
+            packing=hp.packing,
+            eval_packing=False,
+            completion_only_loss=True if ctx.data.format in ("prompt-completion", "messages") else None,
+        )
+        return SFTTrainer(
+            model=ctx.loaded.model,
+            args=args,
+            train_dataset=self.dataset(ctx, ctx.data.train),
+            eval_dataset=self.dataset(ctx, ctx.data.validation) if ctx.data.validation else None,
+            processing_class=ctx.loaded.tokenizer,
+            callbacks=ctx.callbacks,
+        )
