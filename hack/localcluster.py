@@ -209,8 +209,6 @@ def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -
             "kwokControllerPort": kwok,
             "kubeControllerManagerPort": kcm,
             "kubeSchedulerPort": sched,
-            # Taints for NotReady nodes are lifted on the next pass; make passes frequent.
-            "kubeControllerManagerNodeMonitorPeriodMilliseconds": 1000,
         },
         "componentsPatches": [
             {"name": "etcd", "extraArgs": [{"key": "unsafe-no-fsync", "value": "true"}]},

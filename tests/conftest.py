@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent

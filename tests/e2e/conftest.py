@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, deep_merge
+
 from helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

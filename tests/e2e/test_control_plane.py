@@ -12,8 +12,9 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import wait_for
 from kubernetes import client
+
+from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from finetune_trainer.contract import Metric, encode_summary, metric_name
 from helpers import wait_for
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from finetune_trainer.data import prepare_data
 from finetune_trainer.data.dedup import find_duplicates
 from finetune_trainer.data.markup import strip_markup
@@ -103,6 +104,8 @@ def test_markup_is_stripped_and_code_is_not() -> None:
     code = "def f(a, b):\n    if a < b and b > 0:\n        return List<String>()"
     assert strip_markup(code) == code
     assert strip_markup("Thanks!\n\nSent from my iPhone") == "Thanks!"
+    prose = "Notifications arrive with raw HTML tags like <b> in them."
+    assert strip_markup(prose) == prose
 
 
 def test_markup_counts_and_empty_after_stripping(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.spec import Paths, TrainingSpec
 

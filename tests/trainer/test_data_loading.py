@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from finetune_trainer.data.loading import LoadError, load_file, local_path
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.data.report import percentile, token_stats
 from finetune_trainer.spec import Paths, TrainingSpec
@@ -128,6 +129,7 @@ def test_customer_feedback_example_duplicates_and_pii_are_found() -> None:
     assert cleaning["duplicates_removed"]["near"] >= 3
     assert cleaning["redactions"]["email"] == 8 and cleaning["redactions"]["phone"] == 4
     assert cleaning["records_redacted"] >= 10
+    assert cleaning["markup_stripped"] == 0  # line 280 talks about "<b>" tags; that is prose
     assert report["splits"]["method"] == "stratified"
     assert len(data.labels or []) == 5
     assert report["leakage"]["exact"] == report["leakage"]["near"] == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.data.splitting import held_out_sizes, split_records
 from finetune_trainer.spec import Paths, TrainingSpec

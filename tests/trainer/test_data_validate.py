@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from finetune_trainer.contract import ExitCode
 from finetune_trainer.validate_cmd import main, validate_command
 

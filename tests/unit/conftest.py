@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from finetune_operator.builders import Owner
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.spec import FineTuneJobSpec

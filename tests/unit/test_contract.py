@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from finetune_trainer.contract import (
     NON_RETRIABLE_EXIT_CODES,
     SUMMARY_MAX_BYTES,

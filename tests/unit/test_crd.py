@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from finetune_operator import crdgen
 from finetune_trainer.spec import TrainingSpec
 

@@ -115,17 +115,40 @@ def select_deepspeed_accelerator(use_cuda: bool, env: MutableMapping[str, str] |
 
 
 def training_arguments_overrides(use_cuda: bool) -> dict[str, object]:
-    """Keyword arguments the trainer adds to ``TrainingArguments`` for a distributed run.
+    """Keyword arguments the trainer adds to ``TrainingArguments`` (after :func:`init_distributed`).
 
     On CPU, ``use_cpu=True`` is what makes accelerate count the processes: without it accelerate finds no
     device backend, reports one process, and HF computes ``train_batch_size`` for a world of 1 while
     DeepSpeed sees 2. ``use_cpu`` does not switch DeepSpeed off: the Trainer's Accelerator still runs the
-    DeepSpeed engine because a DeepSpeed plugin is given (ACCELERATE_USE_CPU must stay unset, that one
-    would).
+    DeepSpeed engine because a DeepSpeed plugin is given (ACCELERATE_USE_CPU must stay unset: that one
+    would). No ``ddp_backend``: the group already exists, and naming a backend without one makes
+    accelerate ask a missing group for its size.
     """
-    if use_cuda:
-        return {"ddp_backend": "nccl"}
-    return {"use_cpu": True, "ddp_backend": "gloo"}
+    return {} if use_cuda else {"use_cpu": True}
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a world of one; torchrun picks its own)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def single_process_environment(env: MutableMapping[str, str]) -> None:
+    """torchrun's variables for a world of one on localhost; values already present are kept."""
+    for name, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("LOCAL_WORLD_SIZE", "1"),
+        ("GROUP_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
+        env.setdefault(name, value)
+    if "MASTER_PORT" not in env:
+        env["MASTER_PORT"] = str(free_port())
 
 
 def init_distributed(
@@ -136,17 +159,21 @@ def init_distributed(
     For DeepSpeed the group is created through ``deepspeed.comm``: DeepSpeed reads the world size from
     its own communication layer, and ``zero.Init`` (used by ``from_pretrained`` under ZeRO-3) builds its
     config *before* it initialises that layer, silently falling back to a world of 1. Creating the group
-    here first closes that gap. A single process does nothing: DeepSpeed and the Trainer set up their
-    own world of one.
+    here first closes that gap. A plain process (no torchrun) with DeepSpeed becomes a world of one on
+    localhost; without DeepSpeed it is left alone.
 
     Raises RuntimeError when the group that came up disagrees with the launcher's WORLD_SIZE.
     """
-    info = world_info()
     if use_cuda is None:
         use_cuda = cuda_available()
     if use_deepspeed:
         select_deepspeed_accelerator(use_cuda)
-    if not info.is_distributed:
+        # DeepSpeed always needs a process group. Without torchrun's variables, deepspeed.initialize
+        # would look for an MPI launcher (mpi4py) instead, so a plain process becomes a world of one.
+        if "WORLD_SIZE" not in os.environ:
+            single_process_environment(os.environ)
+    info = world_info()
+    if not info.is_distributed and not use_deepspeed:
         return info
 
     import torch

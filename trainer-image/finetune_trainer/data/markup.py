@@ -19,7 +19,6 @@ _HTML_TAGS = (
     "u|ul"
 )
 # Known HTML element names only, so that generics such as List<String> in code are not taken for tags.
-_TAG = re.compile(rf"(?i)<(?:/?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?|!--.*?--|!doctype[^<>]*)>", re.S)
 # A lone opening tag is usually prose about HTML ("tags like <b> show up"); real markup closes its
 # elements, uses void elements, or carries comments or a doctype.
 _REAL_MARKUP = re.compile(

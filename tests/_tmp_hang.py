@@ -1,0 +1,5 @@
+import time
+
+
+def test_hang(namespace):
+    time.sleep(120)
