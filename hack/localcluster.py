@@ -6,8 +6,9 @@ free ports) and we point every one of its binaries at the local cache, so it nev
 anything. On top of it this module adds what kwokctl does not: our kwok stages and fake nodes
 (hack/kwok/), etcd without fsync, 127.0.0.1-only ports picked by the OS, a readiness check that
 waits for the ``default`` ServiceAccount and Ready nodes, an admin kubeconfig with embedded
-credentials, and a stop that kills only the processes whose command line names this cluster's state
-directory (pid files alone could point at a recycled pid).
+credentials, and a stop that kills only processes run from this cluster's own ``bin/`` (or the
+kwokctl creating it): pid files alone could name a recycled pid, or miss a component whose pid file
+was not written yet.
 
 Each cluster lives in ``.local/kwok/clusters/<name>/`` (gitignored); ``down`` removes it. kwokctl
 starts every component with setsid, so each is its own process group and a terminal's Ctrl-C does
@@ -55,8 +56,8 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler
 # Components kwokctl runs, named after their pid files in <state>/pids/.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 BUILD_HINT = (
-    "build them once with `make binaries` (hack/build-binaries.sh; a cold build takes tens of "
-    "minutes on 2 cores), or point KUBEBUILDER_ASSETS / TEST_ASSET_<NAME> at binaries you have"
+    "build them once with `make binaries` (hack/build-binaries.sh; a cold build takes about "
+    "12 minutes on 2 cores), or point KUBEBUILDER_ASSETS / TEST_ASSET_<NAME> at binaries you have"
 )
 
 
@@ -196,6 +197,9 @@ def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -
             "securePort": True,
             "kubeAuthorization": True,  # --authorization-mode=Node,RBAC; SA signing key for KCM
             "kubeAdmission": True,  # default admission plugins, ServiceAccount included
+            # kwokctl multiplies this by its heartbeat factor (5): KCM's --node-monitor-period
+            # becomes 5s, upstream's default, instead of kwokctl's 25s.
+            "kubeControllerManagerNodeMonitorPeriodMilliseconds": 1000,
             "components": list(COMPONENTS),
             "etcdBinary": str(bins["etcd"]),
             "kubeApiserverBinary": str(bins["kube-apiserver"]),
@@ -237,12 +241,13 @@ def _recorded_pids(sdir: Path) -> dict[str, int]:
 
 
 def _ours(pid: int, sdir: Path) -> bool:
-    """Alive, and its command line names this cluster's state dir: a recycled pid is never ours."""
+    """Alive and started for this cluster (run from its bin/ or kwokctl creating it), so a
+    recycled pid, or an unrelated process that uses the cluster's kubeconfig, is never ours."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return str(sdir) in cmdline
+    return argv[0].startswith(f"{sdir}/bin/".encode()) or str(sdir / "ftj-input.yaml").encode() in argv
 
 
 def _pid_alive(pid: int) -> bool:
@@ -255,31 +260,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _cluster_processes(sdir: Path) -> list[int]:
+    """Recorded pids plus any process run from this cluster's ``bin/`` (a component whose pid file
+    is not written yet) or creating it (kwokctl with our input file). Other processes that merely
+    mention the state dir, such as an operator using its kubeconfig, are not ours to stop."""
+    pids = {pid for pid in _recorded_pids(sdir).values() if _ours(pid, sdir)}
+    pids |= {
+        int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid() and _ours(int(e), sdir)
+    }
+    return sorted(pids)
+
+
 def _kill(sdir: Path, timeout: float = 15.0) -> list[int]:
-    """SIGKILL each component's process group (kwokctl setsid's them, as its own stop does)."""
-    targets = [pid for pid in _recorded_pids(sdir).values() if _ours(pid, sdir)]
-    for pid in targets:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while any(_ours(p, sdir) for p in targets) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = [p for p in targets if _ours(p, sdir)]
-    if left:
-        raise ClusterError(f"processes {left} of {sdir} survived SIGKILL")
-    return targets
+    """SIGKILL every process of this cluster, as kwokctl's own stop does.
+
+    Repeated because a kwokctl that is still creating could start one more component between a
+    scan and its own death.
+    """
+    killed: list[int] = []
+    for _ in range(3):
+        targets = [p for p in _cluster_processes(sdir) if p not in killed]
+        if not targets:
+            break
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:  # kwokctl setsid's each component
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while any(_ours(p, sdir) for p in targets) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [p for p in targets if _ours(p, sdir)]
+        if left:
+            raise ClusterError(f"processes {left} of {sdir} survived SIGKILL")
+        killed += targets
+    return killed
 
 
 @contextlib.contextmanager
-def _lock(name: str) -> Iterator[None]:
+def _lock(name: str, *, wait: bool = True) -> Iterator[bool]:
+    """Serialise up/down of one cluster across processes; yields False if busy and not ``wait``."""
     KWOK_WORKDIR.mkdir(parents=True, exist_ok=True)
     with open(KWOK_WORKDIR / f".{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -451,14 +481,18 @@ def ensure_up(
 
 def down(name: str = DEFAULT_NAME) -> bool:
     """Stop the processes this cluster started (by recorded pid) and remove its state."""
+    with _lock(name):
+        return _down_locked(name)
+
+
+def _down_locked(name: str) -> bool:
     sdir = state_dir(name)
     stopped: list[int] = []
-    with _lock(name):
-        if sdir.exists():
-            stopped = _kill(sdir)
-            shutil.rmtree(sdir, ignore_errors=True)
-        if name == DEFAULT_NAME:
-            ADMIN_KUBECONFIG.unlink(missing_ok=True)
+    if sdir.exists():
+        stopped = _kill(sdir)
+        shutil.rmtree(sdir, ignore_errors=True)
+    if name == DEFAULT_NAME:
+        ADMIN_KUBECONFIG.unlink(missing_ok=True)
     return bool(stopped)
 
 
@@ -473,10 +507,14 @@ def reap_stale(prefix: str = TEST_NAME_PREFIX) -> list[str]:
     for name in list_clusters():
         if not name.startswith(prefix):
             continue
-        state = _read_state(state_dir(name)) or {}
-        owner = state.get("owner_pid")
-        if owner is None or not _pid_alive(int(owner)):
-            down(name)
+        # A creator holds the lock until its state is recorded; a busy lock means "in use".
+        with _lock(name, wait=False) as acquired:
+            if not acquired:
+                continue
+            owner = (_read_state(state_dir(name)) or {}).get("owner_pid")
+            if owner is not None and _pid_alive(int(owner)):
+                continue
+            _down_locked(name)
             reaped.append(name)
     return reaped
 
@@ -486,19 +524,19 @@ def register_cleanup(name: str) -> None:
     atexit.register(down, name)
 
     def handler(signum: int, frame: FrameType | None, prev: Any = None) -> None:
+        # Without the lock: this process may hold it (signal during create) and is going away.
         with contextlib.suppress(Exception):
-            down(name)
+            _down_locked(name)
         if callable(prev):
             prev(signum, frame)
-            return
-        if prev == signal.SIG_IGN:
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         prev = signal.getsignal(sig)
-        signal.signal(sig, lambda s, f, p=prev: handler(s, f, p))
+        if prev != signal.SIG_IGN:  # e.g. nohup: the caller chose to outlive that signal
+            signal.signal(sig, lambda s, f, p=prev: handler(s, f, p))
 
 
 def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
@@ -510,6 +548,16 @@ def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
         _kill(sdir)
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
+    state: dict[str, Any] = {
+        "name": name,
+        "owner_pid": owner_pid,
+        "created_by_pid": os.getpid(),
+        "ready": False,
+    }
+    (sdir / STATE_FILE).write_text(json.dumps(state))
+    if owner_pid is not None:
+        # Before anything starts, so an owner killed even mid-create leaves nothing behind.
+        _spawn_watchdog(name, owner_pid)
     versions = binary_versions(bins)
     kube_version = versions["kube-apiserver"].split()[-1]
     nodes = load_nodes()
@@ -542,13 +590,10 @@ def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}\n{diag}"
         )
     kubeconfig = _kubeconfig_path(name)
-    state: dict[str, Any] = {
-        "name": name,
+    state |= {
         "state_dir": str(sdir),
         "server": _server(sdir),
         "kubeconfig": str(kubeconfig),
-        "owner_pid": owner_pid,
-        "created_by_pid": os.getpid(),
         "created_at": time.time(),
         "binaries": {k: str(v) for k, v in bins.items()},
         "versions": versions,
@@ -556,11 +601,8 @@ def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
             zip(["etcd", "etcd-peer", "kube-apiserver", "kwok", "kcm", "scheduler"], ports, strict=True)
         ),
         "pids": _recorded_pids(sdir),
-        "ready": False,
     }
     (sdir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    if owner_pid is not None:
-        _spawn_watchdog(name, owner_pid)
     try:
         _wait_ready(sdir, bins, nodes, deadline=t0 + timeout)
     except BaseException:
@@ -599,7 +641,7 @@ def _wait_ready(sdir: Path, bins: dict[str, Path], nodes: list[dict[str, Any]], 
 
 
 def _spawn_watchdog(name: str, owner_pid: int) -> None:
-    logf = open(state_dir(name) / "logs" / "watchdog.log", "ab")  # noqa: SIM115 - handed to the child
+    logf = open(state_dir(name) / "watchdog.log", "ab")  # noqa: SIM115 - handed to the child
     with logf:
         subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_watch", name, str(owner_pid)],

@@ -55,11 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = OperatorSettings.from_env()
-    namespaces = tuple(args.namespace) or settings.namespaces
-    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
-    health_port = args.health_port if args.health_port is not None else settings.health_port
-    peering = args.peering or settings.peering
+    config = OperatorSettings.from_env()
+    namespaces = tuple(args.namespace) or config.namespaces
+    metrics_port = args.metrics_port if args.metrics_port is not None else config.metrics_port
+    health_port = args.health_port if args.health_port is not None else config.health_port
+    peering = args.peering or config.peering
 
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
@@ -72,22 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
         kopf.event(obj, type=kind, reason=reason, message=message[:1000])
 
-    ctx = Context(kube=kube, settings=settings, phases=PhaseBook(), post_event=post_event)
+    ctx = Context(kube=kube, settings=config, phases=PhaseBook(), post_event=post_event)
     registry = kopf.OperatorRegistry()
-    register(registry, settings)
+    register(registry, config)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings_: kopf.OperatorSettings, **_: Any) -> None:
-        settings_.persistence.finalizer = f"{c.GROUP}/finalizer"
-        settings_.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-        settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = f"{c.GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=c.GROUP, key="last-handled-configuration"
         )
-        settings_.execution.max_workers = settings.max_workers
-        settings_.posting.enabled = True
-        settings_.posting.level = logging.INFO
-        settings_.watching.server_timeout = 300
-        settings_.batching.worker_limit = max(settings.max_workers * 4, 16)
+        settings.execution.max_workers = config.max_workers
+        settings.posting.enabled = True
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        settings.batching.worker_limit = max(config.max_workers * 4, 16)
         if metrics_port:
             serve(metrics_port)
 

@@ -100,7 +100,9 @@ def add_factory_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None
         nested = _model_of(field.annotation)
         if field.default_factory is not None:
             value = field.default_factory()  # type: ignore[call-arg]
-            prop.setdefault("default", {} if isinstance(value, BaseModel) else value)
+            if isinstance(value, BaseModel):
+                value = value.model_dump(by_alias=True, exclude_none=True, mode="json")
+            prop.setdefault("default", value)
         if nested is not None:
             add_factory_defaults(nested, prop)
 

@@ -137,21 +137,21 @@ class Kube:
     # -- pre-flight checks ------------------------------------------------------------------------
     def exists_metadata_only(self, path: str, operation: str) -> bool:
         """Existence check that never transfers an object's data (used for Secrets)."""
+        method, url, headers, _body, _post = self.api.param_serialize(
+            "GET", path, header_params={"Accept": METADATA_ONLY}, auth_settings=["BearerToken"]
+        )
         try:
-            self.api.call_api(
-                path,
-                "GET",
-                header_params={"Accept": METADATA_ONLY},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-            )
-            return True
+            response = self.api.call_api(method, url, header_params=headers)
+            response.read()
+            code = int(response.status)
         except ApiException as exc:
-            if exc.status == 404:
-                return False
-            API_ERRORS.labels(operation=operation).inc()
-            raise
+            code = int(exc.status or 0)
+        if 200 <= code < 300:
+            return True
+        if code == 404:
+            return False
+        API_ERRORS.labels(operation=operation).inc()
+        raise ApiException(status=code, reason=f"GET {path}")
 
     def secret_exists(self, namespace: str, name: str) -> bool:
         return self.exists_metadata_only(f"/api/v1/namespaces/{namespace}/secrets/{name}", "get_secret")

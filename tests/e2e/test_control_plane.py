@@ -8,6 +8,7 @@ not as a mysterious operator test failure.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -51,6 +52,20 @@ def _pod(
 
 def _phase(core: client.CoreV1Api, ns: str, name: str) -> str:
     return str(core.read_namespaced_pod(name, ns).status.phase)
+
+
+def test_fake_nodes_advertise_gpus_labels_and_taints(kubectl: Any) -> None:
+    nodes = {
+        n["metadata"]["name"]: n for n in json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    }
+    assert GPU_NODES | {"cpu-node-0", "dev-node-0"} <= set(nodes)
+    for name in GPU_NODES:
+        node = nodes[name]
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+        assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in node["spec"]["taints"]
+    assert "nvidia.com/gpu" not in nodes["cpu-node-0"]["status"]["allocatable"]
+    assert nodes["dev-node-0"]["metadata"]["labels"]["finetuning.io/dev-runtime"] == "true"
 
 
 def test_gpu_job_lands_on_a_gpu_node_and_completes(kube_api: Any, namespace: str) -> None:

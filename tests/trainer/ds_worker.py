@@ -139,7 +139,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"name": "tiny-llama"},
             "dataset": {"source": {"uri": "file:///unused.jsonl"}},
             "hyperparameters": {"batchSize": 4, "gradientAccumulationSteps": 1, "maxGradNorm": 1.0},
-            "distributed": {"gpusPerNode": 0, "deepspeed": {"zeroStage": args.stage}},
+            "distributed": {
+                "gpusPerNode": 0,
+                "deepspeed": {"zeroStage": args.stage, "offloadOptimizer": args.offload},
+            },
         }
     )
     ds_config = deepspeed_config(spec)
@@ -181,7 +184,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "args_world_size": targs.world_size,
         "engine_dp_world_size": int(getattr(engine, "dp_world_size", -1)),
         "train_batch_size": int(engine.train_batch_size()) if hasattr(engine, "train_batch_size") else -1,
-        "zero_stage": int(engine.zero_optimization_stage()) if hasattr(engine, "zero_optimization_stage") else -1,
+        "zero_stage": int(engine.zero_optimization_stage())
+        if hasattr(engine, "zero_optimization_stage")
+        else -1,
         "global_step": trainer.state.global_step,
         "losses": losses,
         "checksum": checksum,
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--stage", type=int, default=3)
     t.add_argument("--steps", type=int, default=6)
     t.add_argument("--lr", type=float, default=5e-3)
+    t.add_argument("--offload", action="store_true", help="offload the optimizer (compiles CPU Adam)")
     t.add_argument("--no-fix", choices=["plain", "use-cpu"], default=None)
     args = parser.parse_args(argv)
     if args.cmd == "build":
@@ -210,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = train(args)
     except Exception as exc:  # the report says which rank failed and how, for the test's message
-        report = {"rank": int(rank), "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        report = {
+            "rank": int(rank),
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
         (args.out / f"rank{rank}.json").write_text(json.dumps(report, indent=2))
         print(report["traceback"], file=sys.stderr, flush=True)
         return 1

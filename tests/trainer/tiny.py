@@ -19,8 +19,26 @@ CHAT_TEMPLATE = (
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
 THINGS = [
-    "apple", "sky", "grass", "banana", "plum", "carrot", "coal", "snow", "flamingo", "bear", "lemon",
-    "ocean", "cherry", "forest", "tiger", "cloud", "violet", "pumpkin", "ink", "rose",
+    "apple",
+    "sky",
+    "grass",
+    "banana",
+    "plum",
+    "carrot",
+    "coal",
+    "snow",
+    "flamingo",
+    "bear",
+    "lemon",
+    "ocean",
+    "cherry",
+    "forest",
+    "tiger",
+    "cloud",
+    "violet",
+    "pumpkin",
+    "ink",
+    "rose",
 ]
 CATEGORIES = {
     "billing": ["invoice", "charged", "refund", "payment", "card", "price", "bill", "subscription"],
@@ -85,7 +103,9 @@ def build_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(corpus(), trainer=trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.train_from_iterator(
+        corpus(), trainer=trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+    )
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -103,6 +123,9 @@ def build_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
         num_attention_heads=2,
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
+        # No dropout: a 32-wide random encoder learns its toy task within a few dozen steps only without it.
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     BertModel(config).save_pretrained(directory)
     return directory
@@ -132,7 +155,9 @@ def preference_records(n: int = 60) -> list[dict[str, str]]:
     out = []
     for r in prompt_completion_records(n):
         wrong = rng.choice(COLOURS)
-        out.append({"prompt": r["prompt"], "chosen": r["completion"], "rejected": f" I do not know, maybe {wrong}."})
+        out.append(
+            {"prompt": r["prompt"], "chosen": r["completion"], "rejected": f" I do not know, maybe {wrong}."}
+        )
     return out
 
 
@@ -142,7 +167,7 @@ def text_label_records(n: int = 90) -> list[dict[str, str]]:
     names = sorted(CATEGORIES)
     for i in range(n):
         label = names[i % len(names)]
-        words = rng.sample(CATEGORIES[label], 3) + rng.sample(FILLER, 4)
+        words = rng.sample(CATEGORIES[label], 4) + rng.sample(FILLER, 1)
         rng.shuffle(words)
         out.append({"text": " ".join(words), "label": label})
     return out

@@ -115,15 +115,21 @@ class GracefulStop(TrainerCallback):
             raise Terminated("SIGTERM before training started")
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         self.training = True
         if self.requested:  # arrived while the trainer was being set up
             control.should_training_stop = True
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         self.training = False
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         if self.requested:
             control.should_save = True
             control.should_training_stop = True
@@ -137,14 +143,18 @@ class MetricsCallback(TrainerCallback):
         self.samples_per_step = samples_per_step
         self._last: tuple[float, int, int] | None = None  # time, step, tokens
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         self.metrics.set(Metric.TOTAL_STEPS, state.max_steps)
         self.metrics.set(Metric.STEP, state.global_step)
         self._last = (time.time(), state.global_step, state.num_input_tokens_seen)
         if state.best_metric is not None:
             self.metrics.on_eval_loss(state.best_metric)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
         self.metrics.on_step(state.global_step, state.max_steps, state.epoch or 0.0)
         self.metrics.on_tokens(state.num_input_tokens_seen)
         self.metrics.update_memory()
@@ -202,7 +212,7 @@ class ProgressLog(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or not ({"loss", "eval_loss"} & logs.keys()):
             return
         parts = [f"step {state.global_step}/{state.max_steps}"]
         if state.max_steps:

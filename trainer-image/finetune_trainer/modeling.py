@@ -64,7 +64,9 @@ def load_tokenizer(spec: TrainingSpec, model_path: str) -> Any:
     return tokenizer
 
 
-def load_model(spec: TrainingSpec, model_path: str, tokenizer: Any, labels: list[str] | None = None) -> LoadedModel:
+def load_model(
+    spec: TrainingSpec, model_path: str, tokenizer: Any, labels: list[str] | None = None
+) -> LoadedModel:
     """Load the base for ``spec.task`` and wrap it for ``spec.method``."""
     kwargs: dict[str, Any] = {
         "revision": spec.model.revision,
@@ -81,7 +83,9 @@ def load_model(spec: TrainingSpec, model_path: str, tokenizer: Any, labels: list
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:
-        raise ModelLoadFailed(f"model {spec.model.name!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadFailed(
+            f"model {spec.model.name!r} could not be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
 
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -98,7 +102,17 @@ def load_model(spec: TrainingSpec, model_path: str, tokenizer: Any, labels: list
     return LoadedModel(model=model, tokenizer=tokenizer, quantized=quantized, dtype=dtype)
 
 
-def _from_pretrained(spec: TrainingSpec, model_path: str, labels: list[str] | None, kwargs: dict[str, Any]) -> Any:
+def load_base(
+    spec: TrainingSpec, model_path: str, labels: list[str] | None, dtype: torch.dtype, **kwargs: Any
+) -> Any:
+    """The plain base model (no adapter, no quantization) in ``dtype``: what an adapter merges into."""
+    kwargs = {"revision": spec.model.revision, "trust_remote_code": spec.model.trust_remote_code, **kwargs}
+    return _from_pretrained(spec, model_path, labels, {"dtype": dtype, **kwargs})
+
+
+def _from_pretrained(
+    spec: TrainingSpec, model_path: str, labels: list[str] | None, kwargs: dict[str, Any]
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if spec.task == "classification":
@@ -162,7 +176,9 @@ def _with_adapter(spec: TrainingSpec, model: Any) -> Any:
     except ValueError as exc:  # e.g. target modules that the architecture does not have
         raise ModelLoadFailed(f"LoRA adapter could not be attached: {exc}") from exc
     trainable, total = peft_model.get_nb_trainable_parameters()
-    log.info("LoRA: %d of %d parameters trainable (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+    log.info(
+        "LoRA: %d of %d parameters trainable (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1)
+    )
     return peft_model
 
 

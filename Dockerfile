@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# The finetune-operator image: `docker build -t finetune-operator .` from the repository root.
+# Stage 1 builds a virtual environment with the pinned dependencies; stage 2 copies only that
+# environment onto a fresh slim base, so no pip cache, compiler or build backend ships.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer-image/finetune_trainer/ trainer-image/finetune_trainer/
+# Only the operator's dependencies (no [trainer] extra): the shared contract module is torch-free.
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/python -c "import finetune_operator.__main__"
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="finetune-operator" \
+      org.opencontainers.image.description="Runs LLM fine-tuning as FineTuneJob custom resources" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/finetune-operator/finetune-operator"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /opt/venv /opt/venv
+# 65532 is the conventional "nonroot" id; the chart's securityContext runs as the same numeric id.
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 8080 8081
+ENTRYPOINT ["python", "-m", "finetune_operator"]
+CMD ["--all-namespaces"]

@@ -1,0 +1,149 @@
+{{/* Names --------------------------------------------------------------------------------------- */}}
+
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ include "finetune-operator.chart" . }}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: finetune-operator
+{{- end }}
+
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.metricsJob" -}}
+{{- printf "%s-metrics" (include "finetune-operator.fullname" .) }}
+{{- end }}
+
+{{/* RBAC ---------------------------------------------------------------------------------------
+One helper for the namespaced rules: a ClusterRole uses them when watching every namespace, a Role in
+each of watchNamespaces otherwise. Each rule names the code that needs it (operator/finetune_operator).
+*/}}
+{{- define "finetune-operator.rules" -}}
+# FineTuneJobs: kopf lists/watches them and patches its finalizer and annotations; kube.get_ftj reads one.
+- apiGroups: ["finetuning.io"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# kube.update_status: optimistic read-modify-write of status.
+- apiGroups: ["finetuning.io"]
+  resources: ["finetunejobs/status"]
+  verbs: ["get", "update"]
+# The run's Job: kopf watches Jobs it manages; kube.create/get_job/set_job_suspend/delete_job.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# The run's resolved config (ConfigMap) and, for nodes > 1, the headless Service; configmap_exists for
+# spec.*.source.configMap.
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["create", "get"]
+# kube.job_pods: the rank-0 pod's address for progress, and pod states for status.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Existence checks before a GPU is requested: metadata-only GET (PartialObjectMetadata). Secrets get
+# `get` only, never list or watch; the operator never reads Secret data.
+- apiGroups: [""]
+  resources: ["secrets", "persistentvolumeclaims"]
+  verbs: ["get"]
+# kopf posts Events on FineTuneJobs.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if .Values.operator.peering }}
+# kopf peering (operator.peering): namespaced peering objects.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["list", "watch", "patch", "get"]
+{{- end }}
+{{- end }}
+
+{{/*
+Cluster-scoped rules. In namespaced mode only `list nodes` for the GPU check remains (none with
+gpu.resourceCheck=off); the operator would otherwise fail FineTuneJobs with a 403 from the check.
+*/}}
+{{- define "finetune-operator.clusterRules" -}}
+{{- if ne .Values.gpu.resourceCheck "off" }}
+# kube.cluster_has_resource: does any node advertise the GPU resource (gpu.resourceCheck).
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
+{{- end }}
+{{- if not .Values.watchNamespaces }}
+# kopf notices the FineTuneJob CRD being (re)installed; without it (namespaced mode) kopf logs a warning
+# and picks the CRD up at its next start.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- if and .Values.operator.peering (not .Values.watchNamespaces) }}
+# kopf peering across the cluster (operator.peering, cluster-wide mode).
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["list", "watch", "patch", "get"]
+{{- end }}
+{{- end }}
+
+{{/* Guards for invariants values.schema.json cannot express. */}}
+{{- define "finetune-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.peering) }}
+{{- fail "replicaCount > 1 needs operator.peering: without kopf peering every replica would reconcile every FineTuneJob" }}
+{{- end }}
+{{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
+{{- fail "operator.metricsPort and operator.healthPort must differ" }}
+{{- end }}
+{{- if and .Values.prometheusRule.enabled (not .Values.serviceMonitor.enabled) }}
+{{- fail "prometheusRule.enabled needs serviceMonitor.enabled: FineTuneOperatorDown alerts on the ServiceMonitor's job" }}
+{{- end }}
+{{- if and (not .Values.rbac.create) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "with rbac.create and serviceAccount.create both false, set serviceAccount.name to the account you bound yourself" }}
+{{- end }}
+{{- $si := .Values.serviceMonitor.interval | toString }}
+{{- if and .Values.serviceMonitor.enabled (eq $si (.Values.serviceMonitor.scrapeTimeout | toString)) }}
+{{- fail "serviceMonitor.scrapeTimeout must be shorter than serviceMonitor.interval" }}
+{{- end }}
+{{- range $k, $v := .Values.trainer.env }}
+{{- if hasPrefix "FTJ_" $k }}
+{{- fail (printf "trainer.env.%s: names starting with FTJ_ are reserved for the operator's settings" $k) }}
+{{- end }}
+{{- end }}
+{{- end }}

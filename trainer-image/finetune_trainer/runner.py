@@ -1,0 +1,378 @@
+"""One training run, stage by stage, ending in an exit code and a termination summary.
+
+Stages: config → data → model → setup → train → evaluate → save. Whatever goes wrong is mapped to
+an ``ExitCode`` of the contract, so the operator can tell a bad spec (fail the Job at once) from a
+broken node (retry and resume). The summary is written to ``config.termination_log`` on every path
+out, success or not, because it is the only thing the operator reads after the pod is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_trainer.contract import ExitCode, encode_summary, meaning_of
+from finetune_trainer.spec import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class Failure(Exception):
+    """A failure whose exit code is already decided."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class RunRecord:
+    """What the summary reports; filled in as the stages progress."""
+
+    stage: str = "config"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    output_uri: str | None = None
+    checkpoint: dict[str, Any] | None = None
+
+
+def load_config(path: str | Path) -> TrainerConfig:
+    """Parse the trainer config; raises Failure(INVALID_CONFIG) naming the bad fields."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise Failure(ExitCode.INVALID_CONFIG, f"cannot read the trainer config {path}: {exc}") from exc
+    try:
+        return TrainerConfig.model_validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()[:10]
+        )
+        raise Failure(ExitCode.INVALID_CONFIG, f"invalid trainer config {path}: {problems}") from exc
+
+
+def termination_log_of(path: str | Path) -> str:
+    """The termination-log path named in a config that may not parse; the default otherwise."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = raw.get("terminationLog") or raw.get("termination_log")
+        return str(value) if value else DEFAULT_TERMINATION_LOG
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_TERMINATION_LOG
+
+
+def run_config_file(path: str | Path) -> int:
+    try:
+        config = load_config(path)
+    except Failure as failure:
+        record = RunRecord()
+        write_summary(termination_log_of(path), failure.code, failure.message, record)
+        log.error("%s", failure.message)
+        return int(failure.code)
+    return run(config)
+
+
+def run(config: TrainerConfig) -> int:
+    """Train, evaluate and save as the config says; returns the exit code (the summary is written)."""
+    from finetune_trainer.callbacks import GracefulStop
+    from finetune_trainer.distributed import world_info
+    from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics
+
+    world = world_info()
+    record = RunRecord()
+    metrics = TrainerMetrics()
+    server = None
+    if world.local_rank == 0 and config.metrics_port:
+        try:
+            server = MetricsServer(metrics, config.metrics_port)
+        except OSError as exc:
+            log.warning("metrics endpoint on port %d not started: %s", config.metrics_port, exc)
+    stop = GracefulStop()
+    stop.install()
+    code, message = ExitCode.SUCCEEDED, "training and evaluation finished"
+    try:
+        message = _stages(config, record, metrics, stop) or message
+    except BaseException as exc:  # every way out gets an exit code and a summary
+        code, message = classify(exc, record.stage)
+    finally:
+        stop.uninstall()
+        _note_checkpoint(config, record)
+    if world.local_rank == 0:
+        write_summary(config.termination_log, code, message, record)
+    if server is not None:
+        server.close()
+    log.info("exit %d (%s): %s", int(code), meaning_of(code).reason, message)
+    return int(code)
+
+
+def classify(exc: BaseException, stage: str) -> tuple[ExitCode, str]:
+    """The contract's exit code and a message for an exception raised in ``stage``."""
+    from finetune_trainer.callbacks import LossNotFinite, Terminated
+    from finetune_trainer.data.pipeline import DataError
+    from finetune_trainer.evaluation import QualityGateFailed
+    from finetune_trainer.modeling import ModelLoadFailed
+
+    known: list[tuple[type[BaseException], ExitCode]] = [
+        (DataError, ExitCode.INVALID_DATA),
+        (ModelLoadFailed, ExitCode.MODEL_LOAD_FAILED),
+        (LossNotFinite, ExitCode.LOSS_NOT_FINITE),
+        (QualityGateFailed, ExitCode.QUALITY_GATE_FAILED),
+        (Terminated, ExitCode.RETRIABLE),
+        (ValidationError, ExitCode.INVALID_CONFIG),
+        (MemoryError, ExitCode.OOM_KILLED),
+        (KeyboardInterrupt, ExitCode.RETRIABLE),
+    ]
+    if isinstance(exc, Failure):
+        return exc.code, exc.message
+    for kind, code in known:
+        if isinstance(exc, kind):
+            return code, str(exc) or kind.__name__
+    if _is_out_of_memory(exc):
+        return (
+            ExitCode.OOM_KILLED,
+            f"out of memory in stage {stage}: {exc}; lower batchSize or maxSequenceLength",
+        )
+    if stage == "setup" and isinstance(exc, (ValueError, TypeError)):
+        # Trainer and TRL configs refuse argument combinations the CRD cannot express as rules.
+        return ExitCode.INVALID_CONFIG, f"the trainer refused the configuration: {exc}"
+    log.error("unexpected error in stage %s:\n%s", stage, "".join(traceback.format_exception(exc)))
+    # Storage, network and collective failures, and anything unforeseen: retried a bounded number of
+    # times (backoffLimit), each retry resuming from the last checkpoint.
+    return ExitCode.RETRIABLE, f"stage {stage} failed: {type(exc).__name__}: {exc}"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -> str | None:
+    from transformers import EarlyStoppingCallback
+
+    from finetune_trainer import evaluation, outputs
+    from finetune_trainer.callbacks import (
+        FiniteLossGuard,
+        LossNotFinite,
+        MetricsCallback,
+        ProgressLog,
+        Terminated,
+    )
+    from finetune_trainer.data.pipeline import prepare_data
+    from finetune_trainer.distributed import init_distributed, training_arguments_overrides
+    from finetune_trainer.modeling import load_model, load_tokenizer
+    from finetune_trainer.recipes import RecipeContext, recipe_for
+
+    spec, paths = config.spec, config.paths
+    output = Path(paths.output)
+    record.output_uri = output_uri(config)
+    problem = evaluation.check_gate_metric(spec)
+    if problem:
+        raise Failure(ExitCode.INVALID_CONFIG, problem)
+
+    record.stage = "data"
+    data = prepare_data(spec, paths)
+    log.info("data: %s", {k: v for k, v in data.report.get("counts", {}).items()})
+
+    record.stage = "model"
+    use_deepspeed = spec.method == "full" and spec.distributed_or_default().deepspeed is not None
+    world = init_distributed(use_deepspeed=use_deepspeed)
+    main = world.rank == 0
+    tokenizer = load_tokenizer(spec, paths.model)
+    _add_token_stats(data, tokenizer, spec.hyperparameters.max_sequence_length)
+    if main:
+        outputs.write_json(output / "data_report.json", data.report)
+    loaded = load_model(spec, paths.model, tokenizer, data.labels)
+
+    record.stage = "setup"
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / outputs.TENSORBOARD)
+    guard = FiniteLossGuard()
+    hp = spec.hyperparameters
+    callbacks: list[Any] = [
+        guard,
+        stop,
+        MetricsCallback(metrics, hp.batch_size * hp.gradient_accumulation_steps * world.world_size),
+        ProgressLog(metrics),
+    ]
+    ctx = RecipeContext(
+        spec=spec,
+        data=data,
+        loaded=loaded,
+        checkpoint_dir=str(outputs.checkpoint_dir(output)),
+        callbacks=callbacks,
+        world_size=world.world_size,
+        extra_arguments=training_arguments_overrides(_cuda()) if world.is_distributed else {},
+    )
+    recipe = recipe_for(spec)
+    trainer = recipe.build(ctx)
+    _quiet_printer(trainer)
+    tests = evaluation.test_records(spec, data.test)
+    base: dict[str, float] = {}
+    if spec.evaluation.compare_base and tests and not use_deepspeed:
+        record.stage = "evaluate-base"
+        base = evaluation.evaluate(trainer, recipe, ctx, tests, "base")
+        log.info("base model on the test split: %s", _rounded(base))
+
+    if spec.early_stopping.enabled and data.validation:
+        # Added after the base evaluation, which reports no eval_loss for it to judge.
+        trainer.add_callback(
+            EarlyStoppingCallback(spec.early_stopping.patience, spec.early_stopping.min_delta)
+        )
+
+    record.stage = "train"
+    resume = outputs.latest_checkpoint(output)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    record.metrics = run_metrics(trainer, result)
+    if guard.failure:
+        raise LossNotFinite(guard.failure)
+    if stop.requested:
+        raise Terminated(
+            f"SIGTERM at step {trainer.state.global_step}; checkpoint saved, the next run resumes"
+        )
+
+    record.stage = "evaluate"
+    trainer.remove_callback(EarlyStoppingCallback)
+    tuned = evaluation.evaluate(trainer, recipe, ctx, tests, "test")
+    record.evaluation = {"test": tuned}
+    if base:
+        record.evaluation.update({"base": base, "delta": evaluation.delta(tuned, base)})
+    log.info("tuned model on the test split: %s", _rounded(tuned))
+
+    record.stage = "save"
+    saved = outputs.save_model(trainer, tokenizer, output, spec)
+    if main:
+        if spec.output.merge_adapter and spec.method != "full":
+            outputs.save_merged(spec, paths.model, saved, tokenizer, output, data.labels)
+        outputs.write_json(output / "evaluation.json", record.evaluation)
+        outputs.write_json(output / "training_log.json", trainer.state.log_history)
+        card = outputs.model_card(config, data.report, record.evaluation, record.metrics)
+        (output / "README.md").write_text(card, encoding="utf-8")
+
+    gate = evaluation.apply_gate(spec.evaluation.quality_gate, tuned)
+    if gate:
+        raise Failure(ExitCode.QUALITY_GATE_FAILED, gate)
+    return None
+
+
+def run_metrics(trainer: Any, result: Any) -> dict[str, Any]:
+    """Final training figures for the summary, from the trainer state and its log history."""
+    state = trainer.state
+    out: dict[str, Any] = {
+        "step": state.global_step,
+        "total_steps": state.max_steps,
+        "epoch": round(state.epoch or 0.0, 4),
+        "tokens_total": state.num_input_tokens_seen,
+    }
+    train_losses = [e["loss"] for e in state.log_history if "loss" in e]
+    eval_losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+    if train_losses:
+        out["first_train_loss"] = train_losses[0]
+        out["train_loss"] = train_losses[-1]
+    if eval_losses:
+        out["eval_loss"] = eval_losses[-1]
+    if state.best_metric is not None:
+        out["best_eval_loss"] = state.best_metric
+        out["best_step"] = state.best_global_step
+    runtime = (result.metrics or {}).get("train_runtime") if result is not None else None
+    if runtime:
+        out["train_runtime_seconds"] = round(runtime, 3)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def output_uri(config: TrainerConfig) -> str:
+    """Where the results are, as the user named it (pvc://claim/path, s3://..., or a local path)."""
+    source = config.spec.output.source
+    if source is not None and source.uri:
+        return source.uri
+    if source is not None and source.pvc is not None:
+        return f"pvc://{source.pvc.claim_name}/{source.pvc.path.strip('/')}".rstrip("/")
+    return Path(config.paths.output).resolve().as_uri()
+
+
+def _note_checkpoint(config: TrainerConfig, record: RunRecord) -> None:
+    from finetune_trainer.outputs import CHECKPOINTS, checkpoint_step, latest_checkpoint
+
+    try:
+        latest = latest_checkpoint(config.paths.output)
+    except OSError:
+        return
+    if latest is not None:
+        base = record.output_uri or output_uri(config)
+        record.checkpoint = {"step": checkpoint_step(latest), "uri": f"{base}/{CHECKPOINTS}/{latest.name}"}
+
+
+def write_summary(path: str, code: ExitCode, message: str, record: RunRecord) -> None:
+    """The exit summary (at most 4 KiB) for the operator; a write failure is logged, never raised."""
+    summary: dict[str, Any] = {
+        "phase": "Succeeded" if code == ExitCode.SUCCEEDED else "Failed",
+        "reason": meaning_of(code).reason,
+        "message": message,
+        "metrics": record.metrics,
+        "evaluation": record.evaluation,
+    }
+    if record.output_uri:
+        summary["output"] = {"uri": record.output_uri}
+    if record.checkpoint:
+        summary["checkpoint"] = record.checkpoint
+    text = encode_summary(_finite_only(summary))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        log.error("cannot write the termination summary to %s: %s", path, exc)
+    log.info("summary: %s", text)
+
+
+def _finite_only(value: Any) -> Any:
+    """JSON has no NaN: a non-finite number becomes null (the message says what happened)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_only(v) for v in value]
+    return value
+
+
+def _add_token_stats(data: Any, tokenizer: Any, max_len: int) -> None:
+    try:
+        from finetune_trainer.data.report import record_token_stats
+
+        records = data.train + data.validation + data.test
+        data.report["tokens"] = record_token_stats(records, data.format, tokenizer, max_len)
+    except Exception as exc:  # statistics must never fail a run
+        log.warning("token statistics skipped: %s", exc)
+
+
+def _quiet_printer(trainer: Any) -> None:
+    """ProgressLog writes one readable line per step; HF's PrinterCallback would add a raw dict."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in values.items()}
