@@ -124,7 +124,7 @@ def test_defaults_are_cluster_wide_with_least_privilege(helm: Helm):
     rules = rules_of(cr)
     assert rules["/secrets"] == {"get"}, "Secrets: metadata-only existence checks need get, nothing more"
     assert rules["/nodes"] == {"list"}
-    assert "/namespaces" not in rules
+    assert rules["/namespaces"] == {"list", "watch"}, "kopf's start-up discovery, read-only"
     assert rules["finetuning.io/finetunejobs"] == {"get", "list", "watch", "patch"}
     assert rules["finetuning.io/finetunejobs/status"] == {"get", "update"}
     assert "*" not in {v for verbs in rules.values() for v in verbs}
@@ -146,22 +146,27 @@ def test_namespaced_mode_uses_the_same_rules_per_namespace(helm: Helm):
     roles = find(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ci-team-a", "ci-team-b"]
     [cluster_role] = find(cluster_docs, "ClusterRole")
-    namespaced_part = {k: v for k, v in rules_of(cluster_role).items() if k not in ("/nodes",)}
-    namespaced_part.pop("apiextensions.k8s.io/customresourcedefinitions")
+    cluster_scoped = {"/nodes", "/namespaces", "apiextensions.k8s.io/customresourcedefinitions"}
+    namespaced_part = {k: v for k, v in rules_of(cluster_role).items() if k not in cluster_scoped}
     for role in roles:
         assert rules_of(role) == namespaced_part
     bindings = find(docs, "RoleBinding")
     assert {b["subjects"][0]["name"] for b in bindings} == {"ftj-operator"}
     [cr] = find(docs, "ClusterRole")
-    assert rules_of(cr) == {"/nodes": {"list"}}, "namespaced mode keeps only the GPU check's node list"
+    assert rules_of(cr) == {
+        "/nodes": {"list"},
+        "/namespaces": {"list", "watch"},
+        "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
+    }, "namespaced mode keeps only cluster-scoped reads"
     args = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ci-team-a" in args and "--namespace=ci-team-b" in args
     assert "--all-namespaces" not in args
 
 
-def test_gpu_check_off_in_namespaced_mode_needs_no_cluster_role(helm: Helm):
+def test_gpu_check_off_drops_the_node_rule(helm: Helm):
     docs = helm.template("-f", str(CHART / "ci" / "hardened-values.yaml"))
-    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    [cr] = find(docs, "ClusterRole")
+    assert "/nodes" not in rules_of(cr)
     [dep] = find(docs, "Deployment")
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)

@@ -98,8 +98,10 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
 {{- end }}
 
 {{/*
-Cluster-scoped rules. In namespaced mode only `list nodes` for the GPU check remains (none with
-gpu.resourceCheck=off); the operator would otherwise fail FineTuneJobs with a 403 from the check.
+Cluster-scoped rules, the same in both modes. kopf lists/watches namespaces (when given namespace names)
+and CRDs at start-up; without these two read-only rules it retries for about a minute before it falls
+back, and reconciles nothing meanwhile. `list nodes` serves the GPU check (none with gpu.resourceCheck=off);
+without it the operator fails FineTuneJobs with a 403 from that check.
 */}}
 {{- define "finetune-operator.clusterRules" -}}
 {{- if ne .Values.gpu.resourceCheck "off" }}
@@ -108,13 +110,13 @@ gpu.resourceCheck=off); the operator would otherwise fail FineTuneJobs with a 40
   resources: ["nodes"]
   verbs: ["list"]
 {{- end }}
-{{- if not .Values.watchNamespaces }}
-# kopf notices the FineTuneJob CRD being (re)installed; without it (namespaced mode) kopf logs a warning
-# and picks the CRD up at its next start.
+# kopf start-up: namespace discovery, and noticing the FineTuneJob CRD being (re)installed.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-{{- end }}
 {{- if and .Values.operator.peering (not .Values.watchNamespaces) }}
 # kopf peering across the cluster (operator.peering, cluster-wide mode).
 - apiGroups: ["kopf.dev"]
