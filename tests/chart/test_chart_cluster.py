@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess
 
 from conftest import CHART, SCENARIOS, Helm
 from finetune_trainer.contract import encode_summary
+from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
