@@ -9,6 +9,7 @@ streamed from `kubectl get ftj -w` → evaluation and artefacts printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -62,7 +63,9 @@ class Demo:
         self.work.mkdir(parents=True, exist_ok=True)
 
     # -- small wrappers ---------------------------------------------------------------------------------
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         res = subprocess.run([self.kubectl_bin, *args], input=input, env=env, capture_output=True, text=True)
         if check and res.returncode != 0:
@@ -134,20 +137,33 @@ class Demo:
         say(f"namespace {self.namespace} with the customer-feedback dataset as a ConfigMap")
         self.kubectl("create", "namespace", self.namespace, check=False)
         cm = self.kubectl(
-            "create", "configmap", "customer-feedback", "-n", self.namespace,
-            f"--from-file=customer-feedback.jsonl={DATASET}", "--dry-run=client", "-o", "yaml",
+            "create",
+            "configmap",
+            "customer-feedback",
+            "-n",
+            self.namespace,
+            f"--from-file=customer-feedback.jsonl={DATASET}",
+            "--dry-run=client",
+            "-o",
+            "yaml",
         ).stdout
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=cm)
-        self.kubectl("delete", "finetunejob", "feedback-classifier", "-n", self.namespace, "--ignore-not-found",
-                     "--wait=true", "--timeout=120s")
+        self.kubectl(
+            "delete",
+            "finetunejob",
+            "feedback-classifier",
+            "-n",
+            self.namespace,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        )
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         pidfile = self.work / f"{name}.pid"
         if pidfile.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 os.killpg(int(pidfile.read_text()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError, PermissionError):
-                pass
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
         pidfile.write_text(str(proc.pid))
@@ -160,15 +176,39 @@ class Demo:
         say("starting the dev runtime (runs pods bound to dev-node-0 as local processes)")
         runtime = self.start(
             "devruntime",
-            [sys.executable, str(REPO / "hack" / "devruntime.py"), "--kubeconfig", str(self.kubeconfig),
-             "--state", str(self.work / "pods"), "--env", f"HF_HOME={hf_home}", "--env", "HF_HUB_OFFLINE=1",
-             "--env", "TRANSFORMERS_OFFLINE=1", "--env", "TOKENIZERS_PARALLELISM=false"],
+            [
+                sys.executable,
+                str(REPO / "hack" / "devruntime.py"),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--state",
+                str(self.work / "pods"),
+                "--env",
+                f"HF_HOME={hf_home}",
+                "--env",
+                "HF_HUB_OFFLINE=1",
+                "--env",
+                "TRANSFORMERS_OFFLINE=1",
+                "--env",
+                "TOKENIZERS_PARALLELISM=false",
+            ],
         )
         say("starting the operator with the chart's ServiceAccount permissions")
         operator = self.start(
             "operator",
-            [sys.executable, "-m", "finetune_operator", "--kubeconfig", str(self.operator_kubeconfig()),
-             "--metrics-port", "0", "--health-port", "0", "--namespace", self.namespace],
+            [
+                sys.executable,
+                "-m",
+                "finetune_operator",
+                "--kubeconfig",
+                str(self.operator_kubeconfig()),
+                "--metrics-port",
+                "0",
+                "--health-port",
+                "0",
+                "--namespace",
+                self.namespace,
+            ],
         )
         try:
             say(f"kubectl apply -f {QUICKSTART.relative_to(REPO)}")
@@ -200,7 +240,9 @@ class Demo:
         raise SystemExit(f"{name} did not finish within {self.timeout:.0f}s; see {self.work}/*.log")
 
     def artefacts(self) -> Path | None:
-        pods = sorted((self.work / "pods" / self.namespace).glob("feedback-classifier-r*"), key=os.path.getmtime)
+        pods = sorted(
+            (self.work / "pods" / self.namespace).glob("feedback-classifier-r*"), key=os.path.getmtime
+        )
         return (pods[-1] / "mounts" / "output") if pods else None
 
 
@@ -219,7 +261,7 @@ def report(demo: Demo, status: dict[str, Any]) -> None:
         "\nNext:\n"
         f"  export KUBECONFIG={demo.kubeconfig}\n"
         f"  kubectl get ftj -n {demo.namespace}            # the run and its columns\n"
-        f"  kubectl get ftj feedback-classifier -n {demo.namespace} -o yaml   # status: metrics, evaluation, data report\n"
+        f"  kubectl get ftj feedback-classifier -n {demo.namespace} -o yaml   # metrics, evaluation, data\n"
         f"  kubectl describe ftj feedback-classifier -n {demo.namespace}      # events on each transition\n"
         f"  cat {out}/README.md                             # the model card\n"
         "  make cluster-down                                 # stop the local control plane\n"

@@ -150,14 +150,18 @@ class DevRuntime:
         log_path = root / "container.log"
         started = now()
         with open(log_path, "wb") as out:
-            proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         message_policy = container.termination_message_policy or "File"
         self.running[(ns, name)] = Running(
             proc, root, started, root / "termination-log", log_path, message_policy == "FallbackToLogsOnError"
         )
         log.info("started %s/%s (pid %d): %s", ns, name, proc.pid, " ".join(argv))
         self.core.patch_namespaced_pod(
-            name, ns, {"metadata": {"annotations": {ANNOTATION_METRICS_ENDPOINT: f"http://127.0.0.1:{port}/metrics"}}}
+            name,
+            ns,
+            {"metadata": {"annotations": {ANNOTATION_METRICS_ENDPOINT: f"http://127.0.0.1:{port}/metrics"}}},
         )
         self.core.patch_namespaced_pod_status(name, ns, self._running_status(container, started))
 
@@ -187,10 +191,14 @@ class DevRuntime:
             elif vol.persistent_volume_claim is not None:
                 claim = vol.persistent_volume_claim.claim_name
                 if claim not in self.pvcs:
-                    raise PodSetupError(f"PVC {claim!r} is not mapped (start the dev runtime with --pvc {claim}=DIR)")
+                    raise PodSetupError(
+                        f"PVC {claim!r} is not mapped (start the dev runtime with --pvc {claim}=DIR)"
+                    )
                 local = self.pvcs[claim] / (mount.sub_path or "")
             else:
-                raise PodSetupError(f"volume {mount.name!r}: only configMap, emptyDir and mapped PVCs are supported")
+                raise PodSetupError(
+                    f"volume {mount.name!r}: only configMap, emptyDir and mapped PVCs are supported"
+                )
             paths.add(mount.mount_path, local)
         return paths
 
@@ -291,7 +299,9 @@ class DevRuntime:
         self._report_exit(key, exit_code, message, run.started, run)
         log.info("pod %s/%s exited with %d", key[0], key[1], exit_code)
 
-    def _report_exit(self, key: tuple[str, str], exit_code: int, message: str, started: str, run: Running | None) -> None:
+    def _report_exit(
+        self, key: tuple[str, str], exit_code: int, message: str, started: str, run: Running | None
+    ) -> None:
         ns, name = key
         finished = now()
         body = {

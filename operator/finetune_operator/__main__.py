@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         kopf.event(obj, type=kind, reason=reason, message=message[:1000])
 
     ctx = Context(kube=kube, settings=config, phases=PhaseBook(), post_event=post_event)
+    clusterwide = args.all_namespaces or not namespaces
     registry = kopf.OperatorRegistry()
     register(registry, config)
 
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.batching.worker_limit = max(config.max_workers * 4, 16)
+        if namespaces and not clusterwide and not any(ch in n for n in namespaces for ch in "*?!["):
+            settings.scanning.disabled = True  # fixed namespaces: no cluster-wide namespace/CRD reads
         if metrics_port:
             serve(metrics_port)
 
@@ -100,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
-    clusterwide = args.all_namespaces or not namespaces
     asyncio.run(
         kopf.operator(
             registry=registry,

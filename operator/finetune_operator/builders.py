@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_operator import constants as c
+from finetune_operator.naming import run_name
+from finetune_operator.settings import OperatorSettings
 from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES
 from finetune_trainer.spec import (
     FineTuneJobSpec,
@@ -14,10 +17,6 @@ from finetune_trainer.spec import (
     Source,
     TrainerConfig,
 )
-
-from finetune_operator import constants as c
-from finetune_operator.naming import run_name
-from finetune_operator.settings import OperatorSettings
 
 
 @dataclass(frozen=True)
@@ -255,9 +254,14 @@ def _tolerations(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    """Non-retriable trainer exits fail the Job at once; disruptions never count as failures."""
+    """Disruptions never count as failures; non-retriable trainer exits fail the Job at once.
+
+    The first matching rule wins, so the disruption rule comes first: a preempted pod killed after
+    its grace period exits 137 and must not be mistaken for an out-of-memory kill.
+    """
     return {
         "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {
                 "action": "FailJob",
                 "onExitCodes": {
@@ -266,7 +270,6 @@ def pod_failure_policy() -> dict[str, Any]:
                     "values": list(NON_RETRIABLE_EXIT_CODES),
                 },
             },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]
     }
 

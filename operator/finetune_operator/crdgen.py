@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from finetune_trainer.spec import FineTuneJobSpec
 from pydantic import BaseModel
 
 from finetune_operator import constants as c
 from finetune_operator.models import FineTuneJobStatus
+from finetune_trainer.spec import FineTuneJobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = f"{c.GROUP}_{c.PLURAL}.yaml"

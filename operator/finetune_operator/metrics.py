@@ -48,6 +48,8 @@ class PhaseBook:
         self._phases: dict[str, str] = {}
         for phase in Phase.ALL:
             JOBS.labels(phase=phase).set(0)
+        for result in ("started", "succeeded", "failed"):
+            RUNS.labels(result=result)
 
     def set(self, key: str, phase: str | None) -> None:
         with self._lock:

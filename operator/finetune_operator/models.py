@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from finetune_trainer.spec import FineTuneJobSpec, Model
 from pydantic import ConfigDict, Field
+
+from finetune_trainer.spec import FineTuneJobSpec, Model
 
 __all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "RunStatus"]
 

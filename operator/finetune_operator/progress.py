@@ -6,12 +6,12 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_trainer.contract import METRICS_PREFIX, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from finetune_operator import constants as c
 from finetune_operator.models import FineTuneJobStatus, Metrics, Progress
 from finetune_operator.status import condition, set_condition
+from finetune_trainer.contract import METRICS_PREFIX, Metric
 
 
 class ScrapeError(RuntimeError):

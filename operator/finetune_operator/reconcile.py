@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_trainer.spec import FineTuneJobSpec
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from finetune_operator import constants as c
@@ -20,7 +20,7 @@ from finetune_operator.builders import Owner, build_children, gpu_resource
 from finetune_operator.constants import ConditionType, Phase, Reason
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import JOB_CREATED_LATENCY, RUNS, STATUS_LATENCY, PhaseBook
-from finetune_operator.models import FineTuneJobStatus, RunStatus
+from finetune_operator.models import FineTuneJobStatus, Progress, RunStatus
 from finetune_operator.naming import run_name, spec_hash
 from finetune_operator.progress import ScrapeError, apply_progress, endpoint_of, rank0_pod, scrape
 from finetune_operator.settings import OperatorSettings
@@ -36,6 +36,7 @@ from finetune_operator.status import (
     set_condition,
     termination_of,
 )
+from finetune_trainer.spec import FineTuneJobSpec
 
 log = logging.getLogger("finetune_operator")
 
@@ -149,7 +150,14 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
     check = ctx.settings.gpu_resource_check
     if gpus > 0 and check != "off":
         resource = gpu_resource(spec, ctx.settings)
-        if not ctx.kube.cluster_has_resource(resource):
+        try:
+            known = ctx.kube.cluster_has_resource(resource)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            log.warning("cannot list nodes (403): GPU resource %r not checked", resource)
+            known = True
+        if not known:
             message = f"No node advertises the GPU resource {resource!r} (spec.resources.gpuResourceName)."
             if check == "fail":
                 return Reason.UNKNOWN_GPU_RESOURCE, message
@@ -357,10 +365,16 @@ def observe(
             (st.gpu_seconds or 0.0) + gpu_seconds(view.start_time, st.run.completion_time, gpus), 1
         )
         apply_phase(st, result.phase, result.reason, result.message, generation, now)
-        if st.progress and st.progress.total_steps and result.phase == Phase.SUCCEEDED:
-            st.progress.step = st.progress.total_steps
-            st.progress.percent = 100
-            st.progress.summary = f"{st.progress.total_steps}/{st.progress.total_steps}"
+        final = (result.summary or {}).get("metrics") or {}
+        if isinstance(final.get("step"), int) and final.get("total_steps"):
+            step, total = int(final["step"]), int(final["total_steps"])
+            st.progress = Progress(
+                step=step,
+                total_steps=total,
+                percent=int(100 * step / total),
+                summary=f"{step}/{total}",
+                last_heartbeat=st.progress.last_heartbeat if st.progress else None,
+            )
         push_history(st, result.phase, result.reason, ctx.settings.history_limit)
         RUNS.labels(result="succeeded" if result.phase == Phase.SUCCEEDED else "failed").inc()
         if view.completion_time or (observed.phase == Phase.FAILED and result):

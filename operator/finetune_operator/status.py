@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_trainer.contract import SummaryError, decode_summary, meaning_of
+from pydantic.alias_generators import to_camel
 
 from finetune_operator.constants import ConditionType, Phase, Reason
 from finetune_operator.models import Condition, FineTuneJobStatus, HistoryEntry, Metrics
+from finetune_trainer.contract import SummaryError, decode_summary, meaning_of
 
 MESSAGE_LIMIT = 1024
 
@@ -118,8 +119,8 @@ def observe_job(job: JobView, user_suspended: bool, queued_by_kueue: bool) -> Ob
         if queued_by_kueue:
             return Observed(Phase.QUEUED, Reason.QUEUED_BY_KUEUE, "Waiting for Kueue to admit the Job.")
         return Observed(Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "The Job is suspended.")
-    if job.ready > 0:
-        message = "Trainer pods are running."
+    if job.ready > 0 or job.succeeded > 0:
+        message = "Trainer pods are running." if job.ready else "The trainer finished; the Job is completing."
         if job.failed:
             message = f"Trainer pods are running (attempt {job.failed + 1})."
         return Observed(Phase.RUNNING, Reason.PODS_RUNNING, message)
@@ -193,7 +194,8 @@ def apply_summary(status: FineTuneJobStatus, summary: dict[str, Any]) -> None:
     """Copy the trainer's final metrics, evaluation, data report, output and checkpoint into status."""
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
-        merged = {**(status.metrics.model_dump(by_alias=False) if status.metrics else {}), **_snake(metrics)}
+        final = {k: round(v, 4) if isinstance(v, float) else v for k, v in _snake(metrics).items()}
+        merged = {**(status.metrics.model_dump(by_alias=False) if status.metrics else {}), **final}
         status.metrics = Metrics.model_validate({k: v for k, v in merged.items() if v is not None})
     for key, attr in (
         ("evaluation", "evaluation"),
@@ -207,10 +209,11 @@ def apply_summary(status: FineTuneJobStatus, summary: dict[str, Any]) -> None:
 
 
 def _snake(data: dict[str, Any]) -> dict[str, Any]:
+    """Known metric fields by their Python names; any other metric keeps a camelCase wire name."""
     out = {}
     for k, v in data.items():
         snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in k)
-        out[snake] = v
+        out[snake if snake in Metrics.model_fields else to_camel(snake)] = v
     return out
 
 

@@ -92,7 +92,7 @@ def test_unknown_phase_is_unknown(lua_health):
 
 
 def test_script_uses_only_what_argo_cd_offers():
-    from conftest import CHART
+    from chartlib import CHART
 
     source = (CHART / "argocd" / "health.lua").read_text()
     for forbidden in ("require", "io.", "os.", 'string.format("%q'):

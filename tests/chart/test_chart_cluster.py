@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from chartlib import CHART, SCENARIOS, Helm
 
-from conftest import CHART, SCENARIOS, Helm
 from finetune_trainer.contract import encode_summary
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess
 from helpers import wait_for
@@ -42,7 +42,7 @@ def sa_kubeconfig(admin_kubeconfig: Path, token: str, dest: Path) -> Path:
     return dest
 
 
-def create_ftj(kube_api: Any, namespace: str, name: str | None = None) -> Ftj:
+def create_ftj(kube_api: Any, namespace: str, name: str | None = None, **spec: Any) -> Ftj:
     from kubernetes import client
 
     name = name or f"ftj-{uuid.uuid4().hex[:6]}"
@@ -50,7 +50,7 @@ def create_ftj(kube_api: Any, namespace: str, name: str | None = None) -> Ftj:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
-        "spec": BASE_SPEC,
+        "spec": {**BASE_SPEC, **spec},
     }
     client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     return Ftj(kube_api, namespace, name)
@@ -244,6 +244,15 @@ def test_operator_with_exactly_the_charts_rbac_drives_a_finetunejob_to_succeeded
         failing.wait_phase("Failed", 60)
         hs = lua_health(failing.get())
         assert hs["status"] == "Degraded" and "InvalidConfig" in hs["message"]
+        # Secrets: the metadata-only existence check works with `get` alone, both ways.
+        kubectl("create", "secret", "generic", "hub-token", "-n", watched, "--from-literal=token=x")
+        with_secret = create_ftj(
+            kube_api, watched, secrets={"hubToken": {"name": "hub-token", "key": "token"}}
+        )
+        with_secret.wait_phase("Running", 60)
+        missing = create_ftj(kube_api, watched, secrets={"hubToken": {"name": "absent", "key": "token"}})
+        assert missing.wait_phase("Failed", 60)["reason"] == "SecretNotFound"
+
         assert API_ERRORS.search(op.metrics()) is None, op.metrics()
         log = op.log_tail(1000)
         assert not re.search(r"\b403\b|[Ff]orbidden", log), log
@@ -302,7 +311,7 @@ def test_the_same_run_fails_with_one_rule_removed(
 
 
 def test_gitops_example_finetunejob_is_accepted(kubectl: Any, crds_for_chart: None, iso_namespaces: Any):
-    from conftest import REPO
+    from chartlib import REPO
 
     ns = iso_namespaces("gitops")
     rendered = kubectl("kustomize", str(REPO / "examples" / "gitops" / "finetunejobs")).stdout

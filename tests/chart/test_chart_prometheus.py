@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from chartlib import CHART, Helm, find
 
-from conftest import CHART, Helm, find
 from finetune_trainer.contract import Metric, encode_summary
 from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, free_port
@@ -190,8 +190,10 @@ def test_prometheus_scrapes_operator_and_trainer_and_runs_the_charts_rules(
             return float(res[0]["value"][1]) if res else None
 
         wait_for(
-            lambda: value(f'finetune_operator_jobs{{job="{OPERATOR_JOB}", phase="Succeeded"}}') == 1
-            and value('finetune_operator_jobs{phase="Failed"}') == 1,
+            lambda: (
+                value(f'finetune_operator_jobs{{job="{OPERATOR_JOB}", phase="Succeeded"}}') == 1
+                and value('finetune_operator_jobs{phase="Failed"}') == 1
+            ),
             30,
             "finetune_operator_jobs: one Succeeded and one Failed, in Prometheus",
         )

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from conftest import CHART, REPO, SCENARIOS, Helm, find
+from chartlib import CHART, REPO, SCENARIOS, Helm, find
 
 RULE_KINDS = {"ClusterRole", "Role"}
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO
+from chartlib import REPO
 
 DOCKERFILES = [p for p in (REPO / "Dockerfile", REPO / "trainer-image" / "Dockerfile") if p.exists()]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, deep_merge
 
+from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, deep_merge
 from helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -244,8 +244,9 @@ def test_progress_is_mirrored_from_the_trainer_endpoint(make_finetunejob, kube_a
 
 
 def test_operator_kill_and_restart_never_duplicates_or_loses_a_transition(isolated_operator, kube_api):
-    from harness import Ftj
     from kubernetes import client
+
+    from harness import Ftj
 
     ns = isolated_operator.namespace
     op = isolated_operator()

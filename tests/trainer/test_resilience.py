@@ -104,20 +104,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_retriable(make_config, tmp_path: P
 
 
 def test_infinite_loss_stops_with_exit_code_5(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
-    from transformers import LlamaForCausalLM
+    from trl import SFTTrainer
 
-    forward = LlamaForCausalLM.forward
+    compute_loss = SFTTrainer.compute_loss
     calls = {"train": 0}
 
-    def poisoned(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = forward(self, *args, **kwargs)
-        if self.training and out.loss is not None:
+    def poisoned(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        result = compute_loss(self, model, *args, **kwargs)
+        if model.training:
             calls["train"] += 1
             if calls["train"] >= 3:
-                out.loss = out.loss * float("inf")
-        return out
+                loss = result[0] if isinstance(result, tuple) else result
+                loss = loss * float("inf")
+                return (loss, *result[1:]) if isinstance(result, tuple) else loss
+        return result
 
-    monkeypatch.setattr(LlamaForCausalLM, "forward", poisoned)
+    monkeypatch.setattr(SFTTrainer, "compute_loss", poisoned)
     config = make_config(name="diverges", checkpointing={"everySteps": 1})
     assert run(load_config(config)) == ExitCode.LOSS_NOT_FINITE
 

@@ -73,3 +73,21 @@ def test_trains_and_loss_falls(make_config, fmt: str, case: str, overrides: dict
     ]
     assert len(losses) == metrics["step"]
     assert mean(losses[-3:]) < mean(losses[:3]), losses
+
+
+def test_qlora_really_quantizes(llama_dir) -> None:
+    from finetune_trainer.modeling import count_4bit_layers, load_model, load_tokenizer
+    from finetune_trainer.spec import TrainingSpec
+
+    spec = TrainingSpec.model_validate(
+        {"method": "qlora", "model": {"name": "tiny"}, "dataset": {"source": {"uri": "file:///x"}}}
+    )
+    tokenizer = load_tokenizer(spec, str(llama_dir))
+    model = load_model(spec, str(llama_dir), tokenizer).model
+    # Every linear layer of the 2 decoder blocks (q, k, v, o, gate, up, down) is 4-bit; the LM head is not.
+    assert count_4bit_layers(model) == 14
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    quant = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.quant_state
+    assert quant.quant_type == "nf4"
+    assert quant.nested  # double quantization

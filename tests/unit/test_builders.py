@@ -43,6 +43,7 @@ def test_pod_failure_policy_fails_fast_on_user_errors_and_ignores_disruption(own
     assert set(fail["onExitCodes"]["values"]) == {2, 3, 4, 5, 6, 137}
     assert ExitCode.RETRIABLE not in fail["onExitCodes"]["values"]
     ignore = next(r for r in rules if r["action"] == "Ignore")
+    assert rules.index(ignore) < rules.index(fail), "a preempted pod exiting 137 must hit Ignore first"
     assert ignore["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
 
 

@@ -89,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="train a FineTuneJob manifest on this machine")
     run_parser.add_argument("manifest", help="FineTuneJob YAML")
-    run_parser.add_argument("--output", help="output directory (default: spec.output file:// or ./ftj-output/NAME)")
-    run_parser.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    run_parser.add_argument(
+        "--output", help="output directory (default: spec.output file:// or ./ftj-output/NAME)"
+    )
+    run_parser.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port"
+    )
     validate_parser = commands.add_parser("validate", help="check, clean and split the data; no training")
     validate_parser.add_argument("manifest", help="FineTuneJob YAML")
     validate_parser.add_argument("--json", action="store_true", help="print the data report as JSON")

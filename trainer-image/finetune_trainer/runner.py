@@ -161,7 +161,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -> str | None:
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
 
     from finetune_trainer import evaluation, outputs
     from finetune_trainer.callbacks import (
@@ -195,6 +195,8 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     _add_token_stats(data, tokenizer, spec.hyperparameters.max_sequence_length)
     if main:
         outputs.write_json(output / "data_report.json", data.report)
+    # New weights (LoRA matrices, a classification head) come from the seed, so reruns agree.
+    set_seed(spec.hyperparameters.seed)
     loaded = load_model(spec, paths.model, tokenizer, data.labels)
 
     record.stage = "setup"

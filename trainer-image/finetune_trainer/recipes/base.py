@@ -88,8 +88,9 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
         "lr_scheduler_type": hp.scheduler,
         "weight_decay": hp.weight_decay,
         "max_grad_norm": hp.max_grad_norm,
-        "gradient_checkpointing": hp.gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if hp.gradient_checkpointing else None,
+        # transformers 5 renamed gradient_checkpointing; the old name still works but warns.
+        "activation_checkpointing": hp.gradient_checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if hp.gradient_checkpointing else None,
         # Every step is logged: the NaN guard and the metrics endpoint see each step's loss.
         "logging_steps": 1,
         "logging_nan_inf_filter": False,
