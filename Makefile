@@ -3,10 +3,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-export KUBECONFIG_LOCAL := $(CURDIR)/.local/kubeconfig
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv binaries tools cluster-up cluster-down test test-unit test-trainer test-e2e lint demo
+.PHONY: venv binaries tools cluster-up cluster-down test test-unit test-e2e test-trainer test-chart lint generate demo bench
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -14,15 +13,18 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q torch==2.15.0
 	$(VPY) -m pip install -q -e '.[trainer,dev,demo]'
 	$(VPY) -m pip install -q --no-build-isolation deepspeed==0.19.8
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# Kubernetes, etcd and kwok from Go modules, cached in ~/.cache/finetune-operator (cold: ~12 min).
 binaries:
-	hack/build-binaries.sh
+	@mkdir -p .local
+	@hack/build-binaries.sh > .local/build-binaries.log 2>&1 || { echo "binary build failed; last lines:"; tail -40 .local/build-binaries.log; exit 1; }
 
 tools: venv
-	$(VPY) hack/tools.py
+	@$(VPY) hack/tools.py > /dev/null
 
 cluster-up: venv binaries tools
 	$(VPY) hack/localcluster.py up
@@ -30,12 +32,34 @@ cluster-up: venv binaries tools
 cluster-down:
 	$(VPY) hack/localcluster.py down
 
+generate: venv
+	$(VPY) -m finetune_operator.crdgen
+	$(VPY) -m finetune_operator.apidocs
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: venv binaries tools
-	$(VPY) -m pytest -p no:cacheprovider
+	$(VPY) -m pytest -p no:cacheprovider -ra
+
+test-unit: venv
+	$(VPY) -m pytest -p no:cacheprovider tests/unit
+
+test-trainer: venv
+	$(VPY) -m pytest -p no:cacheprovider tests/trainer
+
+test-e2e: venv binaries tools
+	$(VPY) -m pytest -p no:cacheprovider tests/e2e
+
+test-chart: venv binaries tools
+	$(VPY) -m pytest -p no:cacheprovider tests/chart
 
 demo: venv binaries tools
 	$(VPY) hack/demo.py
+
+bench: venv binaries tools
+	$(VPY) bench/control_plane.py
+	$(VPY) bench/operator_scale.py
+	$(VPY) bench/trainer_throughput.py

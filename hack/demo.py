@@ -55,6 +55,7 @@ class Demo:
     work: Path
     namespace: str = "demo"
     timeout: float = 900.0
+    release: str = RELEASE
 
     def __post_init__(self) -> None:
         bin_dir = _load("tools").ensure_tools()
@@ -82,7 +83,7 @@ class Demo:
         self.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetuning.io", "--timeout=60s")
         self.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
         rendered = subprocess.run(
-            [self.helm_bin, "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE],
+            [self.helm_bin, "template", self.release, str(CHART), "--namespace", OPERATOR_NAMESPACE],
             capture_output=True,
             text=True,
             check=True,
