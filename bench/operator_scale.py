@@ -1,0 +1,690 @@
+#!/usr/bin/env python3
+"""Operator scale benchmark: N FineTuneJobs in a burst against the real control plane with kwok.
+
+Prints one JSON object. What it does, in order:
+
+1. Uses ``--kubeconfig``'s cluster, or starts its own (hack/localcluster.py, named ``ftj-bench``) and
+   stops it at the end. In its own cluster it raises cpu-node-0's pod capacity so all N pods fit.
+2. Installs the CRD, makes a fresh namespace and starts the operator as a subprocess
+   (tests/e2e/harness.py's ``OperatorProcess``) watching only that namespace, with the production
+   progress interval (15 s) unless told otherwise.
+3. Watches FineTuneJobs and Jobs from this process and timestamps each event as it arrives
+   (monotonic clock; server timestamps have one-second resolution).
+4. Creates N FineTuneJobs in a burst from a thread pool. The FineTuneJobs ask for no GPU
+   (``distributed.gpusPerNode: 0``, no ``resources``) so every pod can schedule on the CPU node.
+5. Waits for every FineTuneJob to be Running, then annotates each Running pod with
+   ``finetuning.io/test-exit-code: "0"`` (kwok then ends it) - pods that only become Running later,
+   when capacity frees up in a shared cluster, are annotated as they appear - and waits for every
+   FineTuneJob to be Succeeded.
+6. Waits for the cluster to settle and counts API writes over an idle window.
+
+Latencies: create->Job-created is from the create call returning to the Job's ADDED event;
+Job-finished->status is from the Job's ``Complete`` condition event to the FineTuneJob's
+``phase: Succeeded`` event. API writes are kube-apiserver ``apiserver_request_total`` (verbs POST,
+PUT, PATCH, DELETE) by resource, after minus before; that counter has no client label, so the report
+splits them into the operator's resources and everyone else's (the bench's own creates and pod
+annotations, kube-controller-manager, the scheduler, kwok), and counts Events by their source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_NAME = "ftj-bench"
+GROUP, VERSION, PLURAL = "finetuning.io", "v1alpha1", "finetunejobs"
+LABEL_JOB = f"{GROUP}/finetunejob"
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+# Resources only the operator writes (besides the bench's own FineTuneJob creates, subtracted below).
+OPERATOR_RESOURCES = ("finetunejobs", "finetunejobs/status", "configmaps", "jobs", "services")
+GOALS = {"job_created_p99_seconds": 2.0, "rss_mib": 200.0, "idle_writes": 0}
+QUIET = False
+
+
+def say(msg: str) -> None:
+    if not QUIET:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _load_hack(name: str) -> ModuleType:
+    """hack/ is scripts, not a package: load by path under a private name (as tests/conftest.py)."""
+    key = f"ftj_hack_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "hack" / f"{name}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def _load_harness() -> ModuleType:
+    """tests/e2e/harness.py imports ``helpers`` from tests/, so both go on the path."""
+    for p in (REPO / "tests", REPO / "tests" / "e2e"):
+        if str(p) not in sys.path:
+            sys.path.append(str(p))
+    import harness  # type: ignore[import-not-found]
+
+    return harness  # type: ignore[no-any-return]
+
+
+def stats(values: Iterable[float]) -> dict[str, Any]:
+    vals = sorted(values)
+    if not vals:
+        return {"n": 0}
+
+    def pct(q: float) -> float:
+        # nearest-rank percentile
+        return round(vals[max(0, min(len(vals) - 1, int(-(-q * len(vals) // 1)) - 1))], 3)
+
+    return {
+        "n": len(vals),
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "p99": pct(0.99),
+        "max": round(vals[-1], 3),
+        "mean": round(sum(vals) / len(vals), 3),
+    }
+
+
+# --- watches ---------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """First-arrival times of the transitions we measure, keyed by FineTuneJob name."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.created: dict[str, float] = {}  # the create call returned
+        self.job_added: dict[str, float] = {}
+        self.job_done: dict[str, float] = {}  # Job condition Complete=True
+        self.job_criteria: dict[str, float] = {}  # SuccessCriteriaMet=True (before Complete)
+        self.annotated: dict[str, float] = {}
+        self.phase: dict[str, dict[str, float]] = defaultdict(dict)
+        self.current_phase: dict[str, str] = {}
+        self.events: Counter[str] = Counter()
+        self.last_event = time.monotonic()
+
+    def on_ftj(self, etype: str, obj: dict[str, Any], t: float) -> None:
+        name = obj["metadata"]["name"]
+        phase = (obj.get("status") or {}).get("phase")
+        with self.lock:
+            self.events[f"finetunejobs/{etype}"] += 1
+            self.last_event = t
+            if phase:
+                self.phase[phase].setdefault(name, t)
+                self.current_phase[name] = phase
+
+    def on_job(self, etype: str, obj: dict[str, Any], t: float) -> None:
+        ftj = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB)
+        with self.lock:
+            self.events[f"jobs/{etype}"] += 1
+            self.last_event = t
+            if not ftj:
+                return
+            self.job_added.setdefault(ftj, t)
+            for cond in (obj.get("status") or {}).get("conditions") or []:
+                if cond.get("status") != "True":
+                    continue
+                if cond.get("type") == "Complete":
+                    self.job_done.setdefault(ftj, t)
+                elif cond.get("type") == "SuccessCriteriaMet":
+                    self.job_criteria.setdefault(ftj, t)
+
+    def count(self, phase: str) -> int:
+        with self.lock:
+            return len(self.phase.get(phase, {}))
+
+    def in_phase(self, phase: str) -> int:
+        with self.lock:
+            return sum(1 for p in self.current_phase.values() if p == phase)
+
+
+def watch_forever(
+    list_fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    handle: Callable[[str, dict[str, Any], float], None],
+    stop: threading.Event,
+    ready: threading.Event,
+) -> None:
+    """A raw watch (no model deserialization, to keep the bench's own CPU small), restarted on expiry."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.watch.watch import iter_resp_lines
+
+    rv: str | None = None
+    while not stop.is_set():
+        try:
+            if rv is None:
+                resp = list_fn(*args, **kwargs, _preload_content=False)
+                listing = json.loads(resp.data)
+                rv = listing["metadata"]["resourceVersion"]
+                t = time.monotonic()
+                for item in listing.get("items") or []:
+                    handle("ADDED", item, t)
+                ready.set()
+            resp = list_fn(
+                *args,
+                **kwargs,
+                watch=True,
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=30,
+                _preload_content=False,
+            )
+            try:
+                for line in iter_resp_lines(resp):
+                    t = time.monotonic()
+                    event = json.loads(line)
+                    etype, obj = event.get("type"), event.get("object") or {}
+                    if etype == "ERROR":
+                        if obj.get("code") == 410:
+                            rv = None
+                        break
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if etype != "BOOKMARK":
+                        handle(etype, obj, t)
+                    if stop.is_set():
+                        break
+            finally:
+                resp.release_conn()
+        except ApiException as exc:
+            if exc.status == 410:
+                rv = None
+            else:
+                time.sleep(0.5)
+        except Exception as exc:
+            say(f"watch restart after {type(exc).__name__}: {exc}")
+            time.sleep(0.5)
+
+
+# --- process and API-server metrics ---------------------------------------------------------------
+
+
+class ProcSampler(threading.Thread):
+    """RSS and CPU seconds of the operator process, sampled twice a second."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.stop_event = threading.Event()
+        self.peak_rss = 0
+        self.rss = 0
+        self.cpu = 0.0
+        self.samples: list[tuple[float, int, float]] = []
+        self._sample()
+
+    def _sample(self) -> None:
+        with contextlib.suppress(Exception):
+            rss = self.proc.memory_info().rss
+            cpu = self.proc.cpu_times()
+            self.rss = rss
+            self.cpu = cpu.user + cpu.system
+            self.peak_rss = max(self.peak_rss, rss)
+            self.samples.append((time.monotonic(), rss, self.cpu))
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.5):
+            self._sample()
+
+    def snapshot(self) -> tuple[int, float]:
+        self._sample()
+        return self.rss, self.cpu
+
+
+_REQ = re.compile(r"^apiserver_request_total\{([^}]*)\}\s+([0-9.eE+]+)")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def apiserver_writes(api: Any) -> Counter[tuple[str, str]]:
+    """(resource[/subresource], verb) -> writes so far, from kube-apiserver's own /metrics."""
+    method, url, headers, _body, _post = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers)
+    text = resp.read().decode()
+    out: Counter[tuple[str, str]] = Counter()
+    for line in text.splitlines():
+        m = _REQ.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group(1)))
+        verb = labels.get("verb", "")
+        if verb not in WRITE_VERBS:
+            continue
+        res = labels.get("resource", "")
+        if labels.get("subresource"):
+            res += "/" + labels["subresource"]
+        out[(res, verb)] += int(float(m.group(2)))
+    return out
+
+
+def diff_writes(
+    after: Counter[tuple[str, str]], before: Counter[tuple[str, str]]
+) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for key, n in after.items():
+        d = n - before.get(key, 0)
+        if d:
+            out[key[0]][key[1]] = d
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+
+def event_sources(core: Any, namespace: str) -> Counter[str]:
+    """Events in the namespace by who reported them (sum of ``count``, so PATCHed repeats count)."""
+    resp = core.list_namespaced_event(namespace, _preload_content=False)
+    out: Counter[str] = Counter()
+    for ev in json.loads(resp.data).get("items") or []:
+        src = (ev.get("source") or {}).get("component") or ev.get("reportingComponent") or "?"
+        out[src] += int(ev.get("count") or 1)
+    return out
+
+
+def operator_metrics(text: str) -> dict[str, Any]:
+    """The operator's own view: its latency histograms, handler durations and API errors."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {"handler_seconds": {}, "api_errors": {}}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if fam.name == "finetune_operator_handler_duration_seconds" and s.name.endswith(
+                ("_sum", "_count")
+            ):
+                h = out["handler_seconds"].setdefault(s.labels["handler"], {})
+                h["sum" if s.name.endswith("_sum") else "count"] = round(s.value, 3)
+            elif fam.name == "finetune_operator_api_errors" and s.name.endswith("_total"):
+                out["api_errors"][s.labels.get("operation", "?")] = s.value
+            elif fam.name in (
+                "finetune_operator_job_created_latency_seconds",
+                "finetune_operator_status_latency_seconds",
+            ) and s.name.endswith(("_sum", "_count", "_bucket")):
+                key = fam.name.removeprefix("finetune_operator_")
+                h = out.setdefault(key, {"buckets": {}})
+                if s.name.endswith("_bucket"):
+                    h["buckets"][s.labels["le"]] = s.value
+                else:
+                    h["sum" if s.name.endswith("_sum") else "count"] = round(s.value, 3)
+    for h in out["handler_seconds"].values():
+        if h.get("count"):
+            h["mean"] = round(h["sum"] / h["count"], 4)
+    return out
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def ftj_body(name: str, harness: ModuleType) -> dict[str, Any]:
+    spec = harness.deep_merge(harness.BASE_SPEC, {"distributed": {"gpusPerNode": 0}})
+    spec.pop("resources", None)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def wait_until(
+    pred: Callable[[], bool], timeout: float, what: str, tick: Callable[[], None] | None = None
+) -> bool:
+    deadline = time.monotonic() + timeout
+    last_log = 0.0
+    while time.monotonic() < deadline:
+        if tick:
+            tick()
+        if pred():
+            return True
+        if time.monotonic() - last_log > 10:
+            say(f"waiting for {what}")
+            last_log = time.monotonic()
+        time.sleep(0.25)
+    say(f"gave up waiting for {what} after {timeout:.0f}s")
+    return False
+
+
+def main() -> int:
+    global QUIET
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--count", type=int, default=500, help="FineTuneJobs to create (default 500)")
+    p.add_argument("--kubeconfig", help="use this cluster instead of starting ftj-bench")
+    p.add_argument("--json-only", action="store_true", help="print only the JSON report")
+    p.add_argument("--threads", type=int, default=16, help="client threads for the create burst")
+    p.add_argument("--idle-seconds", type=float, default=60.0, help="idle window for counting writes")
+    p.add_argument("--progress-interval", type=float, default=15.0, help="FTJ_PROGRESS_INTERVAL (s)")
+    p.add_argument("--max-workers", type=int, default=None, help="FTJ_MAX_WORKERS (operator default: 8)")
+    p.add_argument("--timeout", type=float, default=None, help="per-phase timeout (default 120 + 1.2 s/job)")
+    p.add_argument("--keep-log", action="store_true", help="keep the operator log (path in the report)")
+    args = p.parse_args()
+    QUIET = args.json_only
+    phase_timeout = args.timeout or 120 + 1.2 * args.count
+
+    lc = _load_hack("localcluster")
+    tools = _load_hack("tools")
+    harness = _load_harness()
+    from kubernetes import client, config
+
+    own = args.kubeconfig is None
+    if own:
+        lc.register_cleanup(CLUSTER_NAME)
+        say(f"starting cluster {CLUSTER_NAME}")
+        info = lc.ensure_up(CLUSTER_NAME, owner_pid=os.getpid())
+        kubeconfig = Path(info.kubeconfig)
+    else:
+        kubeconfig = Path(args.kubeconfig)
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    cfg.connection_pool_maxsize = args.threads + 8  # the burst threads plus the two watches
+    api = client.ApiClient(cfg)
+    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ftj-bench-"))
+    namespace = f"bench-{os.getpid()}"
+    stop = threading.Event()
+    op: Any = None
+    report: dict[str, Any] = {"count": args.count}
+    try:
+        kubectl = str(tools.ensure_tools() / "kubectl")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        for cmd in (
+            ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")],
+            ["wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"],
+        ):
+            subprocess.run([kubectl, *cmd], env=env, check=True, capture_output=True, text=True, timeout=90)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        wait_until(
+            lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)), 60, "SA"
+        )
+
+        capacity = _pod_capacity(core, namespace)
+        if own and capacity < args.count:
+            want = str(args.count + 120)
+            core.patch_node_status(
+                "cpu-node-0", {"status": {"capacity": {"pods": want}, "allocatable": {"pods": want}}}
+            )
+            capacity = _pod_capacity(core, namespace)
+        report["pod_capacity_for_bench"] = capacity
+
+        op_env = {"FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}"}
+        if args.max_workers:
+            op_env["FTJ_MAX_WORKERS"] = str(args.max_workers)
+        log_path = workdir / "operator.log"
+        op = harness.OperatorProcess(kubeconfig, [namespace], log_path, op_env).start()
+        sampler = ProcSampler(op.proc.pid)
+        sampler.start()
+        rss_start, cpu_start = sampler.snapshot()
+
+        rec = Recorder()
+        readies = []
+        for list_fn, fargs, kwargs, handle in (
+            (custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), {}, rec.on_ftj),
+            (batch.list_namespaced_job, (namespace,), {"label_selector": LABEL_JOB}, rec.on_job),
+        ):
+            ready = threading.Event()
+            readies.append(ready)
+            threading.Thread(
+                target=watch_forever, args=(list_fn, fargs, kwargs, handle, stop, ready), daemon=True
+            ).start()
+        for ready in readies:
+            ready.wait(30)
+        time.sleep(1)  # let both watch connections open before the burst
+
+        writes_before = apiserver_writes(api)
+        names = [f"b{i:05d}" for i in range(args.count)]
+
+        def create(name: str) -> None:
+            body = ftj_body(name, harness)
+            for attempt in range(5):
+                try:
+                    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+                    break
+                except client.ApiException as exc:
+                    if exc.status not in (429, 500, 503) or attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            with rec.lock:
+                rec.created[name] = time.monotonic()
+
+        say(f"creating {args.count} FineTuneJobs with {args.threads} threads")
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(create, names))
+        t_created = time.monotonic()
+        cpu_after_create = sampler.snapshot()[1]
+
+        jobs_ok = wait_until(lambda: len(rec.job_added) >= args.count, phase_timeout, "every Job")
+        t_jobs = time.monotonic()
+        cpu_after_jobs = sampler.snapshot()[1]
+        running_ok = wait_until(lambda: rec.count("Running") >= args.count, phase_timeout, "every Running")
+        t_running = time.monotonic()
+        if not running_ok:
+            say(f"{rec.count('Running')} of {args.count} reached Running; finishing the rest as they start")
+
+        patch_pool = ThreadPoolExecutor(args.threads)
+        pending_patches: set[str] = set()
+
+        def annotate_running() -> None:
+            resp = core.list_namespaced_pod(
+                namespace,
+                label_selector=LABEL_JOB,
+                field_selector="status.phase=Running",
+                _preload_content=False,
+            )
+            for pod in json.loads(resp.data).get("items") or []:
+                meta = pod["metadata"]
+                ftj = (meta.get("labels") or {}).get(LABEL_JOB)
+                if not ftj or "finetuning.io/test-exit-code" in (meta.get("annotations") or {}):
+                    continue
+                if meta["name"] in pending_patches:
+                    continue
+                pending_patches.add(meta["name"])
+                patch_pool.submit(finish_pod, meta["name"], ftj)
+
+        def finish_pod(pod: str, ftj: str) -> None:
+            body = {
+                "metadata": {
+                    "annotations": {
+                        "finetuning.io/test-exit-code": "0",
+                        "finetuning.io/test-termination-message": json.dumps(
+                            {"metrics": {"step": 10, "total_steps": 10, "train_loss": 0.5}}
+                        ),
+                    }
+                }
+            }
+            with contextlib.suppress(client.ApiException):
+                core.patch_namespaced_pod(pod, namespace, body)
+                with rec.lock:
+                    rec.annotated.setdefault(ftj, time.monotonic())
+
+        say("finishing pods")
+        t_finish = time.monotonic()
+        last_scan = [0.0]
+
+        def tick() -> None:
+            if time.monotonic() - last_scan[0] >= 2:
+                last_scan[0] = time.monotonic()
+                with contextlib.suppress(Exception):
+                    annotate_running()
+
+        done_ok = wait_until(
+            lambda: rec.count("Succeeded") >= args.count, phase_timeout, "every Succeeded", tick=tick
+        )
+        t_done = time.monotonic()
+        patch_pool.shutdown(wait=True)
+        rss_done, cpu_done = sampler.snapshot()
+        writes_done = apiserver_writes(api)
+        events_done = event_sources(core, namespace)
+
+        # idle: wait for the watches to go quiet (max 60 s), then count writes over the window
+        wait_until(lambda: time.monotonic() - rec.last_event > 5, 60, "the watches to go quiet")
+        idle_events_before = Counter(rec.events)
+        idle_before = apiserver_writes(api)
+        idle_cpu_before = sampler.snapshot()[1]
+        say(f"idle window {args.idle_seconds:g}s")
+        time.sleep(args.idle_seconds)  # deliberate: this measures what happens when nothing should
+        idle_after = apiserver_writes(api)
+        rss_end, cpu_end = sampler.snapshot()
+        idle_events = Counter(rec.events)
+        idle_events.subtract(idle_events_before)
+        events_end = event_sources(core, namespace)
+        sampler.stop_event.set()
+        op_metrics = operator_metrics(op.metrics())
+
+        n = args.count
+        created_to_job = [rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added]
+        finish_to_status = [
+            rec.phase["Succeeded"][k] - rec.job_done[k] for k in rec.job_done if k in rec.phase["Succeeded"]
+        ]
+        criteria_to_status = [
+            rec.phase["Succeeded"][k] - rec.job_criteria[k]
+            for k in rec.job_criteria
+            if k in rec.phase["Succeeded"]
+        ]
+        annotate_to_status = [
+            rec.phase["Succeeded"][k] - rec.annotated[k] for k in rec.annotated if k in rec.phase["Succeeded"]
+        ]
+        create_to_running = [
+            rec.phase["Running"][k] - rec.created[k] for k in rec.created if k in rec.phase["Running"]
+        ]
+        run_writes = diff_writes(writes_done, writes_before)
+        per_job = {res: {v: round(c / n, 2) for v, c in verbs.items()} for res, verbs in run_writes.items()}
+        op_total = sum(sum(v.values()) for r, v in run_writes.items() if r in OPERATOR_RESOURCES)
+        op_total -= run_writes.get("finetunejobs", {}).get("POST", 0)  # the bench's own creates
+        op_events = sum(v for k, v in events_done.items() if k == "kopf")
+        idle_writes = diff_writes(idle_after, idle_before)
+        idle_op = {r: v for r, v in idle_writes.items() if r in OPERATOR_RESOURCES}
+        idle_kopf_events = events_end.get("kopf", 0) - events_done.get("kopf", 0)
+        mib = 1024 * 1024
+        report.update(
+            {
+                "cluster": "own (ftj-bench)" if own else str(kubeconfig),
+                "operator_env": op_env,
+                "complete": {"jobs": jobs_ok, "running": running_ok, "succeeded": done_ok},
+                "create_burst_seconds": round(t_created - t0, 2),
+                "create_to_job_created_seconds": stats(created_to_job),
+                "job_finished_to_status_seconds": stats(finish_to_status),
+                "job_success_criteria_to_status_seconds": stats(criteria_to_status),
+                "pod_annotated_to_status_seconds": stats(annotate_to_status),
+                "create_to_running_seconds": stats(create_to_running),
+                "throughput_jobs_per_second": {
+                    "job_created": round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2),
+                    "running": round(rec.count("Running") / max(t_running - t0, 1e-9), 2),
+                    "succeeded": round(rec.count("Succeeded") / max(t_done - t_finish, 1e-9), 2),
+                },
+                "phase_seconds": {
+                    "all_jobs_created": round(t_jobs - t0, 2),
+                    "all_running": round(t_running - t0, 2),
+                    "finish_all_succeeded": round(t_done - t_finish, 2),
+                },
+                "operator": {
+                    "rss_mib": {
+                        "start": round(rss_start / mib, 1),
+                        "peak": round(sampler.peak_rss / mib, 1),
+                        "after_succeeded": round(rss_done / mib, 1),
+                        "end": round(rss_end / mib, 1),
+                    },
+                    "cpu_seconds": {
+                        "create_burst": round(cpu_after_create - cpu_start, 2),
+                        "until_all_jobs": round(cpu_after_jobs - cpu_start, 2),
+                        "total_until_succeeded": round(cpu_done - cpu_start, 2),
+                        "idle_window": round(cpu_end - idle_cpu_before, 2),
+                    },
+                    "metrics": op_metrics,
+                },
+                "api_writes": {
+                    "total_per_job": round(sum(sum(v.values()) for v in run_writes.values()) / n, 2),
+                    "operator_per_job": round((op_total + op_events) / n, 2),
+                    "operator_resources_per_job": round(op_total / n, 2),
+                    "kopf_events_per_job": round(op_events / n, 2),
+                    "by_resource_per_job": per_job,
+                    "events_by_source": dict(events_done),
+                    "note": "operator = finetunejobs PATCH/PUT (+status), configmaps, jobs, services "
+                    "writes and Events from 'kopf'; the bench adds 1 FTJ POST (excluded) and "
+                    "1 pod PATCH per job",
+                },
+                "idle": {
+                    "seconds": args.idle_seconds,
+                    "writes_by_resource": idle_writes,
+                    "operator_resource_writes": idle_op,
+                    "operator_writes": sum(sum(v.values()) for v in idle_op.values()) + idle_kopf_events,
+                    "kopf_events": idle_kopf_events,
+                    "watch_events": {k: v for k, v in idle_events.items() if v},
+                },
+                "goals": {
+                    "job_created_p99_seconds": {
+                        "goal": GOALS["job_created_p99_seconds"],
+                        "met": stats(created_to_job).get("p99", 1e9) <= GOALS["job_created_p99_seconds"],
+                    },
+                    "rss_mib": {"goal": GOALS["rss_mib"], "met": sampler.peak_rss / mib <= GOALS["rss_mib"]},
+                    "idle_operator_writes": {
+                        "goal": 0,
+                        "met": not idle_op and idle_kopf_events == 0,
+                    },
+                },
+                "operator_log": str(log_path) if args.keep_log else None,
+            }
+        )
+    finally:
+        stop.set()
+        if op is not None:
+            import signal
+
+            op.kill(signal.SIGTERM)
+        if own:
+            say(f"stopping cluster {CLUSTER_NAME}")
+            lc.down(CLUSTER_NAME)
+        else:
+            with contextlib.suppress(Exception):
+                core.delete_namespace(namespace)
+        if not args.keep_log:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+        api.close()
+    print(json.dumps(report, indent=None if args.json_only else 2))
+    return 0
+
+
+def _exists(fn: Callable[[], Any]) -> bool:
+    try:
+        fn()
+        return True
+    except Exception:
+        return False
+
+
+def _pod_capacity(core: Any, namespace: str) -> int:
+    """Free pod slots on untainted kwok nodes (where a no-GPU trainer pod can go)."""
+    nodes = json.loads(core.list_node(_preload_content=False).data).get("items") or []
+    pods = json.loads(core.list_pod_for_all_namespaces(_preload_content=False).data).get("items") or []
+    used: Counter[str] = Counter(
+        p["spec"].get("nodeName")
+        for p in pods
+        if p["spec"].get("nodeName") and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    )
+    free = 0
+    for node in nodes:
+        if node["spec"].get("taints"):
+            continue
+        cap = int((node.get("status") or {}).get("allocatable", {}).get("pods", "0"))
+        free += max(cap - used[node["metadata"]["name"]], 0)
+    return free
+
+
+if __name__ == "__main__":
+    sys.exit(main())

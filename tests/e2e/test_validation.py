@@ -1,0 +1,124 @@
+"""Bad FineTuneJobs are refused at the door by the API server, with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+GOOD: dict[str, Any] = {
+    "apiVersion": "finetuning.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "bad"},
+    "spec": {"model": {"name": "org/m"}, "dataset": {"source": {"uri": "s3://b/train.jsonl"}}},
+}
+
+# (description, spec patch, text the API server's message must contain)
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("missing model", {"model": None}, "spec.model"),
+    ("missing dataset", {"dataset": None}, "spec.dataset"),
+    ("unknown method", {"method": "adapter"}, "spec.method"),
+    ("unknown task", {"task": "translation"}, "spec.task"),
+    ("unknown objective", {"objective": "ppo"}, "spec.objective"),
+    (
+        "negative learning rate",
+        {"hyperparameters": {"learningRate": -0.1}},
+        "spec.hyperparameters.learningRate",
+    ),
+    ("zero learning rate", {"hyperparameters": {"learningRate": 0}}, "spec.hyperparameters.learningRate"),
+    ("zero epochs", {"hyperparameters": {"epochs": 0}}, "spec.hyperparameters.epochs"),
+    ("batch size 0", {"hyperparameters": {"batchSize": 0}}, "spec.hyperparameters.batchSize"),
+    ("unknown scheduler", {"hyperparameters": {"scheduler": "step"}}, "spec.hyperparameters.scheduler"),
+    (
+        "splits sum to 1",
+        {"dataset": {"splits": {"validation": 0.5, "test": 0.5}}},
+        "splits.validation + splits.test",
+    ),
+    ("split fraction 1", {"dataset": {"splits": {"test": 1.0}}}, "spec.dataset.splits.test"),
+    (
+        "two sources",
+        {"dataset": {"source": {"uri": "s3://b/x", "pvc": {"claimName": "d"}}}},
+        "exactly one of",
+    ),
+    ("no source", {"dataset": {"source": {}}}, "exactly one of"),
+    ("bad uri scheme", {"dataset": {"source": {"uri": "ftp://x/y"}}}, "spec.dataset.source.uri"),
+    (
+        "quantization without qlora",
+        {"quantization": {"quantType": "nf4"}},
+        "quantization is only valid with method qlora",
+    ),
+    (
+        "deepspeed with lora",
+        {"distributed": {"deepspeed": {"zeroStage": 2}}},
+        "deepspeed is only valid with method full",
+    ),
+    ("multi-node lora", {"distributed": {"nodes": 2}}, "nodes > 1 needs method full"),
+    ("qlora on 4 gpus", {"method": "qlora", "distributed": {"gpusPerNode": 4}}, "qlora runs on a single GPU"),
+    (
+        "dpo classification",
+        {"task": "classification", "objective": "dpo"},
+        "objective dpo needs task causal-lm",
+    ),
+    (
+        "lora settings with full",
+        {"method": "full", "lora": {"r": 8}},
+        "lora settings are not used with method full",
+    ),
+    (
+        "offload params on zero 2",
+        {"method": "full", "distributed": {"deepspeed": {"zeroStage": 2, "offloadParameters": True}}},
+        "offloadParameters needs zeroStage 3",
+    ),
+    ("zero stage 4", {"method": "full", "distributed": {"deepspeed": {"zeroStage": 4}}}, "zeroStage"),
+    ("unknown field", {"learningrate": 0.1}, "learningrate"),
+    (
+        "quality gate without bound",
+        {"evaluation": {"qualityGate": {"metric": "accuracy"}}},
+        "needs min or max",
+    ),
+    (
+        "unknown pii kind",
+        {"dataset": {"cleaning": {"pii": {"kinds": ["ssn"]}}}},
+        "spec.dataset.cleaning.pii.kinds",
+    ),
+    ("bad memory quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
+    ("negative backoff", {"backoffLimit": -1}, "spec.backoffLimit"),
+    ("lora rank 0", {"lora": {"r": 0}}, "spec.lora.r"),
+    ("bad leakage policy", {"dataset": {"leakage": "ignore"}}, "spec.dataset.leakage"),
+]
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and v:
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def test_there_are_at_least_twenty_cases():
+    assert len(CASES) >= 20
+
+
+def test_good_manifest_is_accepted(crd_installed, kubectl, namespace):
+    res = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(GOOD))
+    assert "created" in res.stdout
+
+
+@pytest.mark.parametrize("what, patch, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_manifest_is_refused_naming_the_field(what, patch, expected, crd_installed, kubectl, namespace):
+    doc = copy.deepcopy(GOOD)
+    doc["spec"] = merge(GOOD["spec"], patch)
+    res = kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False
+    )
+    assert res.returncode != 0, f"{what}: accepted but should be refused"
+    assert expected in res.stderr, f"{what}: {res.stderr}"
