@@ -55,7 +55,6 @@ class Progress(Model):
     epoch: float | None = Field(default=None, description="Fractional epoch.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds left.")
     last_heartbeat: str | None = Field(default=None, description="When the trainer last completed a step.")
-    last_scrape: str | None = Field(default=None, description="When the operator last read the trainer.")
 
 
 class Metrics(Model):

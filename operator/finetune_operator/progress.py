@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from finetune_operator import constants as c
+from finetune_operator.constants import ConditionType, Reason
 from finetune_operator.models import FineTuneJobStatus, Metrics, Progress
 from finetune_operator.status import condition, set_condition
 from finetune_trainer.contract import METRICS_PREFIX, Metric
@@ -123,13 +124,13 @@ def apply_progress(
         last = datetime.strptime(heartbeat, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         stalled = (now - last).total_seconds() > stall_timeout_seconds
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    current = condition(status, "Stalled")
+    current = condition(status, ConditionType.STALLED)
     if stalled or current is not None:
         status.conditions = set_condition(
             status.conditions,
-            "Stalled",
+            ConditionType.STALLED,
             stalled,
-            "NoProgress" if stalled else "Progressing",
+            Reason.NO_PROGRESS if stalled else Reason.PROGRESSING,
             f"No step completed since {heartbeat}." if stalled else "",
             now_s,
             generation,

@@ -89,6 +89,12 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("negative backoff", {"backoffLimit": -1}, "spec.backoffLimit"),
     ("lora rank 0", {"lora": {"r": 0}}, "spec.lora.r"),
     ("bad leakage policy", {"dataset": {"leakage": "ignore"}}, "spec.dataset.leakage"),
+    (
+        "offload optimizer on zero 0",
+        {"method": "full", "distributed": {"deepspeed": {"zeroStage": 0, "offloadOptimizer": True}}},
+        "offloadOptimizer needs zeroStage 1 or higher",
+    ),
+    ("output to a configMap", {"output": {"source": {"configMap": {"name": "c", "key": "k"}}}}, "or a uri"),
 ]
 
 

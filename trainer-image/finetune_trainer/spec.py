@@ -8,9 +8,10 @@ cannot drift apart. Import-light on purpose: pydantic only, never torch.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 Task = Literal["causal-lm", "classification"]
@@ -44,6 +45,31 @@ class Model(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The object as the API server stores it: camelCase, no unset optionals."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    @model_validator(mode="after")
+    def _cel_rules(self) -> Model:
+        """Evaluate the CRD's own CEL rules, so `ftj validate` refuses what the API server refuses."""
+        extra = type(self).model_config.get("json_schema_extra")
+        rules = extra.get("x-kubernetes-validations", []) if isinstance(extra, dict) else []
+        if rules:
+            wire = self.wire()
+            for rule in rules:
+                if not _cel_program(rule["rule"])(wire):
+                    raise ValueError(rule["message"])
+        return self
+
+
+@cache
+def _cel_program(rule: str) -> Any:
+    import celpy  # pure Python; imported on first use
+
+    env = celpy.Environment()
+    program = env.program(env.compile(rule))
+
+    def check(obj: dict[str, Any]) -> bool:
+        return bool(program.evaluate({"self": celpy.json_to_cel(obj)}))
+
+    return check
 
 
 class SecretKeyRef(Model):
@@ -268,7 +294,12 @@ class DistributedSpec(Model):
                     "!has(self.deepspeed) || !self.deepspeed.offloadParameters"
                     " || self.deepspeed.zeroStage == 3",
                     "deepspeed.offloadParameters needs zeroStage 3",
-                )
+                ),
+                cel(
+                    "!has(self.deepspeed) || !self.deepspeed.offloadOptimizer"
+                    " || self.deepspeed.zeroStage >= 1",
+                    "deepspeed.offloadOptimizer needs zeroStage 1 or higher",
+                ),
             ]
         }
     )
@@ -331,6 +362,17 @@ class CheckpointingSpec(Model):
 
 
 class OutputSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.source) || !has(self.source.configMap)",
+                    "output.source must be a pvc or a uri (a ConfigMap cannot hold results)",
+                )
+            ]
+        }
+    )
+
     source: Source | None = Field(
         default=None,
         description="Where results go (pvc or uri); unset means an emptyDir (lost with the pod).",
