@@ -31,7 +31,7 @@ def cluster_helm(cluster: Any) -> Helm:
 @pytest.fixture(scope="session")
 def crds_for_chart(kubectl: Any) -> None:
     """The FineTuneJob CRD (from crds/) and the prometheus-operator stand-ins, established."""
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl("apply", "--server-side", "-f", str(FIXTURES / "prometheus-operator-crds.test-stub.yaml"))
     kubectl(
         "wait",
