@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -250,29 +251,54 @@ class ProcSampler(threading.Thread):
         return self.rss, self.cpu
 
 
-_REQ = re.compile(r"^apiserver_request_total\{([^}]*)\}\s+([0-9.eE+]+)")
+_SAMPLE = re.compile(
+    r"^(apiserver_request_total|apiserver_request_duration_seconds_(?:sum|count))\{([^}]*)\}\s+(\S+)"
+)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def apiserver_writes(api: Any) -> Counter[tuple[str, str]]:
-    """(resource[/subresource], verb) -> writes so far, from kube-apiserver's own /metrics."""
-    method, url, headers, _body, _post = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
-    resp = api.call_api(method, url, header_params=headers)
-    text = resp.read().decode()
-    out: Counter[tuple[str, str]] = Counter()
-    for line in text.splitlines():
-        m = _REQ.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group(1)))
-        verb = labels.get("verb", "")
-        if verb not in WRITE_VERBS:
-            continue
-        res = labels.get("resource", "")
-        if labels.get("subresource"):
-            res += "/" + labels["subresource"]
-        out[(res, verb)] += int(float(m.group(2)))
-    return out
+class ApiServerMetrics:
+    """kube-apiserver's own /metrics: requests and server-side latency by (resource, verb)."""
+
+    def __init__(self, api: Any) -> None:
+        method, url, headers, _b, _p = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+        text = api.call_api(method, url, header_params=headers).read().decode()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.seconds: Counter[tuple[str, str]] = Counter()
+        self.timed: Counter[tuple[str, str]] = Counter()
+        for line in text.splitlines():
+            m = _SAMPLE.match(line)
+            if not m:
+                continue
+            labels = dict(_LABEL.findall(m.group(2)))
+            res = labels.get("resource", "")
+            if not res or labels.get("verb") == "WATCH":
+                continue
+            if labels.get("subresource"):
+                res += "/" + labels["subresource"]
+            key = (res, labels.get("verb", ""))
+            value = float(m.group(3))
+            if m.group(1) == "apiserver_request_total":
+                self.requests[key] += int(value)
+            elif m.group(1).endswith("_sum"):
+                self.seconds[key] += value
+            else:
+                self.timed[key] += int(value)
+
+    def writes(self) -> Counter[tuple[str, str]]:
+        return Counter({k: v for k, v in self.requests.items() if k[1] in WRITE_VERBS})
+
+    def latency_since(self, before: ApiServerMetrics, resources: Iterable[str]) -> dict[str, Any]:
+        """Mean server-side latency (ms) and count of each request on ``resources`` since ``before``."""
+        out: dict[str, Any] = {}
+        for key in sorted(self.timed):
+            if key[0] not in resources:
+                continue
+            n = self.timed[key] - before.timed.get(key, 0)
+            if n > 0:
+                secs = self.seconds[key] - before.seconds.get(key, 0.0)
+                out[f"{key[1]} {key[0]}"] = {"n": n, "mean_ms": round(1000 * secs / n, 1)}
+        return out
 
 
 def diff_writes(
@@ -287,13 +313,17 @@ def diff_writes(
 
 
 def event_sources(core: Any, namespace: str) -> Counter[str]:
-    """Events in the namespace by who reported them (sum of ``count``, so PATCHed repeats count)."""
+    """Events in the namespace by "source/reason" (sum of ``count``, so PATCHed repeats count)."""
     resp = core.list_namespaced_event(namespace, _preload_content=False)
     out: Counter[str] = Counter()
     for ev in json.loads(resp.data).get("items") or []:
         src = (ev.get("source") or {}).get("component") or ev.get("reportingComponent") or "?"
-        out[src] += int(ev.get("count") or 1)
+        out[f"{src}/{ev.get('reason')}"] += int(ev.get("count") or 1)
     return out
+
+
+def by_source(events: Counter[str], source: str) -> int:
+    return sum(v for k, v in events.items() if k.split("/", 1)[0] == source)
 
 
 def operator_metrics(text: str) -> dict[str, Any]:
@@ -324,6 +354,37 @@ def operator_metrics(text: str) -> dict[str, Any]:
         if h.get("count"):
             h["mean"] = round(h["sum"] / h["count"], 4)
     return out
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Wall-clock samples (py-spy --idle, collapsed stacks) in the operator's handlers, by handler and
+    by the Kubernetes API method (or other blocking call) they were inside."""
+    api_frame = re.compile(r"^(\w+) \((?:.*/)?kubernetes/client/api/\w+\.py")
+    other = re.compile(r"^(urlopen|model_validate|deepcopy|sanitize_for_serialization|sleep) \(")
+    handler = re.compile(r"^(ftj_changed|job_event|progress) \(.*finetune_operator/handlers\.py")
+    by_call: Counter[str] = Counter()
+    by_handler: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if "finetune_operator/handlers.py" not in stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        h = next((m.group(1) for f in frames if (m := handler.match(f))), "?")
+        call = next((m.group(1) for f in frames if (m := api_frame.match(f))), None)
+        if call is None:
+            call = next((m.group(1) for f in reversed(frames) if (m := other.match(f))), "python (other)")
+        total += n
+        by_handler[h] += n
+        by_call[f"{h}: {call}"] += n
+    return {
+        "handler_samples": total,
+        "by_handler_pct": {k: round(100 * v / total, 1) for k, v in by_handler.most_common()}
+        if total
+        else {},
+        "by_call_pct": {k: round(100 * v / total, 1) for k, v in by_call.most_common(top)} if total else {},
+    }
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -370,6 +431,7 @@ def main() -> int:
     p.add_argument("--max-workers", type=int, default=None, help="FTJ_MAX_WORKERS (operator default: 8)")
     p.add_argument("--timeout", type=float, default=None, help="per-phase timeout (default 120 + 1.2 s/job)")
     p.add_argument("--keep-log", action="store_true", help="keep the operator log (path in the report)")
+    p.add_argument("--py-spy", metavar="PATH", help="profile the operator with this py-spy (adds overhead)")
     args = p.parse_args()
     QUIET = args.json_only
     phase_timeout = args.timeout or 120 + 1.2 * args.count
@@ -428,6 +490,14 @@ def main() -> int:
         sampler = ProcSampler(op.proc.pid)
         sampler.start()
         rss_start, cpu_start = sampler.snapshot()
+        spy = None
+        if args.py_spy:
+            spy_args = ["record", "--pid", str(op.proc.pid), "--idle", "--nonblocking", "--rate", "25"]
+            spy = subprocess.Popen(
+                [args.py_spy, *spy_args, "--format", "raw", "-o", str(workdir / "profile.txt")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
         rec = Recorder()
         readies = []
@@ -444,7 +514,8 @@ def main() -> int:
             ready.wait(30)
         time.sleep(1)  # let both watch connections open before the burst
 
-        writes_before = apiserver_writes(api)
+        server_before = ApiServerMetrics(api)
+        writes_before = server_before.writes()
         names = [f"b{i:05d}" for i in range(args.count)]
 
         def create(name: str) -> None:
@@ -527,17 +598,22 @@ def main() -> int:
         t_done = time.monotonic()
         patch_pool.shutdown(wait=True)
         rss_done, cpu_done = sampler.snapshot()
-        writes_done = apiserver_writes(api)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+            report["profile"] = summarize_profile(workdir / "profile.txt")
+        server_done = ApiServerMetrics(api)
+        writes_done = server_done.writes()
         events_done = event_sources(core, namespace)
 
         # idle: wait for the watches to go quiet (max 60 s), then count writes over the window
         wait_until(lambda: time.monotonic() - rec.last_event > 5, 60, "the watches to go quiet")
         idle_events_before = Counter(rec.events)
-        idle_before = apiserver_writes(api)
+        idle_before = ApiServerMetrics(api).writes()
         idle_cpu_before = sampler.snapshot()[1]
         say(f"idle window {args.idle_seconds:g}s")
         time.sleep(args.idle_seconds)  # deliberate: this measures what happens when nothing should
-        idle_after = apiserver_writes(api)
+        idle_after = ApiServerMetrics(api).writes()
         rss_end, cpu_end = sampler.snapshot()
         idle_events = Counter(rec.events)
         idle_events.subtract(idle_events_before)
@@ -565,10 +641,10 @@ def main() -> int:
         per_job = {res: {v: round(c / n, 2) for v, c in verbs.items()} for res, verbs in run_writes.items()}
         op_total = sum(sum(v.values()) for r, v in run_writes.items() if r in OPERATOR_RESOURCES)
         op_total -= run_writes.get("finetunejobs", {}).get("POST", 0)  # the bench's own creates
-        op_events = sum(v for k, v in events_done.items() if k == "kopf")
+        op_events = by_source(events_done, "kopf")
         idle_writes = diff_writes(idle_after, idle_before)
         idle_op = {r: v for r, v in idle_writes.items() if r in OPERATOR_RESOURCES}
-        idle_kopf_events = events_end.get("kopf", 0) - events_done.get("kopf", 0)
+        idle_kopf_events = by_source(events_end, "kopf") - by_source(events_done, "kopf")
         mib = 1024 * 1024
         report.update(
             {
@@ -612,7 +688,11 @@ def main() -> int:
                     "operator_resources_per_job": round(op_total / n, 2),
                     "kopf_events_per_job": round(op_events / n, 2),
                     "by_resource_per_job": per_job,
-                    "events_by_source": dict(events_done),
+                    "events_by_source_reason": dict(sorted(events_done.items())),
+                    "apiserver_latency_during_run": server_done.latency_since(
+                        server_before,
+                        ("finetunejobs", "finetunejobs/status", "configmaps", "jobs", "jobs/status", "pods"),
+                    ),
                     "note": "operator = finetunejobs PATCH/PUT (+status), configmaps, jobs, services "
                     "writes and Events from 'kopf'; the bench adds 1 FTJ POST (excluded) and "
                     "1 pod PATCH per job",
@@ -642,8 +722,6 @@ def main() -> int:
     finally:
         stop.set()
         if op is not None:
-            import signal
-
             op.kill(signal.SIGTERM)
         if own:
             say(f"stopping cluster {CLUSTER_NAME}")

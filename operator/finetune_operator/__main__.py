@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube(api)
 
     def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        kopf.event(obj, type=kind, reason=reason, message=message[:1000])
+        kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=message[:1000])
 
     ctx = Context(kube=kube, settings=config, phases=PhaseBook(), post_event=post_event)
     clusterwide = args.all_namespaces or not namespaces

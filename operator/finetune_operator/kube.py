@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -51,11 +51,12 @@ class Kube:
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
-        create, read = {
+        calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
             "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
             "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
             "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
-        }[kind]
+        }
+        create, read = calls[kind]
         try:
             created = create(ns, manifest)
             return self.api.sanitize_for_serialization(created), True
@@ -120,10 +121,10 @@ class Kube:
                 return obj
             obj["status"] = new_status
             try:
-                result: dict[str, Any] = self.custom.replace_namespaced_custom_object_status(
+                result = self.custom.replace_namespaced_custom_object_status(
                     c.GROUP, c.VERSION, namespace, c.PLURAL, name, obj
                 )
-                return result
+                return cast(dict[str, Any], result)
             except ApiException as exc:
                 if exc.status == 409 and attempt < attempts - 1:
                     time.sleep(0.05 * (attempt + 1))

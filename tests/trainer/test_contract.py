@@ -102,6 +102,10 @@ def test_ftj_run_trains_a_manifest(ftj_run: dict[str, Any]) -> None:
     assert summary["checkpoint"] == {"step": 16, "uri": f"{out.resolve().as_uri()}/checkpoints/checkpoint-16"}
     assert summary["evaluation"]["test"]["loss"] < summary["evaluation"]["base"]["loss"]
     assert summary["evaluation"]["delta"]["loss"] < 0
+    assert summary["metrics"]["tokens_per_second"] > 0
+    dataset = summary["dataset"]
+    assert dataset["train"] + dataset["validation"] + dataset["test"] == 80
+    assert dataset["tokens"]["max"] > 0
 
 
 def test_ftj_validate_checks_the_same_manifest(
@@ -189,6 +193,7 @@ def test_bad_data_exits_3_with_line_numbers(make_config) -> None:
     summary = read_summary(config)
     assert summary["reason"] == "InvalidData"
     assert "line 2" in summary["message"]
+    assert summary["dataset"]["invalid"] == 2
 
 
 def test_missing_model_exits_6(make_config, tmp_path: Path) -> None:

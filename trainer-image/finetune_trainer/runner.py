@@ -43,6 +43,7 @@ class RunRecord:
     stage: str = "config"
     metrics: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
     output_uri: str | None = None
     checkpoint: dict[str, Any] | None = None
 
@@ -184,7 +185,12 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         raise Failure(ExitCode.INVALID_CONFIG, problem)
 
     record.stage = "data"
-    data = prepare_data(spec, paths)
+    try:
+        data = prepare_data(spec, paths)
+    except Exception as exc:
+        record.dataset = dataset_summary(getattr(exc, "report", None) or {})
+        raise
+    record.dataset = dataset_summary(data.report)
     log.info("data: %s", {k: v for k, v in data.report.get("counts", {}).items()})
 
     record.stage = "model"
@@ -193,6 +199,7 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     main = world.rank == 0
     tokenizer = load_tokenizer(spec, paths.model)
     _add_token_stats(data, tokenizer, spec.hyperparameters.max_sequence_length)
+    record.dataset = dataset_summary(data.report)
     if main:
         outputs.write_json(output / "data_report.json", data.report)
     # New weights (LoRA matrices, a classification head) come from the seed, so reruns agree.
@@ -290,10 +297,47 @@ def run_metrics(trainer: Any, result: Any) -> dict[str, Any]:
     if state.best_metric is not None:
         out["best_eval_loss"] = state.best_metric
         out["best_step"] = state.best_global_step
+    rates = [e["learning_rate"] for e in state.log_history if "learning_rate" in e]
+    if rates:
+        out["learning_rate"] = rates[-1]
     runtime = (result.metrics or {}).get("train_runtime") if result is not None else None
     if runtime:
         out["train_runtime_seconds"] = round(runtime, 3)
+        out["tokens_per_second"] = round(state.num_input_tokens_seen / runtime, 2)
+    peak = _peak_gpu_memory()
+    if peak:
+        out["gpu_memory_bytes"] = peak
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def dataset_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The data report in a few hundred bytes for status.dataset; the full report is in the output."""
+    counts = report.get("counts", {})
+    cleaning = report.get("cleaning", {})
+    out: dict[str, Any] = {
+        k: counts[k] for k in ("read", "invalid", "train", "validation", "test") if k in counts
+    }
+    duplicates = cleaning.get("duplicates_removed")
+    if isinstance(duplicates, dict):
+        out["duplicatesRemoved"] = {k: v for k, v in duplicates.items() if isinstance(v, int)}
+    redactions = cleaning.get("redactions")
+    if isinstance(redactions, dict):
+        out["redactions"] = sum(v for v in redactions.values() if isinstance(v, int))
+    leakage = report.get("leakage")
+    if isinstance(leakage, dict) and leakage.get("checked"):
+        out["leakage"] = {k: leakage[k] for k in ("exact", "near") if isinstance(leakage.get(k), int)}
+    tokens = report.get("tokens")
+    if isinstance(tokens, dict):
+        out["tokens"] = {k: tokens[k] for k in ("mean", "p95", "max", "truncated") if k in tokens}
+    return out
+
+
+def _peak_gpu_memory() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return max(int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count()))
 
 
 def output_uri(config: TrainerConfig) -> str:
@@ -327,6 +371,8 @@ def write_summary(path: str, code: ExitCode, message: str, record: RunRecord) ->
         "metrics": record.metrics,
         "evaluation": record.evaluation,
     }
+    if record.dataset:
+        summary["dataset"] = record.dataset
     if record.output_uri:
         summary["output"] = {"uri": record.output_uri}
     if record.checkpoint:
