@@ -359,9 +359,9 @@ def operator_metrics(text: str) -> dict[str, Any]:
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
     """Wall-clock samples (py-spy --idle, collapsed stacks) in the operator's handlers, by handler and
     by the Kubernetes API method (or other blocking call) they were inside."""
-    api_frame = re.compile(r"^(\w+) \((?:.*/)?kubernetes/client/api/\w+\.py")
-    other = re.compile(r"^(urlopen|model_validate|deepcopy|sanitize_for_serialization|sleep) \(")
-    handler = re.compile(r"^(ftj_changed|job_event|progress) \(.*finetune_operator/handlers\.py")
+    api_frame = re.compile(r"^\w+\.(\w+) \((?:.*/)?kubernetes/client/api/\w+\.py")
+    other = re.compile(r"(?:^|\.)(urlopen|model_validate|deepcopy|sanitize_for_serialization|sleep|wire) \(")
+    handler = re.compile(r"(?:^|\.)(ftj_changed|job_event|progress) \((?:.*/)?finetune_operator/handlers\.py")
     by_call: Counter[str] = Counter()
     by_handler: Counter[str] = Counter()
     total = 0
@@ -371,10 +371,10 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
             continue
         n = int(count)
         frames = stack.split(";")
-        h = next((m.group(1) for f in frames if (m := handler.match(f))), "?")
+        h = next((m.group(1) for f in frames if (m := handler.search(f))), "?")
         call = next((m.group(1) for f in frames if (m := api_frame.match(f))), None)
         if call is None:
-            call = next((m.group(1) for f in reversed(frames) if (m := other.match(f))), "python (other)")
+            call = next((m.group(1) for f in frames if (m := other.search(f))), "python (other)")
         total += n
         by_handler[h] += n
         by_call[f"{h}: {call}"] += n
@@ -402,7 +402,10 @@ def ftj_body(name: str, harness: ModuleType) -> dict[str, Any]:
 
 
 def wait_until(
-    pred: Callable[[], bool], timeout: float, what: str, tick: Callable[[], None] | None = None
+    pred: Callable[[], bool],
+    timeout: float,
+    what: str | Callable[[], str],
+    tick: Callable[[], None] | None = None,
 ) -> bool:
     deadline = time.monotonic() + timeout
     last_log = 0.0
@@ -412,10 +415,10 @@ def wait_until(
         if pred():
             return True
         if time.monotonic() - last_log > 10:
-            say(f"waiting for {what}")
+            say(f"waiting for {what() if callable(what) else what}")
             last_log = time.monotonic()
         time.sleep(0.25)
-    say(f"gave up waiting for {what} after {timeout:.0f}s")
+    say(f"gave up waiting for {what() if callable(what) else what} after {timeout:.0f}s")
     return False
 
 
@@ -538,10 +541,18 @@ def main() -> int:
         t_created = time.monotonic()
         cpu_after_create = sampler.snapshot()[1]
 
-        jobs_ok = wait_until(lambda: len(rec.job_added) >= args.count, phase_timeout, "every Job")
+        jobs_ok = wait_until(
+            lambda: len(rec.job_added) >= args.count,
+            phase_timeout,
+            lambda: f"every Job ({len(rec.job_added)}/{args.count})",
+        )
         t_jobs = time.monotonic()
         cpu_after_jobs = sampler.snapshot()[1]
-        running_ok = wait_until(lambda: rec.count("Running") >= args.count, phase_timeout, "every Running")
+        running_ok = wait_until(
+            lambda: rec.count("Running") >= args.count,
+            phase_timeout,
+            lambda: f"every Running ({rec.count('Running')}/{args.count})",
+        )
         t_running = time.monotonic()
         if not running_ok:
             say(f"{rec.count('Running')} of {args.count} reached Running; finishing the rest as they start")
@@ -593,7 +604,10 @@ def main() -> int:
                     annotate_running()
 
         done_ok = wait_until(
-            lambda: rec.count("Succeeded") >= args.count, phase_timeout, "every Succeeded", tick=tick
+            lambda: rec.count("Succeeded") >= args.count,
+            phase_timeout,
+            lambda: f"every Succeeded ({rec.count('Succeeded')}/{args.count})",
+            tick=tick,
         )
         t_done = time.monotonic()
         patch_pool.shutdown(wait=True)

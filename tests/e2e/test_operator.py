@@ -66,6 +66,27 @@ def test_success_fills_status_from_the_termination_message(make_finetunejob, kub
     assert st["gpuSeconds"] >= 0
     out = kubectl("get", "ftj", ftj.name, "-n", ftj.namespace).stdout
     assert "Succeeded" in out and "org/tiny-llama" in out and "0.51" in out
+    events = wait_for(
+        lambda: (
+            (
+                e := kubectl(
+                    "get",
+                    "events",
+                    "-n",
+                    ftj.namespace,
+                    "--field-selector",
+                    f"involvedObject.name={ftj.name}",
+                    "-o",
+                    "jsonpath={.items[*].reason}",
+                ).stdout.split()
+            )
+            and "Succeeded" in e
+            and e
+        ),
+        30,
+        "a Succeeded event on the FineTuneJob",
+    )
+    assert "PodsRunning" in events, events
 
 
 def test_non_retriable_exit_fails_with_the_trainers_reason_and_no_retry(make_finetunejob):
