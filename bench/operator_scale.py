@@ -211,6 +211,8 @@ def watch_forever(
             else:
                 time.sleep(0.5)
         except Exception as exc:
+            if stop.is_set():
+                break  # the cluster is going away
             say(f"watch restart after {type(exc).__name__}: {exc}")
             time.sleep(0.5)
 

@@ -23,7 +23,7 @@ from finetune_operator.settings import OperatorSettings
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the extra fields handlers attach."""
 
-    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "settings"}
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = f"{c.GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{c.GROUP}")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=c.GROUP, key="last-handled-configuration"
+            prefix=f"kopf.{c.GROUP}", key="last-handled-configuration"
         )
         settings.execution.max_workers = config.max_workers
         settings.posting.enabled = True

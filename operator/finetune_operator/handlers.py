@@ -43,12 +43,23 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         ctx: Context = memo["ctx"]
         _timed("reconcile", lambda: reconcile(ctx, _plain(body)))
 
+    @kopf.index(c.GROUP, c.VERSION, c.PLURAL, id="finetunejobs", registry=registry)
+    def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        """Latest body of every FineTuneJob, so a Job event needs no API read of its owner."""
+        return {(namespace, name): _plain(body)}
+
     @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
-    def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    def job_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+        index: kopf.Index[Any, Any] = kwargs["finetunejobs"]
         if event.get("type") == "DELETED":
             return
         ctx: Context = memo["ctx"]
-        _timed("job_event", lambda: on_job_event(ctx, dict(event["object"])))
+        job: dict[str, Any] = dict(event["object"])
+        meta: dict[str, Any] = job.get("metadata") or {}
+        refs: list[dict[str, Any]] = meta.get("ownerReferences") or []
+        owner = next((r for r in refs if r.get("kind") == c.KIND), {})
+        cached = next(iter(index.get((meta.get("namespace"), owner.get("name")), [])), None)
+        _timed("job_event", lambda: on_job_event(ctx, job, cached))
 
     @kopf.timer(
         c.GROUP,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,14 +107,20 @@ class Kube:
         name: str,
         mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
         attempts: int = 8,
+        initial: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """Read-modify-write of status with optimistic concurrency.
 
         ``mutate`` gets the whole object and returns the new status, or None for "no change"
-        (then nothing is written: an idle operator makes no API writes).
+        (then nothing is written: an idle operator makes no API writes). ``initial`` (the body kopf
+        just delivered) saves the first read; a stale one costs a 409 and a fresh read.
         """
         for attempt in range(attempts):
-            obj = self.get_ftj(namespace, name)
+            obj = (
+                copy.deepcopy(initial)
+                if attempt == 0 and initial is not None
+                else self.get_ftj(namespace, name)
+            )
             if obj is None:
                 return None
             new_status = mutate(obj)

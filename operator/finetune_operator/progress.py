@@ -29,13 +29,17 @@ def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def endpoint_of(pod: dict[str, Any]) -> str | None:
-    """Where the trainer serves /metrics: an explicit annotation (dev runtime) or podIP:9400."""
+def endpoint_of(pod: dict[str, Any], use_pod_ip: bool = True) -> str | None:
+    """Where the trainer serves /metrics: an explicit annotation (dev runtime) or podIP:9400.
+
+    Pod IPs are only reachable from inside the cluster, so an operator running elsewhere (a laptop,
+    the test suite) scrapes annotated endpoints only and never sends traffic to pod addresses.
+    """
     ann = (pod.get("metadata") or {}).get("annotations") or {}
     if ann.get(c.ANNOTATION_METRICS_ENDPOINT):
         return str(ann[c.ANNOTATION_METRICS_ENDPOINT])
     ip = (pod.get("status") or {}).get("podIP")
-    return f"http://{ip}:{c.METRICS_PORT}/metrics" if ip else None
+    return f"http://{ip}:{c.METRICS_PORT}/metrics" if ip and use_pod_ip else None
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -7,8 +7,9 @@ drive from tests and benchmarks.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +50,25 @@ class Context:
     settings: OperatorSettings
     phases: PhaseBook
     post_event: EventPoster
+    # Caches that only save API calls and CPU; losing them (a restart) costs one extra call each.
+    seen_jobs: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    endpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
+    specs: dict[tuple[str, int], FineTuneJobSpec] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def parse_spec(self, body: dict[str, Any]) -> FineTuneJobSpec:
+        """The typed spec, parsed (with its CEL rules) once per object generation."""
+        meta = body["metadata"]
+        key = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+        with self.lock:
+            spec = self.specs.get(key)
+        if spec is None:
+            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+            with self.lock:
+                if len(self.specs) > 4096:
+                    self.specs.clear()
+                self.specs[key] = spec
+        return spec
 
 
 def _parse_status(obj: dict[str, Any]) -> FineTuneJobStatus:
@@ -72,7 +92,7 @@ def _write(
         before["message"] = st.message
         return st.wire()
 
-    result = ctx.kube.update_status(meta["namespace"], meta["name"], wrapped)
+    result = ctx.kube.update_status(meta["namespace"], meta["name"], wrapped, initial=obj)
     new_phase = before.get("new")
     if result is not None and new_phase is not None:
         ctx.phases.set(f"{meta['namespace']}/{meta['name']}", new_phase)
@@ -95,7 +115,7 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
     status = _parse_status(body)
     ctx.phases.set(f"{body['metadata']['namespace']}/{body['metadata']['name']}", status.phase)
     try:
-        spec = FineTuneJobSpec.model_validate(raw_spec)
+        spec = ctx.parse_spec(body)
     except ValidationError as exc:
         _fail_without_job(ctx, body, Reason.INVALID_SPEC, format_validation(exc), spec_hash(raw_spec))
         return
@@ -133,18 +153,18 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
         "spec.dataset.splits.testSource": spec.dataset.splits.test_source,
         "spec.output.source": spec.output.source,
     }
-    for field, src in sources.items():
+    for where, src in sources.items():
         if src is None:
             continue
         if src.pvc and not ctx.kube.pvc_exists(namespace, src.pvc.claim_name):
             return (
                 Reason.PVC_NOT_FOUND,
-                f"PersistentVolumeClaim {src.pvc.claim_name!r} ({field}.pvc) does not exist.",
+                f"PersistentVolumeClaim {src.pvc.claim_name!r} ({where}.pvc) does not exist.",
             )
         if src.config_map and not ctx.kube.configmap_exists(namespace, src.config_map.name):
             return (
                 Reason.CONFIGMAP_NOT_FOUND,
-                f"ConfigMap {src.config_map.name!r} ({field}.configMap) does not exist.",
+                f"ConfigMap {src.config_map.name!r} ({where}.configMap) does not exist.",
             )
     gpus = spec.distributed_or_default().gpus_per_node
     check = ctx.settings.gpu_resource_check
@@ -326,7 +346,7 @@ def observe(
     """Fold a Job's state into its FineTuneJob's status (the Job event handler and sync call this)."""
     if spec is None:
         try:
-            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+            spec = ctx.parse_spec(body)
         except ValidationError:
             return
     view = JobView.from_job(job)
@@ -348,6 +368,13 @@ def observe(
         before = st.wire()
         now = now_iso()
         st.attempts = view.failed or None
+        if (
+            result is None
+            and st.phase == Phase.RUNNING
+            and observed.phase == Phase.PENDING
+            and observed.reason == Reason.WAITING_FOR_PODS
+        ):
+            return False  # a pod just stopped being ready and the Job has not counted it yet
         if result is None:
             apply_phase(
                 st,
@@ -395,18 +422,47 @@ def _age(stamp: str | None) -> float:
     return max((datetime.now(UTC) - then).total_seconds(), 0.0)
 
 
-def on_job_event(ctx: Context, job: dict[str, Any]) -> None:
+def job_fingerprint(job: dict[str, Any]) -> tuple[Any, ...]:
+    view = JobView.from_job(job)
+    return (
+        view.suspended,
+        view.ready,
+        view.failed,
+        view.succeeded,
+        view.complete,
+        view.failed_condition is None,
+    )
+
+
+def _runs(body: dict[str, Any], owner: dict[str, Any], job_meta: dict[str, Any]) -> bool:
+    """Is this Job the current run of this FineTuneJob?"""
+    if body["metadata"].get("uid") != owner.get("uid"):
+        return False
+    run = (body.get("status") or {}).get("run") or {}
+    return bool(run.get("jobName") == job_meta.get("name"))
+
+
+def on_job_event(ctx: Context, job: dict[str, Any], cached_owner: dict[str, Any] | None = None) -> None:
+    """A Job changed: fold it into its FineTuneJob, unless nothing status depends on changed."""
     meta = job.get("metadata") or {}
     owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == c.KIND), None)
     if owner is None:
         return
-    body = ctx.kube.get_ftj(meta["namespace"], owner["name"])
-    if body is None or body["metadata"].get("uid") != owner.get("uid"):
-        return
-    run = (body.get("status") or {}).get("run") or {}
-    if run.get("jobName") != meta.get("name"):
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    fingerprint = job_fingerprint(job)
+    with ctx.lock:
+        if ctx.seen_jobs.get(key) == fingerprint:
+            return
+    body = cached_owner
+    if body is None or not _runs(body, owner, meta):
+        body = ctx.kube.get_ftj(meta["namespace"], owner["name"])  # the cache may lag our own writes
+    if body is None or not _runs(body, owner, meta):
         return
     observe(ctx, body, job)
+    with ctx.lock:
+        if len(ctx.seen_jobs) > 8192:
+            ctx.seen_jobs.clear()
+        ctx.seen_jobs[key] = fingerprint
 
 
 def refresh_progress(ctx: Context, body: dict[str, Any]) -> None:
@@ -415,15 +471,24 @@ def refresh_progress(ctx: Context, body: dict[str, Any]) -> None:
     if status.run is None or status.phase != Phase.RUNNING:
         return
     spec_timeout = int((body.get("spec") or {}).get("stallTimeoutSeconds") or 900)
-    pods = ctx.kube.job_pods(body["metadata"]["namespace"], status.run.job_name)
-    pod = rank0_pod(pods)
-    url = endpoint_of(pod) if pod else None
+    job_key = f"{body['metadata']['namespace']}/{status.run.job_name}"
+    with ctx.lock:
+        cached = ctx.endpoints.get(job_key)
+    url = cached[1] if cached else None
     if url is None:
-        return
+        pods = ctx.kube.job_pods(body["metadata"]["namespace"], status.run.job_name)
+        pod = rank0_pod(pods)
+        url = endpoint_of(pod, ctx.settings.scrape_pod_ips) if pod else None
+        if url is None or pod is None:
+            return
+        with ctx.lock:
+            ctx.endpoints[job_key] = (pod["metadata"]["name"], url)
     try:
         values = scrape(url, ctx.settings.scrape_timeout_seconds)
     except ScrapeError as exc:
         log.debug("scrape failed: %s", exc)
+        with ctx.lock:
+            ctx.endpoints.pop(job_key, None)  # the pod may have been replaced: look it up again
         values = {}
     job_name = status.run.job_name
     generation = body["metadata"].get("generation")

@@ -21,7 +21,8 @@ class OperatorSettings:
     progress_interval_seconds: float = 15.0
     scrape_timeout_seconds: float = 3.0
     history_limit: int = 5
-    max_workers: int = 8
+    max_workers: int = 32
+    scrape_pod_ips: bool = True
     peering: str | None = None
     trainer_env: dict[str, str] = field(default_factory=dict)
 
@@ -46,6 +47,16 @@ class OperatorSettings:
             progress_interval_seconds=float(e.get("FTJ_PROGRESS_INTERVAL", base.progress_interval_seconds)),
             history_limit=int(e.get("FTJ_HISTORY_LIMIT", base.history_limit)),
             max_workers=int(e.get("FTJ_MAX_WORKERS", base.max_workers)),
+            scrape_pod_ips=_scrape_pod_ips(e.get("FTJ_SCRAPE_POD_IPS", "auto"), e),
             peering=e.get("FTJ_PEERING") or None,
             trainer_env=extra,
         )
+
+
+def _scrape_pod_ips(value: str, env: dict[str, str]) -> bool:
+    """auto: only inside a cluster, where pod IPs are routable."""
+    if value == "auto":
+        return bool(env.get("KUBERNETES_SERVICE_HOST"))
+    if value not in ("true", "false"):
+        raise ValueError(f"FTJ_SCRAPE_POD_IPS must be auto, true or false, not {value!r}")
+    return value == "true"
