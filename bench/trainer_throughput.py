@@ -69,7 +69,7 @@ _WORDS = (
 )
 WORDS = _WORDS.split()
 # ours; plain TRL as configured by default; TRL with our one differing default (no gradient checkpointing)
-KINDS = ("ours", "trl", "trl-matched")
+KINDS = ("ours", "trl", "trl-matched", "trl-matched-fp32")
 
 
 def generate_records(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -163,7 +163,7 @@ def worker_ours(work: Path, packing: bool, epochs: float) -> dict[str, Any]:
         return trainer
 
     SftRecipe.build = build_and_note  # type: ignore[method-assign]
-    out = work / f"ours-packing-{packing}"
+    out = work / f"ours-packing-{packing}-{os.getpid()}"  # fresh: a kept output dir would resume
     config = TrainerConfig.model_validate(
         {
             "job": {"name": "throughput", "namespace": "bench"},
@@ -224,9 +224,11 @@ def resolved_flags(args: Any) -> dict[str, Any]:
     }
 
 
-def worker_trl(work: Path, packing: bool, epochs: float, matched: bool = False) -> dict[str, Any]:
-    """Plain TRL with its defaults; ``matched`` turns off the one default that ours overrides
-    (gradient checkpointing), to separate the engine from the configuration."""
+def worker_trl(work: Path, packing: bool, epochs: float, variant: str = "trl") -> dict[str, Any]:
+    """Plain TRL with its defaults (``trl``); ``trl-matched`` turns off the one default that ours
+    overrides (gradient checkpointing), to separate the wrapper from the configuration;
+    ``trl-matched-fp32`` also turns off bf16 autocast, which SFTConfig enables by default even on CPU
+    (and which ours inherits): what ours would gain by training in float32 on a CPU."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -237,7 +239,7 @@ def worker_trl(work: Path, packing: bool, epochs: float, matched: bool = False) 
     torch.manual_seed(SETTINGS["seed"])
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
     args = SFTConfig(
-        output_dir=str(work / f"trl-packing-{packing}"),
+        output_dir=str(work / f"trl-packing-{packing}-{os.getpid()}"),
         learning_rate=SETTINGS["learning_rate"],
         num_train_epochs=epochs,
         per_device_train_batch_size=SETTINGS["batch_size"],
@@ -252,7 +254,8 @@ def worker_trl(work: Path, packing: bool, epochs: float, matched: bool = False) 
         save_strategy="no",
         use_cpu=True,
         disable_tqdm=True,
-        **({"gradient_checkpointing": False} if matched else {}),
+        **({"gradient_checkpointing": False} if variant != "trl" else {}),
+        **({"bf16": False} if variant == "trl-matched-fp32" else {}),
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer
@@ -281,7 +284,7 @@ def worker_main(kind: str, work: Path, packing: bool, epochs: float, threads: in
     if kind == "ours":
         result = worker_ours(work, packing, epochs)
     else:
-        result = worker_trl(work, packing, epochs, matched=kind == "trl-matched")
+        result = worker_trl(work, packing, epochs, variant=kind)
     result["wall_s"] = round(time.perf_counter() - started, 2)
     result["peak_rss_mib"] = peak_rss_mib()
     print("RESULT " + json.dumps(result), flush=True)

@@ -30,36 +30,19 @@ def set_condition(
 ) -> list[Condition]:
     """Upsert a condition; its transition time changes only when its status flips."""
     value = "True" if status else "False"
-    out: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.type != type_:
-            out.append(cond)
-            continue
-        found = True
-        transition = cond.last_transition_time if cond.status == value else (now or now_iso())
-        out.append(
-            Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=message[:MESSAGE_LIMIT],
-                last_transition_time=transition,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=message[:MESSAGE_LIMIT],
-                last_transition_time=now or now_iso(),
-                observed_generation=generation,
-            )
-        )
-    return out
+    current = next((c for c in conditions if c.type == type_), None)
+    unchanged = current is not None and current.status == value
+    new = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message[:MESSAGE_LIMIT],
+        last_transition_time=current.last_transition_time if current and unchanged else (now or now_iso()),
+        observed_generation=generation,
+    )
+    if current is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
 
 
 def condition(status: FineTuneJobStatus, type_: str) -> Condition | None:
