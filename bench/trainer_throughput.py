@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """Training throughput of our trainer against plain TRL ``SFTTrainer``, packing off and on, on CPU.
 
-Prints JSON: for each of the four runs (ours / TRL x packing off / on) tokens per second, peak RSS,
-wall time and the final training loss, then the speedup ratios (ours / TRL). The goal in issue 4 is
-at least 1.3x tokens/s with packing at an equal or lower final loss.
+Prints JSON: for each run (ours / plain TRL x packing off / on) tokens per second, peak RSS, wall
+time and the final training loss, then the speedup ratios (ours / TRL). The goal in issue 4 is at
+least 1.3x tokens/s with packing at an equal or lower final loss.
+
+Two diagnostic TRL variants run too, to explain the ratio: ``trl-matched`` is TRL with the one
+default our trainer overrides (gradient checkpointing, on in SFTConfig, off in ours) turned off, so
+ours / trl-matched is the cost or gain of our wrapper itself; ``trl-matched-fp32`` also turns off
+bf16 autocast, which SFTConfig enables by default even on a CPU (ours inherits it), to show what
+training in float32 on a CPU would gain. The machine's load varies, so runs are interleaved and
+``--repeats N`` reports the median.
 
 Same model, data and settings for every run:
 
@@ -11,9 +18,10 @@ Same model, data and settings for every run:
   the spot with ``tokenizers`` (the approach of tests/trainer/tiny.py), saved with ``save_pretrained``;
   every run loads the same files, in float32;
 * data: generated prompt-completion records whose lengths vary a lot (prompts 4-40 words,
-  completions 3-160 words), the regime where packing pays; our trainer's cleaning removes nothing
-  from them (checked: the run reports the record count it trained on), and no validation or test split
-  is taken, so both train on exactly the same records;
+  completions 3-160 words), the regime where packing pays; our trainer's cleaning removes none of
+  them (the run reports the record count it trained on) and no validation or test split is taken,
+  so both train on the same records (ours whitespace-normalised by its cleaning: the completion's
+  leading space is stripped, which changes the tokens at the prompt/completion boundary);
 * settings: learning rate, epochs, batch size, max length, scheduler, warm-up, weight decay,
   gradient clipping and seed are the same; completion-only loss in both (TRL's default for
   prompt-completion data, and what our SFT recipe sets); ``method: full`` on our side.
@@ -26,7 +34,7 @@ wall time of each subprocess is reported too). The final loss is the mean logged
 the last epoch (our trainer logs every step, TRL every 10 steps; both are token-weighted means over
 completion tokens).
 
-Usage: python bench/trainer_throughput.py [--records 300] [--epochs 2] [--threads 1] [--out FILE]
+Usage: python bench/trainer_throughput.py [--records 300] [--epochs 2] [--repeats 2] [--out FILE]
 """
 
 from __future__ import annotations
