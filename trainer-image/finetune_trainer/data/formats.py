@@ -211,7 +211,17 @@ def text_fields(fmt: str) -> tuple[str, ...]:
 
 
 def map_texts(record: dict[str, Any], fmt: str, change: Callable[[str], str]) -> dict[str, Any]:
-    """A copy of the record with ``change(text) -> text`` applied to each free-text field."""
+    """A copy of the record with ``change(text) -> text`` applied to each free-text field.
+
+    A leading space survives cleaning: prompt and completion are joined as they are, so " works"
+    after a prompt must not become "works" (different tokens than inference sees).
+    """
+    original = change
+
+    def change(text: str) -> str:
+        out = original(text)
+        return " " + out if out and text[:1].isspace() and not out[:1].isspace() else out
+
     if fmt == "messages":
         return {
             "messages": [{"role": m["role"], "content": change(m["content"])} for m in record["messages"]]

@@ -60,10 +60,10 @@ def early_stopping_enabled(ctx: RecipeContext) -> bool:
 def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (and TRL's configs, which extend it).
 
-    Validation runs every ``evaluation.evalSteps`` (default: once per epoch, counted in steps so it
-    lines up with checkpoints). Keeping the best checkpoint needs every checkpoint step to be an
-    evaluation step, so with early stopping the evaluation interval becomes the largest divisor
-    of the checkpoint interval not above it: evaluations only ever get more frequent.
+    Validation runs every ``evaluation.evalSteps`` (default: once per epoch, counted in steps).
+    Keeping the best checkpoint needs a checkpoint at every validation, so with early stopping the
+    checkpoint interval follows the validation interval (validating more often than asked would
+    make patience run out within a fraction of an epoch).
     """
     spec = ctx.spec
     hp = spec.hyperparameters
@@ -71,7 +71,7 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
     eval_steps = spec.evaluation.eval_steps or steps_per_epoch(ctx)
     early = early_stopping_enabled(ctx)
     if early:
-        eval_steps = math.gcd(eval_steps, save_steps)
+        save_steps = eval_steps
     use_cuda = torch.cuda.is_available()
     args: dict[str, Any] = {
         "output_dir": ctx.checkpoint_dir,
@@ -118,6 +118,9 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
         else:
             args["bf16"] = half_dtype() == torch.bfloat16
             args["fp16"] = not args["bf16"]
+    else:
+        # TRL's configs default to bf16; autocast on a CPU is slower and uses more memory.
+        args["bf16"] = args["fp16"] = False
     if spec.method == "full" and spec.distributed_or_default().deepspeed is not None:
         from finetune_trainer.deepspeed_config import deepspeed_config
 
