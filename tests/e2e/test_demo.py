@@ -24,17 +24,24 @@ def load_demo() -> Any:
     return module
 
 
-def test_demo_trains_evaluates_and_reports(cluster: Any, crd_installed: None, tmp_path: Path) -> None:
+def test_demo_trains_evaluates_and_reports(
+    cluster: Any, crd_installed: None, kubectl: Any, tmp_path: Path
+) -> None:
     demo_mod = load_demo()
     # iso-* keeps the session operator out: the demo runs its own operator with the chart's RBAC.
+    namespace = f"iso-demo-{uuid.uuid4().hex[:6]}"
     demo = demo_mod.Demo(
         kubeconfig=Path(cluster.kubeconfig),
         work=tmp_path / "demo",
-        namespace=f"iso-demo-{uuid.uuid4().hex[:6]}",
-        timeout=900,
+        namespace=namespace,
+        timeout=720,
         release="ftj-demo-test",
     )
-    status = demo.run()
+    try:
+        status = demo.run()
+    finally:
+        # Free the dev node for other tests even when the run failed or timed out.
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     assert status["phase"] == "Succeeded", json.dumps(status, indent=2)[:3000]
     ev = status["evaluation"]
     assert ev["test"]["accuracy"] > ev["base"]["accuracy"] + 0.3, ev
