@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.index(c.GROUP, c.VERSION, c.PLURAL, id="finetunejobs", registry=registry)
     def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         """Latest body of every FineTuneJob, so a Job event needs no API read of its owner."""
-        return {(namespace, name): _plain(body)}
+        return {(namespace, name): _slim(body)}
 
     @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
     def job_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -74,8 +75,24 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         _timed("progress", lambda: refresh_progress(ctx, _plain(body)))
 
 
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """What status decisions need, without managedFields and bookkeeping annotations (memory)."""
+    meta = dict(body.get("metadata") or {})
+    meta.pop("managedFields", None)
+    meta["annotations"] = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if not k.startswith(f"kopf.{c.GROUP}/") and k != "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": copy.deepcopy(meta),
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
 def _plain(body: kopf.Body) -> dict[str, Any]:
     """A detached deep copy: kopf's Body is a live view."""
-    import copy
-
     return copy.deepcopy(dict(body))
