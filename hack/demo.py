@@ -214,7 +214,7 @@ class Demo:
         try:
             say(f"kubectl apply -f {QUICKSTART.relative_to(REPO)}")
             self.kubectl("apply", "-n", self.namespace, "-f", str(QUICKSTART))
-            status = self.follow("feedback-classifier")
+            status = self.follow("feedback-classifier", [runtime, operator])
         finally:
             for proc in (operator, runtime):
                 if proc.poll() is None:
@@ -222,13 +222,17 @@ class Demo:
                     proc.wait(timeout=60)
         return status
 
-    def follow(self, name: str) -> dict[str, Any]:
+    def follow(self, name: str, helpers: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
         """Stream `kubectl get ftj -w` until the run finishes, then return its status."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         watch = subprocess.Popen([self.kubectl_bin, "get", "ftj", name, "-n", self.namespace, "-w"], env=env)
         deadline = time.monotonic() + self.timeout
         try:
             while time.monotonic() < deadline:
+                for proc in helpers:
+                    if proc.poll() is not None:
+                        logs = sorted(self.work.glob("*.log"))
+                        raise SystemExit(f"a demo process exited with {proc.returncode}; see {logs}")
                 res = self.kubectl("get", "ftj", name, "-n", self.namespace, "-o", "json", check=False)
                 if res.returncode == 0:
                     status = json.loads(res.stdout).get("status") or {}

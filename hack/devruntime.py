@@ -107,6 +107,8 @@ class DevRuntime:
                 self.tick()
             except ApiException as exc:
                 log.warning("API error: %s %s", exc.status, exc.reason)
+            except Exception:
+                log.exception("dev runtime tick failed; going on")
             time.sleep(interval)
         for key in list(self.running):
             self._kill(key, grace=5)
@@ -149,10 +151,14 @@ class DevRuntime:
             return
         log_path = root / "container.log"
         started = now()
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(
-                argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        try:
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen(
+                    argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        except OSError as exc:
+            self._report_exit((ns, name), 127, f"dev runtime could not run {argv[0]}: {exc}", started, None)
+            return
         message_policy = container.termination_message_policy or "File"
         self.running[(ns, name)] = Running(
             proc, root, started, root / "termination-log", log_path, message_policy == "FallbackToLogsOnError"
@@ -206,12 +212,11 @@ class DevRuntime:
         argv = [*(container.command or []), *(container.args or [])]
         if not argv:
             raise PodSetupError("the container has no command (the dev runtime cannot run images)")
-        if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
         port = free_port()
-        out = []
+        # The executable is this machine's Python, never a path inside the pod's volumes.
+        out = [sys.executable if argv[0] in ("python", "python3") else paths.map(argv[0])]
         config_next = False
-        for arg in argv:
+        for arg in argv[1:]:
             if config_next:
                 arg = str(self._rewrite_config(Path(paths.map(arg)), paths, root, port))
                 config_next = False
