@@ -29,10 +29,27 @@ def crd_installed(kubectl: Any) -> None:
 
 @pytest.fixture(scope="session")
 def operator(
-    cluster: Any, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+    cluster: Any, crd_installed: None, kube_api: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
+    from kubernetes import client
+
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(cluster.kubeconfig, ["*", "!iso-*", "!kube-*"], log).start()
+    # Healthy is not the same as watching: right after the CRD is (re)applied the API server answers
+    # 429 while its storage initialises and kopf backs off. A canary that the operator must process
+    # (a missing Secret fails it at once, without a Job) proves the watch is live.
+    core = client.CoreV1Api(kube_api)
+    canary_ns = f"canary-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=canary_ns)))
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "canary"},
+        "spec": deep_merge(BASE_SPEC, {"secrets": {"hubToken": {"name": "absent", "key": "t"}}}),
+    }
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, canary_ns, PLURAL, body)
+    Ftj(kube_api, canary_ns, "canary").wait_phase("Failed", timeout=180)
+    core.delete_namespace(canary_ns)
     try:
         yield op
     finally:
