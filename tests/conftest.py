@@ -13,40 +13,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from helpers import wait_for
+from helpers import load_hack, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
-def _load_hack(name: str) -> ModuleType:
-    """hack/ is scripts, not a package: load by path, once, under a name nothing else uses."""
-    key = f"ftj_hack_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO / "hack" / f"{name}.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
 def _existing_cluster() -> Any:
-    lc = _load_hack("localcluster")
+    lc = load_hack("localcluster")
     kubeconfig = os.environ.get("KUBECONFIG", "")
     if not kubeconfig or not Path(kubeconfig).is_file():
         pytest.fail("USE_EXISTING_CLUSTER=true needs KUBECONFIG to name a kubeconfig file", pytrace=False)
@@ -69,7 +54,7 @@ def cluster() -> Iterator[Any]:
     if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
         yield _existing_cluster()
         return
-    lc = _load_hack("localcluster")
+    lc = load_hack("localcluster")
     lc.reap_stale()
     name = f"{lc.TEST_NAME_PREFIX}{os.getpid()}"
     lc.register_cleanup(name)
@@ -92,7 +77,7 @@ def cluster() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def kubectl(cluster: Any) -> Kubectl:
     """Run the cached kubectl against the session's cluster."""
-    binary = str(_load_hack("tools").ensure_tools() / "kubectl")
+    binary = str(load_hack("tools").ensure_tools() / "kubectl")
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
 
     def run(

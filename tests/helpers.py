@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,3 +36,18 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
             detail = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} ({detail})")
         time.sleep(interval)
+
+
+HACK = Path(__file__).resolve().parent.parent / "hack"
+
+
+def load_hack(name: str) -> ModuleType:
+    """hack/ is scripts, not a package: load one by path, once, under a name nothing else uses."""
+    key = f"ftj_hack_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HACK / f"{name}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]

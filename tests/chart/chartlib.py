@@ -19,13 +19,9 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))  # harness.py: OperatorProcess, 
 
 
 def tools_dir() -> Path:
-    import importlib.util
+    from helpers import load_hack
 
-    spec = importlib.util.spec_from_file_location("ftj_chart_tools", REPO / "hack" / "tools.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return Path(module.ensure_tools())
+    return Path(load_hack("tools").ensure_tools())
 
 
 class Helm:

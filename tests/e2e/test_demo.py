@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import load_hack
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def load_demo() -> Any:
-    spec = importlib.util.spec_from_file_location("ftj_hack_demo", REPO / "hack" / "demo.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ftj_hack_demo"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_demo_trains_evaluates_and_reports(
     cluster: Any, crd_installed: None, kubectl: Any, tmp_path: Path
 ) -> None:
-    demo_mod = load_demo()
+    demo_mod = load_hack("demo")
     # iso-* keeps the session operator out: the demo runs its own operator with the chart's RBAC.
     namespace = f"iso-demo-{uuid.uuid4().hex[:6]}"
     demo = demo_mod.Demo(

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from kubernetes import client
 
+from helpers import load_hack
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("ftj_hack_devruntime", REPO / "hack" / "devruntime.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ftj_hack_devruntime"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pod_paths_map_to_the_pod_directory_but_the_interpreter_stays(tmp_path, monkeypatch):
-    dr = load()
+    dr = load_hack("devruntime")
     monkeypatch.setattr(sys, "executable", "/tmp/clone/.venv/bin/python")
     root = tmp_path / "pod"
     paths = dr.PathMap()
