@@ -27,6 +27,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 COPY --from=build /opt/venv /opt/venv
 # 65532 is the conventional "nonroot" id; the chart's securityContext runs as the same numeric id.
+# A passwd entry too: libraries that ask for the user's name (getpass.getuser()) find one.
+RUN echo 'nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+    && echo 'nonroot:x:65532:' >> /etc/group
 USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8080 8081

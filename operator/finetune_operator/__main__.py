@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 from typing import Any, cast
 
@@ -38,6 +39,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
+
+
+def operator_identity() -> str:
+    """Who this operator is to its peers: the pod's name in a cluster, else ``user@host/pid``.
+
+    kopf's own default calls ``getpass.getuser()``, which raises in an image whose numeric uid has no
+    passwd entry (the chart runs as 65532); the uid number stands in for a missing name.
+    """
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    user = next((os.environ[k] for k in ("USER", "LOGNAME") if os.environ.get(k)), str(os.getuid()))
+    return f"{user}@{socket.gethostname()}/{os.getpid()}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    os.environ["POD_ID"] = operator_identity()  # kopf reads it instead of getpass.getuser()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     asyncio.run(
         kopf.operator(

@@ -219,7 +219,7 @@ def _env(spec: FineTuneJobSpec, owner: Owner, run: int, settings: OperatorSettin
         {"name": "FTJ_JOB_NAME", "value": owner.name},
         {"name": "FTJ_RUN", "value": str(run)},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "HF_HOME", "value": c.TRAINER_HF_HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(settings.trainer_env.items())]
@@ -330,9 +330,9 @@ def build_job(
         "terminationGracePeriodSeconds": 120,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": c.TRAINER_UID,
+            "runAsGroup": c.TRAINER_UID,
+            "fsGroup": c.TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

@@ -22,6 +22,9 @@ DATASET_MOUNT: Final = "/data"
 METRICS_PORT: Final = 9400
 RENDEZVOUS_PORT: Final = 29500
 MAX_NAME: Final = 63
+# The trainer image's user (trainer-image/Dockerfile USER) and its Hugging Face cache on the /tmp emptyDir.
+TRAINER_UID: Final = 65532
+TRAINER_HF_HOME: Final = "/tmp/huggingface"
 
 # Labels
 LABEL_NAME: Final = "app.kubernetes.io/name"

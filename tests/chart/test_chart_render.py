@@ -169,9 +169,16 @@ def test_gpu_check_off_drops_the_node_rule(helm: Helm):
     [dep] = find(docs, "Deployment")
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FTJ_GPU_RESOURCE_CHECK"] == "off" and env["FTJ_GPU_RESOURCE_NAME"] == "amd.com/gpu"
     assert env["FTJ_TRAINER_ENV_HF_HUB_OFFLINE"] == "1"
+
+
+def test_operator_peering_identity_is_the_pod_name(helm: Helm):
+    """kopf's default identity asks /etc/passwd for the uid's name; the chart's uid has none there."""
+    [dep] = find(helm.template(), "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_deployment_meets_pod_security_restricted(helm: Helm):
