@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv binaries tools cluster-up cluster-down test test-unit test-e2e test-trainer test-chart lint generate demo bench
+.PHONY: venv system-packages binaries tools cluster-up cluster-down test test-unit test-e2e test-trainer test-chart lint generate demo bench
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Debian packages (Prometheus, containerd, runc, buildah, debootstrap, CNI plugins), only when missing.
+system-packages:
+	@hack/system-packages.sh
+
 # Kubernetes, etcd and kwok from Go modules, cached in ~/.cache/finetune-operator (cold: ~12 min).
 binaries:
 	@mkdir -p .local
@@ -26,7 +30,7 @@ binaries:
 tools: venv
 	@$(VPY) hack/tools.py > /dev/null
 
-cluster-up: venv binaries tools
+cluster-up: system-packages venv binaries tools
 	$(VPY) hack/localcluster.py up
 
 cluster-down:
@@ -41,7 +45,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: venv binaries tools
+test: system-packages venv binaries tools
 	$(VPY) -m pytest -p no:cacheprovider -ra
 
 test-unit: venv
@@ -50,16 +54,16 @@ test-unit: venv
 test-trainer: venv
 	$(VPY) -m pytest -p no:cacheprovider tests/trainer
 
-test-e2e: venv binaries tools
+test-e2e: system-packages venv binaries tools
 	$(VPY) -m pytest -p no:cacheprovider tests/e2e
 
-test-chart: venv binaries tools
+test-chart: system-packages venv binaries tools
 	$(VPY) -m pytest -p no:cacheprovider tests/chart
 
-demo: venv binaries tools
+demo: system-packages venv binaries tools
 	$(VPY) hack/demo.py
 
-bench: venv binaries tools
+bench: system-packages venv binaries tools
 	$(VPY) bench/control_plane.py
 	$(VPY) bench/operator_scale.py
 	$(VPY) bench/trainer_throughput.py
