@@ -9,6 +9,9 @@
 - ``kubectl`` (session): ``kubectl(*args, input=None, check=True, timeout=60) -> CompletedProcess``.
 - ``namespace``: a fresh namespace per test, whose ``default`` ServiceAccount exists (pods need it
   under ServiceAccount admission); deleted afterwards.
+- ``objectstore`` (session): a real S3-compatible server (versitygw, hack/objectstore.py) on
+  127.0.0.1 with fresh credentials; a missing binary FAILS the test with the command that builds it.
+- ``s3_bucket``: a fresh bucket on it, with the AWS_* variables that reach it set for the test.
 """
 
 from __future__ import annotations
@@ -72,6 +75,38 @@ def cluster() -> Iterator[Any]:
         yield info
     finally:
         lc.down(name)
+
+
+@pytest.fixture(scope="session")
+def objectstore() -> Iterator[Any]:
+    """The session's object store (see the module docstring); stopped and wiped at the end."""
+    store_mod = load_hack("objectstore")
+    name = f"test-{os.getpid()}"
+    try:
+        store = store_mod.up(name)
+    except (store_mod.MissingServerError, store_mod.ServerError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield store
+    finally:
+        store_mod.down(name)
+
+
+@pytest.fixture
+def s3_bucket(objectstore: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty bucket named after a uuid; AWS_* point at the session's object store."""
+    import s3fs
+
+    for key, value in objectstore.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = f"ftj-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(
+        endpoint_url=objectstore.endpoint,
+        key=objectstore.access_key,
+        secret=objectstore.secret_key,
+        skip_instance_cache=True,
+    ).mkdir(bucket)
+    return bucket
 
 
 @pytest.fixture(scope="session")
