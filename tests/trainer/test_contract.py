@@ -4,6 +4,7 @@ outputs; and ``ftj run`` on a manifest end to end."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -99,7 +100,11 @@ def test_ftj_run_trains_a_manifest(ftj_run: dict[str, Any]) -> None:
     assert summary["phase"] == "Succeeded"
     assert summary["metrics"]["step"] == 16
     assert summary["output"]["uri"] == out.resolve().as_uri()
-    assert summary["checkpoint"] == {"step": 16, "uri": f"{out.resolve().as_uri()}/checkpoints/checkpoint-16"}
+    assert summary["checkpoint"]["step"] == 16
+    assert re.fullmatch(  # checkpoints live under a per-run directory: run number and spec hash
+        rf"{out.resolve().as_uri()}/checkpoints/run-1-[0-9a-f]{{10}}/checkpoint-16",
+        summary["checkpoint"]["uri"],
+    )
     assert summary["evaluation"]["test"]["loss"] < summary["evaluation"]["base"]["loss"]
     assert summary["evaluation"]["delta"]["loss"] < 0
     assert summary["metrics"]["tokens_per_second"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,12 @@ def wait_until(condition: Any, proc: subprocess.Popen[bytes], log: Path, deadlin
         time.sleep(0.05)
 
 
+def out_checkpoint(out: Path, step: int) -> Path:
+    """checkpoint-<step> of the run's own checkpoint directory (checkpoints/run-<n>-<spec hash>/)."""
+    [path] = out.glob(f"checkpoints/run-*/checkpoint-{step}")
+    return path
+
+
 def adapter(out: Path) -> dict[str, Any]:
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
@@ -68,9 +75,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path: P
     assert stopped_at is not None and stopped_at < 24
 
     assert run(load_config(killed)) == ExitCode.SUCCEEDED  # the restart resumes on its own
-    resumed_state = json.loads((out / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text())
+    resumed_state = json.loads((out_checkpoint(out, 24) / "trainer_state.json").read_text())
     reference_state = json.loads(
-        (output_of(reference) / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text()
+        (out_checkpoint(output_of(reference), 24) / "trainer_state.json").read_text()
     )
     assert resumed_state["global_step"] == reference_state["global_step"] == 24
     assert read_summary(killed)["metrics"]["step"] == 24
@@ -99,8 +106,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_retriable(make_config, tmp_path: P
     assert "SIGTERM" in summary["message"]
     step = summary["checkpoint"]["step"]
     assert 3 <= step < 400
-    assert summary["checkpoint"]["uri"].endswith(f"/checkpoints/checkpoint-{step}")
-    assert (output_of(config) / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert re.search(rf"/checkpoints/run-1-[0-9a-f]{{10}}/checkpoint-{step}$", summary["checkpoint"]["uri"])
+    assert (out_checkpoint(output_of(config), step) / "trainer_state.json").is_file()
 
 
 def test_infinite_loss_stops_with_exit_code_5(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,4 +151,4 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(make_config) -> None
     # First evaluation (step 2) sets the best; two without a 0.5 improvement end the run at step 6.
     assert metrics["step"] == 6
     assert metrics["best_step"] == 2
-    assert (output_of(config) / "checkpoints" / "checkpoint-2").is_dir()
+    assert out_checkpoint(output_of(config), 2).is_dir()

@@ -40,7 +40,7 @@ def test_single_gpu_lora_job_shape(owner, settings, make_spec):
 def test_pod_failure_policy_fails_fast_on_user_errors_and_ignores_disruption(owner, settings, make_spec):
     rules = build_job(owner, make_spec(), 1, "h", settings)["spec"]["podFailurePolicy"]["rules"]
     fail = next(r for r in rules if r["action"] == "FailJob")
-    assert set(fail["onExitCodes"]["values"]) == {2, 3, 4, 5, 6, 137}
+    assert set(fail["onExitCodes"]["values"]) == {2, 3, 4, 5, 6, 7, 8, 9, 10, 137}
     assert ExitCode.RETRIABLE not in fail["onExitCodes"]["values"]
     ignore = next(r for r in rules if r["action"] == "Ignore")
     assert rules.index(ignore) < rules.index(fail), "a preempted pod exiting 137 must hit Ignore first"

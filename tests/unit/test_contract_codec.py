@@ -19,7 +19,8 @@ from finetune_trainer.contract import (
 
 def test_exit_code_classes():
     assert ExitCode.RETRIABLE not in NON_RETRIABLE_EXIT_CODES
-    assert {2, 3, 4, 5, 6, 137} == set(NON_RETRIABLE_EXIT_CODES)
+    assert {2, 3, 4, 5, 6, 7, 8, 9, 10, 137} == set(NON_RETRIABLE_EXIT_CODES)
+    assert ExitCode.OUTPUT_UPLOAD_FAILED not in NON_RETRIABLE_EXIT_CODES
     assert meaning_of(1).retriable and meaning_of(1).reason == "TrainerCrashed"
 
 

@@ -16,13 +16,17 @@ from finetune_trainer.spec import FineTuneJobSpec, JobRef, Paths, Source, Traine
 
 
 def local_source(source: Source | None, base_dir: Path, field: str) -> str | None:
-    """A local path for a file:// URI or plain relative path; other schemes are cluster-only."""
+    """A local path for a file:// URI or plain relative path; s3://, gs://, az://, hf:// as they are
+    (the trainer fetches and uploads them as it does in a pod); PVCs and ConfigMaps are cluster-only."""
+    from finetune_trainer.storage.locations import is_remote
     from finetune_trainer.validate_cmd import ManifestError
 
     if source is None:
         return None
+    if source.uri is not None and is_remote(source.uri):
+        return source.uri
     if source.uri is None or not source.uri.startswith("file://"):
-        raise ManifestError([f"{field}: ftj run reads local files only; use a file:// URI"])
+        raise ManifestError([f"{field}: ftj run reads local files or s3://, gs://, az://, hf:// URIs"])
     from finetune_trainer.data.loading import local_path
 
     return str(local_path(source.uri, base_dir))
@@ -32,11 +36,14 @@ def build_config(
     manifest: str | Path, output: str | None = None, metrics_port: int = 0
 ) -> tuple[TrainerConfig, FineTuneJobSpec]:
     """The trainer config for a manifest run locally; raises ManifestError with printable lines."""
+    from finetune_trainer.storage.locations import is_remote
     from finetune_trainer.validate_cmd import load_manifest, resolve_paths
 
     name, spec = load_manifest(manifest)
     base_dir = Path(manifest).resolve().parent
     out_dir = output or local_source(spec.output.source, base_dir, "spec.output.source")
+    if out_dir is not None and is_remote(out_dir):
+        out_dir = None  # results are staged locally, then uploaded
     if out_dir is None:
         out_dir = str(Path.cwd() / "ftj-output" / name)
     data_paths = resolve_paths(spec, manifest, out_dir)
@@ -80,7 +87,8 @@ def run_command(manifest: str, output: str | None = None, metrics_port: int = 0)
     test = (summary.get("evaluation") or {}).get("test") or {}
     if test:
         print("  test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, (int, float))))
-    print(f"  output: {config.paths.output}")
+    remote = (summary.get("output") or {}).get("uri")
+    print(f"  output: {remote or config.paths.output}")
     return code
 
 

@@ -24,7 +24,12 @@ class ExitCode(IntEnum):
     QUALITY_GATE_FAILED = 4
     LOSS_NOT_FINITE = 5
     MODEL_LOAD_FAILED = 6
+    MODEL_NOT_FOUND = 7
+    DATASET_NOT_FOUND = 8
+    STORAGE_ACCESS_DENIED = 9
+    OUTPUT_LOCATION_NOT_FOUND = 10
     RETRIABLE = 75
+    OUTPUT_UPLOAD_FAILED = 76
     OOM_KILLED = 137
 
 
@@ -46,8 +51,26 @@ EXIT_MEANINGS: dict[int, ExitMeaning] = {
         "LossNotFinite", False, "The loss became NaN or infinite (often: learning rate too high)."
     ),
     ExitCode.MODEL_LOAD_FAILED: ExitMeaning("ModelLoadFailed", False, "The base model could not be loaded."),
+    ExitCode.MODEL_NOT_FOUND: ExitMeaning(
+        "ModelNotFound", False, "The base model's repository, revision or objects do not exist."
+    ),
+    ExitCode.DATASET_NOT_FOUND: ExitMeaning(
+        "DatasetNotFound", False, "A dataset, validation or test file (or its bucket) does not exist."
+    ),
+    ExitCode.STORAGE_ACCESS_DENIED: ExitMeaning(
+        "StorageAccessDenied", False, "Object storage or the Hub refused the credentials or the request."
+    ),
+    ExitCode.OUTPUT_LOCATION_NOT_FOUND: ExitMeaning(
+        "OutputLocationNotFound", False, "The output bucket or container does not exist."
+    ),
     ExitCode.RETRIABLE: ExitMeaning(
         "InfrastructureError", True, "Storage, rendezvous or a collective failed; the run resumes."
+    ),
+    ExitCode.OUTPUT_UPLOAD_FAILED: ExitMeaning(
+        "OutputUploadFailed",
+        True,
+        "The results could not be uploaded and verified; the local copy and the last checkpoint are "
+        "kept and the run is retried.",
     ),
     ExitCode.OOM_KILLED: ExitMeaning(
         "OutOfMemory", False, "Killed for memory; retrying with the same batch size would fail again."

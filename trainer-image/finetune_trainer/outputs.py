@@ -4,7 +4,8 @@
 <output>/
   adapter/ or model/     the trained adapter (lora, qlora) or full weights, with the tokenizer
   merged/                optional: the adapter merged into a 16-bit reload of the base
-  checkpoints/           checkpoint-N/ every checkpointing.everySteps; the latest resumes a restart
+  checkpoints/<run>/     checkpoint-N/ every checkpointing.everySteps; the latest resumes a restart of the
+                         same run (<run> = run-<number>-<spec hash>, so a new run never resumes it)
   tensorboard/           TensorBoard event files
   data_report.json       counts, cleaning, splits, leakage, token statistics
   evaluation.json        test metrics of the tuned and the base model, and the delta
@@ -39,24 +40,36 @@ def checkpoint_dir(output: str | Path) -> Path:
     return Path(output) / CHECKPOINTS
 
 
+def _checkpoints_in(root: Path) -> list[tuple[int, Path]]:
+    found: list[tuple[int, Path]] = []
+    if root.is_dir():
+        for entry in root.iterdir():
+            match = _CHECKPOINT.match(entry.name)
+            if match and entry.is_dir():
+                found.append((int(match.group(1)), entry))
+    return found
+
+
 def model_dir(output: str | Path, spec: TrainingSpec) -> Path:
     return Path(output) / ("model" if spec.method == "full" else "adapter")
 
 
-def latest_checkpoint(output: str | Path) -> Path | None:
+def latest_checkpoint(output: str | Path, run_key: str | None = None) -> Path | None:
     """The newest checkpoint that was written completely (its trainer_state.json, written last, parses).
 
     A pod killed in the middle of a save leaves a partial directory; resuming from it would fail, so
-    it is skipped in favour of the one before.
+    it is skipped in favour of the one before. With ``run_key`` only that run's checkpoints count;
+    without it, any run's (and the flat layout of older versions).
     """
     root = checkpoint_dir(output)
-    if not root.is_dir():
-        return None
-    found: list[tuple[int, Path]] = []
-    for entry in root.iterdir():
-        match = _CHECKPOINT.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
+    if run_key is not None:
+        found = _checkpoints_in(root / run_key)
+    else:
+        found = _checkpoints_in(root)
+        if root.is_dir():
+            for run in root.iterdir():
+                if run.is_dir() and not _CHECKPOINT.match(run.name):
+                    found += _checkpoints_in(run)
     for _, path in sorted(found, reverse=True):
         try:
             json.loads((path / "trainer_state.json").read_text())

@@ -46,6 +46,7 @@ class RunRecord:
     dataset: dict[str, Any] = field(default_factory=dict)
     output_uri: str | None = None
     checkpoint: dict[str, Any] | None = None
+    storage: Any = None  # the run's RunStorage once the stages built it (knows the synced checkpoints)
 
 
 def load_config(path: str | Path) -> TrainerConfig:
@@ -123,6 +124,7 @@ def classify(exc: BaseException, stage: str) -> tuple[ExitCode, str]:
     from finetune_trainer.data.pipeline import DataError
     from finetune_trainer.evaluation import QualityGateFailed
     from finetune_trainer.modeling import ModelLoadFailed
+    from finetune_trainer.storage import StorageError, UploadFailed, exit_code_of
 
     known: list[tuple[type[BaseException], ExitCode]] = [
         (DataError, ExitCode.INVALID_DATA),
@@ -136,6 +138,12 @@ def classify(exc: BaseException, stage: str) -> tuple[ExitCode, str]:
     ]
     if isinstance(exc, Failure):
         return exc.code, exc.message
+    if isinstance(exc, StorageError):
+        return exit_code_of(exc), str(exc)
+    if isinstance(exc, UploadFailed):
+        return ExitCode.OUTPUT_UPLOAD_FAILED, (
+            f"{exc}; the local results and the last checkpoint are kept and the next attempt retries"
+        )
     for kind, code in known:
         if isinstance(exc, kind):
             return code, str(exc) or kind.__name__
@@ -176,13 +184,19 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     from finetune_trainer.distributed import init_distributed, training_arguments_overrides
     from finetune_trainer.modeling import load_model, load_tokenizer
     from finetune_trainer.recipes import RecipeContext, recipe_for
+    from finetune_trainer.storage.run import RunStorage
 
-    spec, paths = config.spec, config.paths
-    output = Path(paths.output)
-    record.output_uri = output_uri(config)
+    spec = config.spec
+    output = Path(config.paths.output)
+    storage = record.storage = RunStorage(config)
+    # A remote output is reported only once every result is uploaded and verified.
+    record.output_uri = None if storage.remote else output_uri(config)
     problem = evaluation.check_gate_metric(spec)
     if problem:
         raise Failure(ExitCode.INVALID_CONFIG, problem)
+
+    record.stage = "fetch"
+    paths = storage.prepare()
 
     record.stage = "data"
     try:
@@ -215,12 +229,13 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         stop,
         MetricsCallback(metrics, hp.batch_size * hp.gradient_accumulation_steps * world.world_size),
         ProgressLog(metrics),
+        *storage.callbacks(),
     ]
     ctx = RecipeContext(
         spec=spec,
         data=data,
         loaded=loaded,
-        checkpoint_dir=str(outputs.checkpoint_dir(output)),
+        checkpoint_dir=str(storage.checkpoint_root),
         callbacks=callbacks,
         world_size=world.world_size,
         extra_arguments=training_arguments_overrides(_cuda()) if world.is_distributed else {},
@@ -242,7 +257,7 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         )
 
     record.stage = "train"
-    resume = outputs.latest_checkpoint(output)
+    resume = storage.resume_point() if main else outputs.latest_checkpoint(output, storage.key)
     if resume is not None:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -271,6 +286,8 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         outputs.write_json(output / "training_log.json", trainer.state.log_history)
         card = outputs.model_card(config, data.report, record.evaluation, record.metrics)
         (output / "README.md").write_text(card, encoding="utf-8")
+        record.stage = "upload"
+        record.output_uri = storage.publish() or record.output_uri
 
     gate = evaluation.apply_gate(spec.evaluation.quality_gate, tuned)
     if gate:
@@ -351,15 +368,17 @@ def output_uri(config: TrainerConfig) -> str:
 
 
 def _note_checkpoint(config: TrainerConfig, record: RunRecord) -> None:
-    from finetune_trainer.outputs import CHECKPOINTS, checkpoint_step, latest_checkpoint
+    from finetune_trainer.outputs import checkpoint_step, latest_checkpoint
+    from finetune_trainer.storage.run import RunStorage
 
+    storage = record.storage or RunStorage(config)
     try:
-        latest = latest_checkpoint(config.paths.output)
+        latest = latest_checkpoint(config.paths.output, storage.key)
     except OSError:
         return
     if latest is not None:
-        base = record.output_uri or output_uri(config)
-        record.checkpoint = {"step": checkpoint_step(latest), "uri": f"{base}/{CHECKPOINTS}/{latest.name}"}
+        base = output_uri(config)
+        record.checkpoint = {"step": checkpoint_step(latest), "uri": storage.checkpoint_uri(latest, base)}
 
 
 def write_summary(path: str, code: ExitCode, message: str, record: RunRecord) -> None:

@@ -107,10 +107,11 @@ class Source(Model):
     uri: str | None = Field(
         default=None,
         max_length=2048,
-        pattern=r"^(file|s3|gs|hf|https?)://.+",
+        pattern=r"^(file|s3|gs|az|hf)://.+",
         description=(
-            "A URI: file:// (a path inside the pod or, for `ftj run`, on this machine), s3://, gs://, "
-            "hf:// (a model or dataset repository) or http(s)://."
+            "A URI: file:// (a path inside the pod or, for `ftj run`, on this machine), s3://bucket/key, "
+            "gs://bucket/key, az://container/blob (fetched and uploaded by the trainer, verified) or "
+            "hf://org/name[@revision][/path] (a Hub repository; hf://datasets/org/name/file for data)."
         ),
     )
     pvc: PvcSource | None = Field(default=None, description="A path on a PersistentVolumeClaim.")

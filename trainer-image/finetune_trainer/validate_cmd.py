@@ -16,8 +16,9 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from finetune_trainer.contract import ExitCode
+from finetune_trainer.contract import ExitCode, meaning_of
 from finetune_trainer.spec import FineTuneJobSpec, Paths, Source
+from finetune_trainer.storage import StorageError, exit_code_of
 
 API_VERSION = "finetuning.io/v1alpha1"
 KIND = "FineTuneJob"
@@ -68,11 +69,16 @@ def _field_errors(exc: ValidationError) -> list[str]:
 
 
 def local_file(source: Source | None, base_dir: Path, field: str) -> str | None:
-    """A local path for a file:// source (relative ones from the manifest's directory)."""
+    """A local path for a file:// source (relative ones from the manifest's directory); remote URIs
+    (s3://, gs://, az://, hf://) as they are, for the storage layer to fetch."""
+    from finetune_trainer.storage.locations import is_remote
+
     if source is None:
         return None
+    if source.uri is not None and is_remote(source.uri):
+        return source.uri
     if source.uri is None or not source.uri.startswith("file://"):
-        raise ManifestError([f"{field}: ftj validate reads local files only; use a file:// URI"])
+        raise ManifestError([f"{field}: ftj reads local files or s3://, gs://, az://, hf:// URIs"])
     from finetune_trainer.data.loading import local_path
 
     return str(local_path(source.uri, base_dir))
@@ -105,6 +111,19 @@ def validate_command(manifest_path: str, *, json_output: bool = False, out: Text
             stream, json_output, {"valid": False, "reason": "InvalidConfig", "errors": exc.lines}, exc.lines
         )
         return int(ExitCode.INVALID_CONFIG)
+    try:
+        from finetune_trainer.storage.inputs import stage_data
+
+        paths = stage_data(paths)
+    except StorageError as exc:
+        code = exit_code_of(exc)
+        _emit(
+            stream,
+            json_output,
+            {"valid": False, "reason": meaning_of(code).reason, "errors": [str(exc)]},
+            [f"{name}: {exc}"],
+        )
+        return int(code)
     try:
         prepared = prepare_data(spec.training(), paths)
     except DataError as exc:

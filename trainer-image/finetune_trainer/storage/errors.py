@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -123,10 +124,29 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+# Environment variables whose values are secrets: scrubbed from every message this package writes.
+SECRET_ENV = (
+    "HF_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+def scrub(text: str) -> str:
+    for name in SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
 def describe(exc: BaseException) -> str:
     """A short, credential-free description: the store's error code or the exception type and text."""
     code = _code_of(exc)
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = scrub(str(exc).splitlines()[0]) if str(exc) else ""
     label = f"{type(exc).__name__}" + (f" {code}" if code and code not in text else "")
     return f"{label}: {text[:300]}" if text else label
 
