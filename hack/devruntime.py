@@ -5,8 +5,9 @@ and its test this script plays a very small kubelet for pods scheduled onto node
 ``finetuning.io/dev-runtime=true``: it materialises the pod's ConfigMap and emptyDir volumes in a
 local directory, rewrites the pod paths in the trainer config to that directory, runs the container's
 command with this machine's Python, and reports the pod's phase, exit code and termination message
-back to the API server, as a kubelet would. It never runs images, never mounts anything, resolves
-Secrets only for literal env references, and maps PVCs only to directories given with ``--pvc``.
+back to the API server, as a kubelet would. It never runs images and never mounts anything: Secrets
+referenced by ``env``/``envFrom`` become environment variables and Secret volumes become files (mode
+0600) in the pod's directory, and PVCs map only to directories given with ``--pvc``.
 
     python hack/devruntime.py --kubeconfig .local/kubeconfig --node dev-node-0 \
         --state .local/devruntime --env HF_HUB_OFFLINE=1
@@ -194,6 +195,11 @@ class DevRuntime:
                         (local / key).write_text(value)
             elif vol.empty_dir is not None:
                 local.mkdir(parents=True, exist_ok=True)
+            elif vol.secret is not None:
+                local.mkdir(parents=True, exist_ok=True)
+                for key, value in self._secret(pod.metadata.namespace, vol.secret.secret_name).items():
+                    (local / key).write_bytes(value)
+                    (local / key).chmod(0o600)
             elif vol.persistent_volume_claim is not None:
                 claim = vol.persistent_volume_claim.claim_name
                 if claim not in self.pvcs:
@@ -203,7 +209,7 @@ class DevRuntime:
                 local = self.pvcs[claim] / (mount.sub_path or "")
             else:
                 raise PodSetupError(
-                    f"volume {mount.name!r}: only configMap, emptyDir and mapped PVCs are supported"
+                    f"volume {mount.name!r}: only configMap, secret, emptyDir and mapped PVCs are supported"
                 )
             paths.add(mount.mount_path, local)
         return paths
@@ -240,6 +246,11 @@ class DevRuntime:
 
     def _env(self, ns: str, container: client.V1Container, paths: PathMap) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV")}
+        for source in container.env_from or []:
+            if source.secret_ref is not None:
+                prefix = source.prefix or ""
+                for key, value in self._secret(ns, source.secret_ref.name).items():
+                    env[prefix + key] = value.decode()
         for item in container.env or []:
             if item.value is not None:
                 env[item.name] = paths.map(item.value)
@@ -254,6 +265,15 @@ class DevRuntime:
                 env[item.name] = base64.b64decode((secret.data or {}).get(ref.key, "")).decode()
         env.update(self.extra_env)
         return env
+
+    def _secret(self, ns: str, name: str) -> dict[str, bytes]:
+        import base64
+
+        try:
+            secret = self.core.read_namespaced_secret(name, ns)
+        except ApiException as exc:
+            raise PodSetupError(f"secret {name!r} not found") from exc
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     # -- status ------------------------------------------------------------------------------------------
     @staticmethod

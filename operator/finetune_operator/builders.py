@@ -8,6 +8,7 @@ from typing import Any
 
 from finetune_operator import constants as c
 from finetune_operator.naming import run_name
+from finetune_operator.pod_storage import storage_parts
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES
 from finetune_trainer.spec import (
@@ -321,8 +322,15 @@ def build_job(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    if spec.secrets.storage:
-        container["envFrom"] = [{"secretRef": {"name": spec.secrets.storage}}]
+    storage = storage_parts(spec, settings)
+    container["env"] += storage.env
+    container["volumeMounts"] += storage.mounts
+    volumes += storage.volumes
+    if storage.env_from:
+        container["envFrom"] = storage.env_from
+    for kind, amounts in (("requests", storage.requests), ("limits", storage.limits)):
+        if amounts:
+            container["resources"][kind] = {**container["resources"].get(kind, {}), **amounts}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -337,6 +345,7 @@ def build_job(
         },
         "containers": [container],
         "volumes": volumes,
+        **storage.pod,
     }
     tolerations = _tolerations(spec, settings)
     if tolerations:

@@ -25,6 +25,8 @@ class OperatorSettings:
     scrape_pod_ips: bool = True
     peering: str | None = None
     trainer_env: dict[str, str] = field(default_factory=dict)
+    # Requested per pod that downloads a model or data without a model cache ("" requests nothing).
+    download_ephemeral_storage: str = "20Gi"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -50,6 +52,9 @@ class OperatorSettings:
             scrape_pod_ips=_scrape_pod_ips(e.get("FTJ_SCRAPE_POD_IPS", "auto"), e),
             peering=e.get("FTJ_PEERING") or None,
             trainer_env=extra,
+            download_ephemeral_storage=e.get(
+                "FTJ_DOWNLOAD_EPHEMERAL_STORAGE", base.download_ephemeral_storage
+            ),
         )
 
 

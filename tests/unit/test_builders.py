@@ -105,7 +105,7 @@ def test_scheduling_and_limits_copied(owner, settings, make_spec):
 def test_cpu_only_run_requests_no_gpu_and_no_toleration(owner, settings, make_spec):
     job = build_job(owner, make_spec(distributed={"gpusPerNode": 0}), 1, "h", settings)
     assert "tolerations" not in job["spec"]["template"]["spec"]
-    assert container(job)["resources"] == {}
+    assert container(job)["resources"] == {"requests": {"ephemeral-storage": "20Gi"}}  # the Hub download
 
 
 def test_secrets_by_reference_only(owner, settings, make_spec):

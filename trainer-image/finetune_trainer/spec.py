@@ -120,6 +120,14 @@ class Source(Model):
     )
 
 
+class ModelCacheSpec(Model):
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="PersistentVolumeClaim (ReadWriteMany to share across nodes).",
+    )
+
+
 class ModelSpec(Model):
     name: str = Field(
         min_length=1,
@@ -133,6 +141,13 @@ class ModelSpec(Model):
         default=None, max_length=128, description="Hub revision (tag, branch or commit)."
     )
     trust_remote_code: bool = Field(default=False, description="Allow model code from the repository to run.")
+    cache: ModelCacheSpec | None = Field(
+        default=None,
+        description=(
+            "A PersistentVolumeClaim that keeps downloaded base weights (and Hub snapshots) across runs "
+            "and retries; unset means each pod downloads into its own disk."
+        ),
+    )
 
 
 class Splits(Model):
@@ -514,6 +529,14 @@ class ResourcesSpec(Model):
         max_length=253,
         description="Extended resource name of the GPU; unset means the operator's default (nvidia.com/gpu).",
     )
+    ephemeral_storage: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$",
+        description=(
+            "Local disk per pod for downloads, results and checkpoints (request and limit). Unset: when the "
+            "model or data is remote and no model cache is set, the operator requests its default."
+        ),
+    )
 
 
 class SecretsSpec(Model):
@@ -521,7 +544,12 @@ class SecretsSpec(Model):
     storage: str | None = Field(
         default=None,
         max_length=253,
-        description="Secret whose keys become environment variables (e.g. AWS_ACCESS_KEY_ID) for s3/gs URIs.",
+        description=(
+            "Secret for s3://, gs:// and az:// URIs: its keys become environment variables "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, "
+            "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...) and files (a key gcs-key.json is "
+            "a GCS service-account key)."
+        ),
     )
 
 
@@ -539,6 +567,14 @@ class FineTuneJobSpec(TrainingSpec):
     )
     secrets: SecretsSpec = Field(
         default_factory=SecretsSpec, description="References to Secrets (never values)."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description=(
+            "ServiceAccount of the trainer pods, for workload identity (IRSA, GKE or Azure Workload "
+            "Identity); its token is mounted only when this is set. Grant it no Kubernetes RBAC."
+        ),
     )
     suspend: bool = Field(default=False, description="Suspend the run; setting it back to false resumes it.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries after retriable failures.")

@@ -33,6 +33,7 @@ MULTIPART_CHUNK = 64 << 20
 # Part sizes common clients use; a multipart ETag is checked when one of them explains it.
 _PART_SIZES = (MULTIPART_CHUNK, 8 << 20, 5 << 20, 16 << 20, 50 << 20, 100 << 20)
 _EXTRAS = {"s3": "s3fs", "gs": "gcsfs", "az": "adlfs"}
+GCS_KEY_FILE = "gcs-key.json"
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,7 @@ def _options(scheme: str) -> dict[str, Any]:
             opts["endpoint_url"] = endpoint
         return opts
     if scheme == "gs":
-        token = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or "google_default"
-        return {**common, "token": token}
+        return {**common, "token": _gcs_token()}
     opts = dict(common)
     for env, key in (
         ("AZURE_STORAGE_CONNECTION_STRING", "connection_string"),
@@ -98,6 +98,18 @@ def _options(scheme: str) -> dict[str, Any]:
     if "account_key" not in opts and "connection_string" not in opts and "sas_token" not in opts:
         opts["anon"] = False  # DefaultAzureCredential: workload identity or a managed identity
     return opts
+
+
+def _gcs_token() -> str:
+    """A key file named by GOOGLE_APPLICATION_CREDENTIALS, or the storage Secret's gcs-key.json, or
+    the environment's default credentials (GKE Workload Identity, a metadata server)."""
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        return named
+    mounted = os.path.join(os.environ.get("FTJ_STORAGE_CREDENTIALS_DIR", ""), GCS_KEY_FILE)
+    if os.environ.get("FTJ_STORAGE_CREDENTIALS_DIR") and os.path.isfile(mounted):
+        return mounted
+    return "google_default"
 
 
 def _etag(info: dict[str, Any]) -> str | None:
