@@ -70,7 +70,8 @@ test-chart: system-packages venv binaries tools
 demo: system-packages venv binaries tools
 	$(VPY) hack/demo.py
 
-bench: system-packages venv binaries tools
+bench: system-packages venv binaries objectstore tools
 	$(VPY) bench/control_plane.py
 	$(VPY) bench/operator_scale.py
 	$(VPY) bench/trainer_throughput.py
+	$(VPY) bench/objectstore_throughput.py

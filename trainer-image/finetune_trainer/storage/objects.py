@@ -29,7 +29,9 @@ from finetune_trainer.storage.locations import join, scheme_of
 log = logging.getLogger(__name__)
 
 BLOCK = 8 << 20
+READ_AHEAD = 64 << 20  # bytes per ranged GET: fewer, larger requests
 MULTIPART_CHUNK = 64 << 20
+UPLOAD_PARTS_IN_FLIGHT = 4
 # Part sizes common clients use; a multipart ETag is checked when one of them explains it.
 _PART_SIZES = (MULTIPART_CHUNK, 8 << 20, 5 << 20, 16 << 20, 50 << 20, 100 << 20)
 _EXTRAS = {"s3": "s3fs", "gs": "gcsfs", "az": "adlfs"}
@@ -218,7 +220,7 @@ def download_object(fs: Any, obj: RemoteObject, local: Path, uri: str, field: st
         if offset:
             log.info("resuming %s at byte %d of %d", uri, offset, obj.size)
         if offset < obj.size:
-            with fs.open(obj.path, "rb", block_size=BLOCK) as src, part.open("ab") as dst:
+            with fs.open(obj.path, "rb", block_size=READ_AHEAD) as src, part.open("ab") as dst:
                 src.seek(offset)
                 for block in iter(lambda: src.read(BLOCK), b""):
                     dst.write(block)
@@ -266,7 +268,7 @@ def upload_file(fs: Any, local: Path, remote: str, uri: str, field: str) -> Uplo
     size = local.stat().st_size
 
     def put() -> RemoteObject:
-        fs.put_file(str(local), remote, chunksize=MULTIPART_CHUNK)
+        fs.put_file(str(local), remote, chunksize=MULTIPART_CHUNK, max_concurrency=UPLOAD_PARTS_IN_FLIGHT)
         fs.invalidate_cache(remote)
         obj = _remote("", remote, fs.info(remote))
         if obj.size != size:
