@@ -95,6 +95,12 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "offloadOptimizer needs zeroStage 1 or higher",
     ),
     ("output to a configMap", {"output": {"source": {"configMap": {"name": "c", "key": "k"}}}}, "or a uri"),
+    (
+        "unserved scheme",
+        {"dataset": {"source": {"uri": "https://example.com/train.jsonl"}}},
+        "spec.dataset.source.uri",
+    ),
+    ("unserved output scheme", {"output": {"source": {"uri": "ftp://host/out"}}}, "spec.output.source.uri"),
 ]
 
 

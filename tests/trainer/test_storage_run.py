@@ -335,3 +335,31 @@ def test_resume_from_the_remote_checkpoint_on_an_empty_disk(
     assert "restored checkpoint" not in log and "resuming from" not in log
     runs = {p.split("/")[-1] for p in fs.ls(f"{s3_bucket}/out/checkpoints")}
     assert len(runs) == 2
+
+
+def test_ftj_validate_reads_data_from_s3_and_names_a_missing_file(
+    s3_bucket: str, llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from finetune_trainer.cli import main
+
+    fs = s3fs_for(dict(os.environ))
+    seed_bucket(fs, s3_bucket, llama_dir, tmp_path)
+    manifest = {
+        "apiVersion": "finetuning.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "check"},
+        "spec": {
+            "model": {"name": "org/base"},
+            "dataset": {"source": {"uri": f"s3://{s3_bucket}/data/train.jsonl"}},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    assert main(["validate", str(path)]) == ExitCode.SUCCEEDED
+    assert "the data is valid" in capsys.readouterr().out
+    manifest["spec"]["dataset"]["source"]["uri"] = f"s3://{s3_bucket}/data/missing.jsonl"
+    path.write_text(yaml.safe_dump(manifest))
+    assert main(["validate", str(path)]) == ExitCode.DATASET_NOT_FOUND
+    assert (
+        f"spec.dataset.source.uri: s3://{s3_bucket}/data/missing.jsonl: not found" in capsys.readouterr().out
+    )

@@ -13,7 +13,7 @@ from finetune_operator.status import (
     set_condition,
     termination_of,
 )
-from finetune_trainer.contract import encode_summary
+from finetune_trainer.contract import encode_summary, meaning_of
 
 
 def job(spec=None, status=None):
@@ -84,6 +84,30 @@ def test_failure_reason_comes_from_the_trainer_summary():
     out = outcome(failed, 3, msg)
     assert (out.phase, out.reason) == (Phase.FAILED, "InvalidData")
     assert "line 3" in out.message
+
+
+def test_output_upload_failure_names_no_output_and_keeps_the_reason():
+    """Retries spent on a failed upload: the reason is the trainer's, and no remote output is claimed."""
+    failed = observe_job(
+        job(status={"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}),
+        False,
+        False,
+    )
+    msg = encode_summary(
+        {
+            "phase": "Failed",
+            "reason": "OutputUploadFailed",
+            "message": "uploading the results to s3://models/run failed: ...",
+            "checkpoint": {"step": 40, "uri": "file:///output/checkpoints/run-1-abc/checkpoint-40"},
+        }
+    )
+    out = outcome(failed, 76, msg)
+    assert (out.phase, out.reason) == (Phase.FAILED, "OutputUploadFailed")
+    assert "s3://models/run" in out.message
+    st = FineTuneJobStatus()
+    apply_summary(st, out.summary or {})
+    assert st.output is None
+    assert out.summary is not None and meaning_of(76).retriable
 
 
 def test_malformed_or_oversized_summary_falls_back_to_exit_code():
