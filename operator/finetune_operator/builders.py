@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator import constants as c
-from finetune_operator.naming import run_name
+from finetune_operator.naming import label_value, run_name, volume_name
 from finetune_operator.pod_storage import storage_parts
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES
@@ -65,10 +65,10 @@ class Resolved:
 def labels(owner: Owner, run: int) -> dict[str, str]:
     return {
         c.LABEL_NAME: "finetune-trainer",
-        c.LABEL_INSTANCE: owner.name[:63],
+        c.LABEL_INSTANCE: label_value(owner.name),
         c.LABEL_COMPONENT: "trainer",
         c.LABEL_MANAGED_BY: c.OPERATOR_NAME,
-        c.LABEL_JOB: owner.name[:63],
+        c.LABEL_JOB: label_value(owner.name),
         c.LABEL_RUN: str(run),
     }
 
@@ -83,10 +83,6 @@ def _metadata(owner: Owner, run: int, name: str, spec_hash: str) -> dict[str, An
     }
 
 
-def _volume_name(kind: str, name: str) -> str:
-    return f"{kind}-{name}"[:63].rstrip("-.")
-
-
 def resolve_source(
     source: Source | None, fallback: str, mount_path: str, role: str
 ) -> tuple[str, list[Mount]]:
@@ -98,7 +94,7 @@ def resolve_source(
         return (uri.removeprefix("file://") if uri.startswith("file://") else uri), []
     if source.pvc is not None:
         vol = {
-            "name": _volume_name("pvc", source.pvc.claim_name),
+            "name": volume_name("pvc", source.pvc.claim_name),
             "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": source.pvc.read_only},
         }
         root = f"/mnt/pvc/{source.pvc.claim_name}"
@@ -106,7 +102,7 @@ def resolve_source(
         return path, [Mount(vol, root, read_only=source.pvc.read_only)]
     assert source.config_map is not None
     cm = source.config_map
-    vol = {"name": _volume_name(f"cm-{role}", cm.name), "configMap": {"name": cm.name}}
+    vol = {"name": volume_name(f"cm-{role}", cm.name), "configMap": {"name": cm.name}}
     target = f"{mount_path}/{cm.key}"
     return target, [Mount(vol, target, sub_path=cm.key)]
 
@@ -129,7 +125,7 @@ def resolve(spec: FineTuneJobSpec) -> Resolved:
     out = spec.output.source
     if out is not None and out.pvc is not None:
         vol = {
-            "name": _volume_name("pvc", out.pvc.claim_name),
+            "name": volume_name("pvc", out.pvc.claim_name),
             "persistentVolumeClaim": {"claimName": out.pvc.claim_name},
         }
         root = f"/mnt/pvc/{out.pvc.claim_name}"
@@ -354,7 +350,7 @@ def build_job(
     if sched.node_selector:
         pod_spec["nodeSelector"] = dict(sched.node_selector)
     if sched.affinity:
-        pod_spec["affinity"] = sched.affinity
+        pod_spec["affinity"] = sched.affinity.wire()
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
     if dist.nodes > 1:

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from finetune_trainer.spec import FineTuneJobSpec, Model
+from finetune_trainer.spec import FineTuneJobSpec
+from finetune_trainer.specbase import Model
 
 __all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "RunStatus"]
 

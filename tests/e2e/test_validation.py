@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from spec_cases import NAME_CASES, merge
+
 pytestmark = pytest.mark.e2e
 
 GOOD: dict[str, Any] = {
@@ -104,18 +106,6 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict) and v:
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def test_there_are_at_least_twenty_cases():
     assert len(CASES) >= 20
 
@@ -125,7 +115,7 @@ def test_good_manifest_is_accepted(crd_installed, kubectl, namespace):
     assert "created" in res.stdout
 
 
-@pytest.mark.parametrize("what, patch, expected", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("what, patch, expected", CASES + NAME_CASES, ids=[c[0] for c in CASES + NAME_CASES])
 def test_bad_manifest_is_refused_naming_the_field(what, patch, expected, crd_installed, kubectl, namespace):
     doc = copy.deepcopy(GOOD)
     doc["spec"] = merge(GOOD["spec"], patch)
@@ -134,3 +124,48 @@ def test_bad_manifest_is_refused_naming_the_field(what, patch, expected, crd_ins
     )
     assert res.returncode != 0, f"{what}: accepted but should be refused"
     assert expected in res.stderr, f"{what}: {res.stderr}"
+
+
+def test_valid_names_and_scheduling_are_accepted(crd_installed, kubectl, namespace):
+    """The new rules refuse only what Kubernetes refuses: realistic names and placement pass."""
+    doc = copy.deepcopy(GOOD)
+    doc["spec"] = merge(
+        GOOD["spec"],
+        {
+            "secrets": {"hubToken": {"name": "hf.token-1", "key": "HF_TOKEN"}, "storage": "s3-creds"},
+            "model": {"source": {"pvc": {"claimName": "models.v2"}}},
+            "resources": {"gpuResourceName": "amd.com/gpu"},
+            "scheduling": {
+                "queueName": "team-a",
+                "priorityClassName": "high.priority",
+                "nodeSelector": {"topology.kubernetes.io/zone": "eu-1a", "gpu": "H100_80GB"},
+                "tolerations": [
+                    {"operator": "Exists"},
+                    {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+                    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "tolerationSeconds": 60},
+                ],
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a", "b"]}]}
+                            ]
+                        }
+                    },
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 50,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": {"app": "x"}},
+                                },
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+    )
+    res = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    assert "created" in res.stdout

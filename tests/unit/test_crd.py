@@ -56,7 +56,7 @@ def test_schema_is_structural():
 
     walk(schema(), "")
     assert ".spec" not in preserved
-    assert all(p.startswith(".status") or p == ".spec.scheduling.affinity" for p in preserved), preserved
+    assert all(p.startswith(".status") for p in preserved), preserved
 
 
 def test_printer_columns():

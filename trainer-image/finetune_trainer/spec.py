@@ -8,11 +8,21 @@ cannot drift apart. Import-light on purpose: pydantic only, never torch.
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field
+
+from finetune_trainer.affinity import Affinity
+from finetune_trainer.specbase import (
+    CONFIG_KEY,
+    CONFIG_KEY_RULE,
+    DNS_SUBDOMAIN,
+    EXTENDED_RESOURCE,
+    LABEL_VALUE,
+    QUALIFIED_NAME,
+    Model,
+    cel,
+)
 
 Task = Literal["causal-lm", "classification"]
 Method = Literal["full", "lora", "qlora"]
@@ -27,67 +37,47 @@ DType = Literal["bfloat16", "float16", "float32"]
 DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One CEL rule for ``x-kubernetes-validations`` (fieldPath makes the error name the field)."""
-    out = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    return out
-
-
-class Model(BaseModel):
-    """Base for every spec object: camelCase on the wire, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
-    )
-
-    def wire(self) -> dict[str, Any]:
-        """The object as the API server stores it: camelCase, no unset optionals."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-    @model_validator(mode="after")
-    def _cel_rules(self) -> Model:
-        """Evaluate the CRD's own CEL rules, so `ftj validate` refuses what the API server refuses."""
-        extra = type(self).model_config.get("json_schema_extra")
-        rules = extra.get("x-kubernetes-validations", []) if isinstance(extra, dict) else []
-        if rules:
-            wire = self.wire()
-            for rule in rules:
-                if not _cel_program(rule["rule"])(wire):
-                    raise ValueError(rule["message"])
-        return self
-
-
-@cache
-def _cel_program(rule: str) -> Any:
-    import celpy  # pure Python; imported on first use
-
-    env = celpy.Environment()
-    program = env.program(env.compile(rule))
-
-    def check(obj: dict[str, Any]) -> bool:
-        return bool(program.evaluate({"self": celpy.json_to_cel(obj)}))
-
-    return check
-
-
 class SecretKeyRef(Model):
     """A key in a Secret in the job's namespace; the value never appears in spec or status."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(CONFIG_KEY_RULE, "a Secret key must not be '.' or start with '..'", ".key")
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Secret (a DNS subdomain).",
+    )
+    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY, description="Key inside the Secret.")
 
 
 class PvcSource(Model):
-    claim_name: str = Field(min_length=1, max_length=253, description="PersistentVolumeClaim name.")
+    claim_name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="PersistentVolumeClaim name."
+    )
     path: str = Field(default="", max_length=1024, description="Path inside the volume (file or directory).")
     read_only: bool = Field(default=True, description="Mount the claim read-only.")
 
 
 class ConfigMapSource(Model):
-    name: str = Field(min_length=1, max_length=253, description="ConfigMap name.")
-    key: str = Field(min_length=1, max_length=253, description="Key of the ConfigMap holding the file.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(CONFIG_KEY_RULE, "a ConfigMap key must not be '.' or start with '..'", ".key")
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="ConfigMap name.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=CONFIG_KEY, description="Key of the ConfigMap holding the file."
+    )
 
 
 class Source(Model):
@@ -124,6 +114,7 @@ class ModelCacheSpec(Model):
     claim_name: str = Field(
         min_length=1,
         max_length=253,
+        pattern=DNS_SUBDOMAIN,
         description="PersistentVolumeClaim (ReadWriteMany to share across nodes).",
     )
 
@@ -474,37 +465,81 @@ class TrainingSpec(Model):
 
 
 class Toleration(Model):
-    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.operator) || self.operator != 'Exists'"
+                    " || !has(self.value) || self.value == ''",
+                    "a toleration with operator Exists must not set a value",
+                    ".value",
+                ),
+                cel(
+                    "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "tolerationSeconds needs effect NoExecute",
+                    ".tolerationSeconds",
+                ),
+                cel(
+                    "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                    "a toleration without a key needs operator Exists",
+                    ".operator",
+                ),
+            ]
+        }
+    )
+
+    key: str | None = Field(
+        default=None,
+        max_length=317,
+        pattern=QUALIFIED_NAME,
+        description="Taint key the toleration applies to (a label key); unset needs operator Exists.",
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (unset means Equal)."
+    )
+    value: str | None = Field(
+        default=None, max_length=63, pattern=LABEL_VALUE, description="Taint value for operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; unset matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated."
+        default=None, description="How long a NoExecute taint is tolerated (effect NoExecute only)."
     )
 
 
 class SchedulingSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.nodeSelector) || self.nodeSelector.all(k, size(k) <= 317"
+                    f" && k.matches('{QUALIFIED_NAME}'))",
+                    "nodeSelector keys must be label keys: an optional DNS prefix and '/', then a name"
+                    " of up to 63 alphanumerics, '-', '_' or '.'",
+                    ".nodeSelector",
+                ),
+            ]
+        }
+    )
+
     queue_name: str | None = Field(
         default=None,
         max_length=63,
+        pattern=DNS_SUBDOMAIN,
         description="Kueue LocalQueue; the Job is created suspended and Kueue admits it.",
     )
     priority_class_name: str | None = Field(
-        default=None, max_length=253, description="PriorityClass of the pods."
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="PriorityClass of the pods."
     )
-    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = Field(
+        default=None, max_length=64, description="Node labels the pods require."
+    )
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=64, description="Tolerations added to the GPU taint toleration."
     )
-    affinity: dict[str, Any] | None = Field(
-        default=None,
-        description=(
-            "A core/v1 Affinity copied into the pod template as it is; the API server validates it when the "
-            "Job is created."
-        ),
-        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    affinity: Affinity | None = Field(
+        default=None, description="A core/v1 Affinity (node affinity, pod affinity, pod anti-affinity)."
     )
 
 
@@ -527,6 +562,7 @@ class ResourcesSpec(Model):
     gpu_resource_name: str | None = Field(
         default=None,
         max_length=253,
+        pattern=EXTENDED_RESOURCE,
         description="Extended resource name of the GPU; unset means the operator's default (nvidia.com/gpu).",
     )
     ephemeral_storage: str | None = Field(
@@ -544,6 +580,7 @@ class SecretsSpec(Model):
     storage: str | None = Field(
         default=None,
         max_length=253,
+        pattern=DNS_SUBDOMAIN,
         description=(
             "Secret for s3://, gs:// and az:// URIs: its keys become environment variables "
             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, "
@@ -571,6 +608,7 @@ class FineTuneJobSpec(TrainingSpec):
     service_account_name: str | None = Field(
         default=None,
         max_length=253,
+        pattern=DNS_SUBDOMAIN,
         description=(
             "ServiceAccount of the trainer pods, for workload identity (IRSA, GKE or Azure Workload "
             "Identity); its token is mounted only when this is set. Grant it no Kubernetes RBAC."

@@ -1,0 +1,72 @@
+"""The base of every spec model, and the patterns of Kubernetes names a spec refers to.
+
+Kept apart from ``spec`` so that sub-models (``affinity``) can share it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.alias_generators import to_camel
+
+# Kubernetes name syntax (k8s.io/apimachinery/pkg/util/validation), in RE2 for the CRD and CEL.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS_SUBDOMAIN = rf"^{_LABEL}([.]{_LABEL})*$"
+"""Secret, ConfigMap, PersistentVolumeClaim and PriorityClass names."""
+_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+QUALIFIED_NAME = rf"^({_LABEL}([.]{_LABEL})*/)?{_NAME_PART}$"
+"""Label keys (nodeSelector, toleration and topology keys): an optional DNS prefix, then a name."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+EXTENDED_RESOURCE = rf"^{_LABEL}([.]{_LABEL})*/{_NAME_PART}$"
+"""An extended resource such as nvidia.com/gpu: a domain prefix is required."""
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+"""ConfigMap and Secret keys; ``.`` and names starting with ``..`` are refused by CONFIG_KEY_RULE."""
+CONFIG_KEY_RULE = "self.key != '.' && !self.key.startsWith('..')"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL rule for ``x-kubernetes-validations`` (fieldPath makes the error name the field)."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class Model(BaseModel):
+    """Base for every spec object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase, no unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    @model_validator(mode="after")
+    def _cel_rules(self) -> Model:
+        """Evaluate the CRD's own CEL rules, so `ftj validate` refuses what the API server refuses."""
+        extra = type(self).model_config.get("json_schema_extra")
+        rules = extra.get("x-kubernetes-validations", []) if isinstance(extra, dict) else []
+        if rules:
+            wire = self.wire()
+            for rule in rules:
+                if not _cel_program(rule["rule"])(wire):
+                    where = rule.get("fieldPath", "").lstrip(".")
+                    raise ValueError(f"{where}: {rule['message']}" if where else rule["message"])
+        return self
+
+
+@cache
+def _cel_program(rule: str) -> Any:
+    import celpy  # pure Python; imported on first use
+
+    env = celpy.Environment()
+    program = env.program(env.compile(rule))
+
+    def check(obj: dict[str, Any]) -> bool:
+        return bool(program.evaluate({"self": celpy.json_to_cel(obj)}))
+
+    return check
