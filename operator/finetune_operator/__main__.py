@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
 
-    api = load_api_client(args.kubeconfig)
+    api = load_api_client(args.kubeconfig, config.api_timeouts)
     kube = Kube(api)
 
     def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.posting.enabled = True
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
+        # A watch whose connection went half-open is dropped and re-established, not waited on forever.
+        settings.watching.client_timeout = 300 + 60
+        settings.watching.connect_timeout = config.api_connect_timeout_seconds
+        settings.networking.connect_timeout = config.api_connect_timeout_seconds
+        settings.networking.request_timeout = config.api_read_timeout_seconds
         settings.batching.worker_limit = max(config.max_workers * 4, 16)
         if namespaces and not clusterwide and not any(ch in n for n in namespaces for ch in "*?!["):
             settings.scanning.disabled = True  # fixed namespaces: no cluster-wide namespace/CRD reads

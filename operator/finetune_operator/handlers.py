@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
@@ -17,15 +18,23 @@ from finetune_operator.reconcile import Context, on_job_event, reconcile, refres
 from finetune_operator.settings import OperatorSettings
 
 
-def _timed(name: str, fn: Callable[[], None]) -> None:
-    """Run a handler body; transient API errors become kopf retries, never silent loss."""
+def retry_delay(retry: int) -> float:
+    """Exponential backoff for transient failures: 1, 2, 4 ... seconds, at most a minute."""
+    return float(min(2 ** max(retry, 0), 60))
+
+
+def _timed(name: str, fn: Callable[[], None], retry: int = 0) -> None:
+    """Run a handler body; transient API errors become kopf retries with backoff, never silent loss."""
     start = time.perf_counter()
     try:
         fn()
     except ApiException as exc:
-        if exc.status in (409, 429) or exc.status >= 500:
-            raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=2) from exc
+        if exc.status in (0, 409, 429) or exc.status >= 500:
+            raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=retry_delay(retry)) from exc
         raise kopf.PermanentError(f"API {exc.status}: {exc.reason}: {exc.body}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        # Timeouts, refused connections, a failed-over API server: try again later.
+        raise kopf.TemporaryError(f"API unreachable: {exc}", delay=retry_delay(retry)) from exc
     finally:
         HANDLER_DURATION.labels(handler=name).observe(time.perf_counter() - start)
 
@@ -40,9 +49,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
     @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
     @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
-    def ftj_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    def ftj_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         ctx: Context = memo["ctx"]
-        _timed("reconcile", lambda: reconcile(ctx, _plain(body)))
+        _timed("reconcile", lambda: reconcile(ctx, _plain(body)), retry)
 
     @kopf.index(c.GROUP, c.VERSION, c.PLURAL, id="finetunejobs", registry=registry)
     def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
@@ -17,15 +19,47 @@ from finetune_operator.metrics import API_ERRORS
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig."""
+DEFAULT_TIMEOUTS = (5.0, 30.0)
+
+
+class DeadlineRESTClient(rest.RESTClientObject):
+    """The client's transport with a connect and a read timeout on every request.
+
+    The official client waits forever by default: a half-open connection after an API server
+    failover would hold a worker thread for good. Read timeouts are not retried here (the request
+    may have been applied); the handler's retry with backoff decides.
+    """
+
+    def __init__(self, configuration: client.Configuration, timeouts: tuple[float, float]) -> None:
+        configuration.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)
+        super().__init__(configuration)
+        self.timeouts = timeouts
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("_request_timeout"):
+            kwargs["_request_timeout"] = self.timeouts
+        return super().request(method, url, *args, **kwargs)
+
+
+def with_timeouts(
+    api: client.ApiClient, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS
+) -> client.ApiClient:
+    """``api`` with (connect, read) timeouts on every call that does not set its own."""
+    api.rest_client = DeadlineRESTClient(api.configuration, timeouts)
+    return api
+
+
+def load_api_client(
+    kubeconfig: str | None = None, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS
+) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig; timeouts on every call."""
     try:
         config.load_incluster_config()
-        return client.ApiClient()
+        return with_timeouts(client.ApiClient(), timeouts)
     except config.ConfigException:
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        return client.ApiClient(cfg)
+        return with_timeouts(client.ApiClient(cfg), timeouts)
 
 
 @dataclass
@@ -77,14 +111,24 @@ class Kube:
             "patch_job",
         )
 
-    def delete_job(self, namespace: str, name: str) -> None:
-        body = client.V1DeleteOptions(propagation_policy="Background")
+    def delete_job(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a Job and, in the background, its pods; with ``uid``, only that very object."""
+        preconditions = client.V1Preconditions(uid=uid) if uid else None
+        body = client.V1DeleteOptions(propagation_policy="Background", preconditions=preconditions)
         try:
             self.batch.delete_namespaced_job(name, namespace, body=body)
         except ApiException as exc:
+            if exc.status == 409 and uid:
+                return  # the name is now another object's: the one we meant is gone
             if exc.status != 404:
                 API_ERRORS.labels(operation="delete_job").inc()
                 raise
+
+    def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        jobs = self._call(
+            lambda: self.batch.list_namespaced_job(namespace, label_selector=label_selector), "list_jobs"
+        )
+        return [self.api.sanitize_for_serialization(j) for j in jobs.items]
 
     def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         pods = self._call(

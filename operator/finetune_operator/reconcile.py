@@ -17,7 +17,8 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from finetune_operator import constants as c
-from finetune_operator.builders import Owner, build_children, gpu_resource
+from finetune_operator.builders import Owner, gpu_resource
+from finetune_operator.children import ChildRejected, create_run, retire_other_jobs
 from finetune_operator.constants import ConditionType, Phase, Reason
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import JOB_CREATED_LATENCY, RUNS, STATUS_LATENCY, PhaseBook
@@ -85,6 +86,7 @@ def _write(
     def wrapped(fresh: dict[str, Any]) -> dict[str, Any] | None:
         st = _parse_status(fresh)
         before["phase"] = st.phase
+        before["old_reason"] = st.reason
         if not mutate(fresh, st):
             return None
         before["new"] = st.phase
@@ -96,7 +98,8 @@ def _write(
     new_phase = before.get("new")
     if result is not None and new_phase is not None:
         ctx.phases.set(f"{meta['namespace']}/{meta['name']}", new_phase)
-        if new_phase != before.get("phase"):
+        failed_anew = new_phase == Phase.FAILED and before.get("reason") != before.get("old_reason")
+        if new_phase != before.get("phase") or failed_anew:
             kind = "Warning" if new_phase == Phase.FAILED else "Normal"
             ctx.post_event(result, kind, before.get("reason") or new_phase, before.get("message") or "")
             log.info(
@@ -192,11 +195,16 @@ def _fail_without_job(ctx: Context, body: dict[str, Any], reason: str, message: 
     def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
         if st.run and st.run.spec_hash == digest and st.run.rerun_token == token:
             return False
+        still_running = None
         if st.run and st.phase not in Phase.TERMINAL:
-            ctx.kube.delete_job(fresh["metadata"]["namespace"], st.run.job_name)
+            # Create before delete: the previous Job keeps running until a new Job replaces it.
+            still_running = st.run.job_name
             push_history(st, "Superseded", Reason.SUPERSEDED, ctx.settings.history_limit)
         number = st.run.number + 1 if st.run else 1
         now = now_iso()
+        text = message
+        if still_running:
+            text += f" The previous run's Job {still_running} keeps running until a new Job replaces it."
         st.run = RunStatus(
             number=number,
             job_name=run_name(fresh["metadata"]["name"], number),
@@ -206,9 +214,9 @@ def _fail_without_job(ctx: Context, body: dict[str, Any], reason: str, message: 
             completion_time=now,
         )
         st.progress = None
-        apply_phase(st, Phase.FAILED, reason, message, generation, now)
+        apply_phase(st, Phase.FAILED, reason, text, generation, now)
         st.conditions = set_condition(
-            st.conditions, ConditionType.CREATED, False, reason, message, now, generation
+            st.conditions, ConditionType.CREATED, False, reason, text, now, generation
         )
         push_history(st, Phase.FAILED, reason, ctx.settings.history_limit)
         RUNS.labels(result="failed").inc()
@@ -231,21 +239,20 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             digest,
         )
         return
-    if status.run is not None and status.phase not in Phase.TERMINAL:
-        ctx.kube.delete_job(owner.namespace, status.run.job_name)
     number = status.run.number + 1 if status.run else 1
-    while True:
-        job: dict[str, Any] | None = None
-        for child in build_children(owner, spec, number, digest, ctx.settings):
-            obj, _created = ctx.kube.create(child)
-            if child["kind"] == "Job":
-                job = obj
-        assert job is not None
-        existing_hash = ((job.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
-        if existing_hash == digest:
-            break
-        number += 1  # a Job of this number was made from an older spec before a crash: skip it
-    job_name = job["metadata"]["name"]
+    try:
+        started = create_run(ctx.kube, owner, spec, number, digest, ctx.settings)
+    except ChildRejected as exc:
+        _fail_without_job(
+            ctx,
+            body,
+            Reason.JOB_REJECTED,
+            f"{exc} Fix it, then set the {c.ANNOTATION_RERUN} annotation.",
+            digest,
+        )
+        return
+    number, job_name = started.number, started.job["metadata"]["name"]
+    retire_other_jobs(ctx.kube, owner, keep=job_name)
     if number == 1:
         created = datetime.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         JOB_CREATED_LATENCY.observe(max((datetime.now(UTC) - created).total_seconds(), 0.0))

@@ -20,6 +20,8 @@ class OperatorSettings:
     health_port: int = 8081
     progress_interval_seconds: float = 15.0
     scrape_timeout_seconds: float = 3.0
+    api_connect_timeout_seconds: float = 5.0
+    api_read_timeout_seconds: float = 30.0
     history_limit: int = 5
     max_workers: int = 32
     scrape_pod_ips: bool = True
@@ -27,6 +29,11 @@ class OperatorSettings:
     trainer_env: dict[str, str] = field(default_factory=dict)
     # Requested per pod that downloads a model or data without a model cache ("" requests nothing).
     download_ephemeral_storage: str = "20Gi"
+
+    @property
+    def api_timeouts(self) -> tuple[float, float]:
+        """(connect, read) seconds for every synchronous API call."""
+        return (self.api_connect_timeout_seconds, self.api_read_timeout_seconds)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -48,6 +55,10 @@ class OperatorSettings:
             health_port=int(e.get("FTJ_HEALTH_PORT", base.health_port)),
             progress_interval_seconds=float(e.get("FTJ_PROGRESS_INTERVAL", base.progress_interval_seconds)),
             history_limit=int(e.get("FTJ_HISTORY_LIMIT", base.history_limit)),
+            api_connect_timeout_seconds=float(
+                e.get("FTJ_API_CONNECT_TIMEOUT", base.api_connect_timeout_seconds)
+            ),
+            api_read_timeout_seconds=float(e.get("FTJ_API_READ_TIMEOUT", base.api_read_timeout_seconds)),
             max_workers=int(e.get("FTJ_MAX_WORKERS", base.max_workers)),
             scrape_pod_ips=_scrape_pod_ips(e.get("FTJ_SCRAPE_POD_IPS", "auto"), e),
             peering=e.get("FTJ_PEERING") or None,
