@@ -217,6 +217,14 @@ def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -
         "componentsPatches": [
             {"name": "etcd", "extraArgs": [{"key": "unsafe-no-fsync", "value": "true"}]},
             {
+                "name": "kube-apiserver",
+                # OpenShift's default: creating a child with blockOwnerDeletion needs update on the
+                # owner's finalizers, which the chart's RBAC test then proves it grants.
+                "extraArgs": [
+                    {"key": "enable-admission-plugins", "value": "OwnerReferencesPermissionEnforcement"}
+                ],
+            },
+            {
                 "name": "kube-controller-manager",
                 # The default set ("*") already has job, garbage-collector, serviceaccount and
                 # serviceaccount-token; naming it keeps the requirement visible.
@@ -658,6 +666,42 @@ def _watch(name: str, owner_pid: int) -> int:
         log(f"{name}: owner {owner_pid} is gone; stopping the cluster")
         down(name)
     return 0
+
+
+def restart_component(
+    name: str, component: str, *, while_down: Callable[[], None] | None = None, timeout: float = 60.0
+) -> int:
+    """Kill one component of a running cluster and start it again with the same command line.
+
+    For chaos tests (an API server restart in the middle of a transition). ``while_down`` runs while
+    the component is stopped. Returns the new pid once the cluster answers /readyz again.
+    """
+    sdir = state_dir(name)
+    pid = _recorded_pids(sdir).get(component)
+    if pid is None or not _ours(pid, sdir):
+        raise ClusterError(f"{component} of {name} is not running")
+    proc_dir = Path(f"/proc/{pid}")
+    argv = [a.decode() for a in proc_dir.joinpath("cmdline").read_bytes().split(b"\0") if a]
+    cwd = os.readlink(proc_dir / "cwd")
+    env = dict(
+        e.decode().split("=", 1) for e in proc_dir.joinpath("environ").read_bytes().split(b"\0") if b"=" in e
+    )
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and _ours(pid, sdir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if while_down is not None:
+        while_down()
+    logf = open(sdir / "logs" / f"{component}.log", "ab")  # noqa: SIM115 - handed to the child
+    new = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    (sdir / "pids" / f"{component}.pid").write_text(str(new.pid))
+    while not is_ready(sdir):
+        if new.poll() is not None or time.monotonic() > deadline:
+            raise ClusterError(f"{component} did not come back:\n{_tail(sdir / 'logs' / f'{component}.log')}")
+        time.sleep(0.1)
+    return new.pid
 
 
 def status(name: str = DEFAULT_NAME) -> dict[str, Any]:

@@ -54,8 +54,16 @@ REASON_DOCS: dict[str, str] = {
     c.Reason.PVC_NOT_FOUND: "A PersistentVolumeClaim named in a `source.pvc` does not exist; no Job.",
     c.Reason.CONFIGMAP_NOT_FOUND: "A ConfigMap named in a `source.configMap` does not exist; no Job.",
     c.Reason.UNKNOWN_GPU_RESOURCE: "No node advertises the GPU resource the pods would request; no Job.",
-    c.Reason.JOB_REJECTED: "Reserved: not set by this version.",
+    c.Reason.JOB_REJECTED: (
+        "The API server refused the run's Job, ConfigMap or Service (invalid, forbidden, over quota); its"
+        " message is in status.message and an Event. A previous run's Job keeps running until a new Job"
+        " exists. Fix the cause, then set the finetuning.io/rerun annotation."
+    ),
     c.Reason.JOB_DELETED: "The run's Job was deleted while it ran.",
+    c.Reason.SUMMARY_LOST: (
+        "Succeeded, but the trainer's summary was lost: the Job's pods were gone (deleted, or the Job"
+        " removed by its TTL) before the operator read their termination message."
+    ),
     c.Reason.SUPERSEDED: "History only: the run was replaced by a newer one (spec change or re-run).",
 }
 

@@ -92,3 +92,4 @@ class Reason:
     JOB_REJECTED: Final = "JobRejected"
     JOB_DELETED: Final = "JobDeleted"
     SUPERSEDED: Final = "Superseded"
+    SUMMARY_LOST: Final = "SummaryLost"  # finished, but no pod was left to read the summary from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import Callable
@@ -13,9 +14,13 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
 from finetune_operator.constants import Phase
+from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.reconcile import Context, on_job_event, reconcile, refresh_progress
+from finetune_operator.resync import ResyncLoop
 from finetune_operator.settings import OperatorSettings
+
+POOL_PROBE_TIMEOUT = 10.0
 
 
 def retry_delay(retry: int) -> float:
@@ -45,6 +50,7 @@ def _running(status: kopf.Status, **_: Any) -> bool:
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """Attach every handler to ``registry`` (no import-time side effects)."""
+    register_safety_net(registry, settings)
 
     @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
     @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
@@ -61,15 +67,14 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
     def job_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
         index: kopf.Index[Any, Any] = kwargs["finetunejobs"]
-        if event.get("type") == "DELETED":
-            return
         ctx: Context = memo["ctx"]
         job: dict[str, Any] = dict(event["object"])
         meta: dict[str, Any] = job.get("metadata") or {}
         refs: list[dict[str, Any]] = meta.get("ownerReferences") or []
         owner = next((r for r in refs if r.get("kind") == c.KIND), {})
         cached = next(iter(index.get((meta.get("namespace"), owner.get("name")), [])), None)
-        _timed("job_event", lambda: on_job_event(ctx, job, cached))
+        deleted = event.get("type") == "DELETED"
+        _timed("job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
 
     @kopf.timer(
         c.GROUP,
@@ -82,6 +87,29 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         ctx: Context = memo["ctx"]
         _timed("progress", lambda: refresh_progress(ctx, _plain(body)))
+
+
+def register_safety_net(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """The periodic resync of unfinished FineTuneJobs, and a liveness probe that can fail."""
+
+    @kopf.on.startup(registry=registry)
+    async def start_resync_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+        loop = ResyncLoop(memo["ctx"], kwargs["finetunejobs"])
+        memo["resync_loop"] = asyncio.create_task(loop.run(), name="resync loop")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync_loop(memo: kopf.Memo, **_: Any) -> None:
+        task: asyncio.Task[None] | None = memo.get("resync_loop")
+        if task is not None:
+            task.cancel()
+
+    @kopf.on.probe(id="stuck", registry=registry)
+    async def stuck(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> str:
+        ctx: Context = memo["ctx"]
+        found = await problems(settings.execution.executor, ctx.heartbeats, POOL_PROBE_TIMEOUT)
+        if found:
+            raise kopf.PermanentError("; ".join(found))
+        return "ok"
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from finetune_operator import constants as c
 from finetune_operator.builders import Owner, gpu_resource
 from finetune_operator.children import ChildRejected, create_run, retire_other_jobs
 from finetune_operator.constants import ConditionType, Phase, Reason
+from finetune_operator.health import Heartbeats
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import JOB_CREATED_LATENCY, RUNS, STATUS_LATENCY, PhaseBook
 from finetune_operator.models import FineTuneJobStatus, Progress, RunStatus
@@ -31,11 +32,13 @@ from finetune_operator.status import (
     apply_phase,
     apply_summary,
     gpu_seconds,
+    missing_secret,
     now_iso,
     observe_job,
     outcome,
     push_history,
     set_condition,
+    summary_lost,
     termination_of,
 )
 from finetune_trainer.spec import FineTuneJobSpec
@@ -56,6 +59,7 @@ class Context:
     endpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
     specs: dict[tuple[str, int], FineTuneJobSpec] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
 
     def parse_spec(self, body: dict[str, Any]) -> FineTuneJobSpec:
         """The typed spec, parsed (with its CEL rules) once per object generation."""
@@ -142,6 +146,8 @@ def format_validation(exc: ValidationError) -> str:
 def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
     """Problems the schema cannot see, found before a GPU is requested."""
     refs = spec.secrets
+    if ctx.settings.secret_check != "api":
+        refs = refs.model_copy(update={"hub_token": None, "storage": None})  # read from the pods instead
     if refs.hub_token and not ctx.kube.secret_exists(namespace, refs.hub_token.name):
         return (
             Reason.SECRET_NOT_FOUND,
@@ -243,6 +249,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     try:
         started = create_run(ctx.kube, owner, spec, number, digest, ctx.settings)
     except ChildRejected as exc:
+        log.warning("child rejected: %s", exc, extra={"ftj": f"{owner.namespace}/{owner.name}"})
         _fail_without_job(
             ctx,
             body,
@@ -335,6 +342,8 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
     def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
         if st.run is None or st.run.job_name != job_name or st.phase in Phase.TERMINAL:
             return False
+        if not _is_current(fresh, st.run):
+            return False  # the spec moved on: the new run retires this Job on purpose
         now = now_iso()
         st.run.completion_time = now
         apply_phase(
@@ -345,6 +354,31 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
         return True
 
     _write(ctx, body, mutate)
+
+
+def _fail_running(ctx: Context, body: dict[str, Any], job_name: str, reason: str, message: str) -> None:
+    """End a run whose pods can never start: Failed in status, then the Job deleted."""
+    generation = body["metadata"].get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run is None or st.run.job_name != job_name or st.phase in Phase.TERMINAL:
+            return False
+        now = now_iso()
+        st.run.completion_time = now
+        text = f"{message} Fix it, then set the {c.ANNOTATION_RERUN} annotation."
+        apply_phase(st, Phase.FAILED, reason, text, generation, now)
+        push_history(st, Phase.FAILED, reason, ctx.settings.history_limit)
+        RUNS.labels(result="failed").inc()
+        return True
+
+    _write(ctx, body, mutate)
+    ctx.kube.delete_job(body["metadata"]["namespace"], job_name)
+
+
+def _is_current(obj: dict[str, Any], run: RunStatus) -> bool:
+    """Is ``run`` the run the object's spec and rerun annotation ask for?"""
+    token = str(((obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
+    return run.spec_hash == spec_hash(dict(obj.get("spec") or {})) and run.rerun_token == token
 
 
 def observe(
@@ -360,10 +394,18 @@ def observe(
     observed = observe_job(view, spec.suspend, bool(spec.scheduling.queue_name))
     job_name = job["metadata"]["name"]
     result = None
+    if ctx.settings.secret_check == "pod" and observed.phase == Phase.PENDING:
+        secret = missing_secret(ctx.kube.job_pods(job["metadata"]["namespace"], job_name))
+        if secret is not None:
+            text = f"Secret {secret!r} named in spec.secrets does not exist; the pods cannot start."
+            _fail_running(ctx, body, job_name, Reason.SECRET_NOT_FOUND, text)
+            return
     if observed.phase in Phase.TERMINAL:
         pods = ctx.kube.job_pods(job["metadata"]["namespace"], job_name)
         exit_code, message = termination_of(pods)
         result = outcome(observed, exit_code, message)
+        if exit_code is None and message is None:
+            result = summary_lost(result)
     gpus = spec.distributed_or_default().gpus_per_node * spec.distributed_or_default().nodes
     generation = body["metadata"].get("generation")
 
@@ -449,8 +491,14 @@ def _runs(body: dict[str, Any], owner: dict[str, Any], job_meta: dict[str, Any])
     return bool(run.get("jobName") == job_meta.get("name"))
 
 
-def on_job_event(ctx: Context, job: dict[str, Any], cached_owner: dict[str, Any] | None = None) -> None:
-    """A Job changed: fold it into its FineTuneJob, unless nothing status depends on changed."""
+def on_job_event(
+    ctx: Context, job: dict[str, Any], cached_owner: dict[str, Any] | None = None, deleted: bool = False
+) -> None:
+    """A Job changed: fold it into its FineTuneJob, unless nothing status depends on changed.
+
+    A deleted Job's final state counts too: finished, it is recorded (even when its pods went with
+    it); unfinished, the run failed with JobDeleted.
+    """
     meta = job.get("metadata") or {}
     owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == c.KIND), None)
     if owner is None:
@@ -458,12 +506,21 @@ def on_job_event(ctx: Context, job: dict[str, Any], cached_owner: dict[str, Any]
     key = (str(meta.get("namespace")), str(meta.get("name")))
     fingerprint = job_fingerprint(job)
     with ctx.lock:
-        if ctx.seen_jobs.get(key) == fingerprint:
+        if deleted:
+            ctx.seen_jobs.pop(key, None)
+        elif ctx.seen_jobs.get(key) == fingerprint:
             return
     body = cached_owner
     if body is None or not _runs(body, owner, meta):
         body = ctx.kube.get_ftj(meta["namespace"], owner["name"])  # the cache may lag our own writes
     if body is None or not _runs(body, owner, meta):
+        return
+    if deleted:
+        view = JobView.from_job(job)
+        if view.complete or view.failed_condition is not None:
+            observe(ctx, body, job)
+        else:
+            _fail_without_job_deleted(ctx, body, str(meta["name"]))
         return
     observe(ctx, body, job)
     with ctx.lock:

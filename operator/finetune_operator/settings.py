@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 GpuCheck = Literal["fail", "warn", "off"]
+SecretCheck = Literal["api", "pod"]
 
 
 @dataclass(frozen=True)
@@ -15,12 +16,17 @@ class OperatorSettings:
     gpu_resource_name: str = "nvidia.com/gpu"
     gpu_toleration_key: str = "nvidia.com/gpu"
     gpu_resource_check: GpuCheck = "fail"
+    # api: a metadata-only GET before the run (needs `get secrets`); pod: no Secret access at all,
+    # a missing Secret is read from the pod's CreateContainerConfigError instead.
+    secret_check: SecretCheck = "api"
     namespaces: tuple[str, ...] = ()
     metrics_port: int = 8080
     health_port: int = 8081
     progress_interval_seconds: float = 15.0
     scrape_timeout_seconds: float = 3.0
     api_connect_timeout_seconds: float = 5.0
+    resync_interval_seconds: float = 60.0
+    resync_concurrency: int = 4
     api_read_timeout_seconds: float = 30.0
     history_limit: int = 5
     max_workers: int = 32
@@ -42,6 +48,9 @@ class OperatorSettings:
         check = e.get("FTJ_GPU_RESOURCE_CHECK", base.gpu_resource_check)
         if check not in ("fail", "warn", "off"):
             raise ValueError(f"FTJ_GPU_RESOURCE_CHECK must be fail, warn or off, not {check!r}")
+        secret_check = e.get("FTJ_SECRET_CHECK", base.secret_check)
+        if secret_check not in ("api", "pod"):
+            raise ValueError(f"FTJ_SECRET_CHECK must be api or pod, not {secret_check!r}")
         extra = {
             k.removeprefix("FTJ_TRAINER_ENV_"): v for k, v in e.items() if k.startswith("FTJ_TRAINER_ENV_")
         }
@@ -50,11 +59,14 @@ class OperatorSettings:
             gpu_resource_name=e.get("FTJ_GPU_RESOURCE_NAME", base.gpu_resource_name),
             gpu_toleration_key=e.get("FTJ_GPU_TOLERATION_KEY", base.gpu_toleration_key),
             gpu_resource_check=check,  # type: ignore[arg-type]
+            secret_check=secret_check,  # type: ignore[arg-type]
             namespaces=tuple(n for n in e.get("FTJ_NAMESPACES", "").replace(",", " ").split() if n),
             metrics_port=int(e.get("FTJ_METRICS_PORT", base.metrics_port)),
             health_port=int(e.get("FTJ_HEALTH_PORT", base.health_port)),
             progress_interval_seconds=float(e.get("FTJ_PROGRESS_INTERVAL", base.progress_interval_seconds)),
             history_limit=int(e.get("FTJ_HISTORY_LIMIT", base.history_limit)),
+            resync_interval_seconds=float(e.get("FTJ_RESYNC_INTERVAL", base.resync_interval_seconds)),
+            resync_concurrency=int(e.get("FTJ_RESYNC_CONCURRENCY", base.resync_concurrency)),
             api_connect_timeout_seconds=float(
                 e.get("FTJ_API_CONNECT_TIMEOUT", base.api_connect_timeout_seconds)
             ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -292,3 +293,31 @@ __all__ = [
     "set_condition",
     "termination_of",
 ]
+
+
+def summary_lost(result: Outcome) -> Outcome:
+    """The Job finished but no trainer pod was left to read: say so instead of guessing."""
+    note = "The trainer's summary was lost: its pods were gone before the operator read them."
+    if result.phase == Phase.SUCCEEDED:
+        return Outcome(Phase.SUCCEEDED, Reason.SUMMARY_LOST, note, None)
+    return Outcome(result.phase, result.reason, f"{result.message} {note}"[:MESSAGE_LIMIT], result.summary)
+
+
+_MISSING_SECRET = re.compile(r'secret "([a-z0-9][-a-z0-9.]{0,252})" not found')
+
+
+def missing_secret(pods: list[dict[str, Any]]) -> str | None:
+    """The Secret a trainer container waits for in ``CreateContainerConfigError``, if any.
+
+    Only a name that matches the kubelet's message and is a valid Secret name comes back; nothing
+    else from the pod is passed on.
+    """
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") != "CreateContainerConfigError":
+                continue
+            found = _MISSING_SECRET.search(str(waiting.get("message") or "")[:1024])
+            if found:
+                return found.group(1)
+    return None

@@ -121,7 +121,9 @@ def test_defaults_are_cluster_wide_with_least_privilege(helm: Helm):
     assert not find(docs, "Role")
     [cr] = find(docs, "ClusterRole")
     rules = rules_of(cr)
-    assert rules["/secrets"] == {"get"}, "Secrets: metadata-only existence checks need get, nothing more"
+    assert "/secrets" not in rules, "no Secret permission unless rbac.secretExistenceCheck is set"
+    assert rules["finetuning.io/finetunejobs/finalizers"] == {"update"}, "blockOwnerDeletion needs it"
+    assert env_of(docs)["FTJ_SECRET_CHECK"] == "pod"
     assert rules["/nodes"] == {"list"}
     assert rules["/namespaces"] == {"list", "watch"}, "kopf's start-up discovery, read-only"
     assert rules["finetuning.io/finetunejobs"] == {"get", "list", "watch", "patch"}
@@ -243,3 +245,28 @@ def test_chart_crds_are_the_generated_ones():
 def test_image_tag_follows_app_version_and_values(helm: Helm):
     [dep] = find(helm.template("--set", "image.tag=1.2.3"), "Deployment")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith("operator:1.2.3")
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
+    [dep] = find(docs, "Deployment")
+    return {e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("namespaced", [False, True])
+def test_secret_existence_check_is_an_opt_in_rule(helm: Helm, namespaced: bool):
+    flags = ["--set", "rbac.secretExistenceCheck=true"]
+    if namespaced:
+        flags += ["--set", "watchNamespaces={a,b}"]
+    docs = helm.template(*flags)
+    roles = find(docs, "Role") if namespaced else find(docs, "ClusterRole")
+    assert roles and all(rules_of(r)["/secrets"] == {"get"} for r in roles)
+    assert env_of(docs)["FTJ_SECRET_CHECK"] == "api"
+
+
+def test_namespaced_mode_grants_children_only_in_served_namespaces(helm: Helm):
+    docs = helm.template("--set", "watchNamespaces={team-a,team-b}")
+    assert sorted(r["metadata"]["namespace"] for r in find(docs, "Role")) == ["team-a", "team-b"]
+    for cluster_role in find(docs, "ClusterRole"):
+        rules = rules_of(cluster_role)
+        for namespaced in ("batch/jobs", "/configmaps", "/services", "/pods", "/secrets", "/events"):
+            assert namespaced not in rules, f"{namespaced} must not be granted cluster-wide"

@@ -60,7 +60,8 @@ def operator(
 def isolated_operator(
     cluster: Any, crd_installed: None, kube_api: Any, tmp_path: Path
 ) -> Iterator[Callable[[], OperatorProcess]]:
-    """Operators (start as many as needed, e.g. after a kill) watching one private namespace."""
+    """Operators (start as many as needed, e.g. after a kill) watching one private namespace;
+    ``start(**env)`` passes extra environment (operator settings) to that one."""
     from kubernetes import client
 
     ns = f"iso-{uuid.uuid4().hex[:8]}"
@@ -69,8 +70,9 @@ def isolated_operator(
     wait_for(lambda: core.read_namespaced_service_account("default", ns), 30, "default ServiceAccount")
     started: list[OperatorProcess] = []
 
-    def start() -> OperatorProcess:
-        op = OperatorProcess(cluster.kubeconfig, [ns], tmp_path / f"operator-{len(started)}.log").start()
+    def start(**env: str) -> OperatorProcess:
+        log = tmp_path / f"operator-{len(started)}.log"
+        op = OperatorProcess(cluster.kubeconfig, [ns], log, env=dict(env)).start()
         started.append(op)
         return op
 

@@ -159,3 +159,34 @@ def test_history_is_bounded_and_newest_first():
         st.run = RunStatus(number=n, job_name=f"j-r{n}", spec_hash="h")
         push_history(st, Phase.SUCCEEDED, None, limit=5)
     assert [h.number for h in st.history] == [8, 7, 6, 5, 4]
+
+
+def _waiting(reason, message):
+    return {"status": {"containerStatuses": [{"state": {"waiting": {"reason": reason, "message": message}}}]}}
+
+
+def test_missing_secret_is_read_from_the_kubelets_waiting_reason():
+    from finetune_operator.status import missing_secret
+
+    assert (
+        missing_secret([_waiting("CreateContainerConfigError", 'secret "hub-token" not found')])
+        == "hub-token"
+    )
+    assert missing_secret([_waiting("ContainerCreating", 'secret "hub-token" not found')]) is None
+    assert (
+        missing_secret([_waiting("CreateContainerConfigError", "couldn't find key token in Secret x")])
+        is None
+    )
+    # Whatever else the message holds never comes back: only a valid Secret name does.
+    hostile = 'secret "\x1b[31mBAD/../x" not found'
+    assert missing_secret([_waiting("CreateContainerConfigError", hostile)]) is None
+
+
+def test_a_run_whose_pods_are_gone_says_its_summary_was_lost():
+    from finetune_operator.constants import Phase, Reason
+    from finetune_operator.status import Observed, outcome, summary_lost
+
+    ok = summary_lost(outcome(Observed(Phase.SUCCEEDED, Reason.SUCCEEDED, "done"), None, None))
+    assert ok.phase == Phase.SUCCEEDED and ok.reason == Reason.SUMMARY_LOST and "lost" in ok.message
+    failed = summary_lost(outcome(Observed(Phase.FAILED, "BackoffLimitExceeded", "too many"), None, None))
+    assert failed.reason == "BackoffLimitExceeded" and "lost" in failed.message

@@ -67,7 +67,13 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
 - apiGroups: ["finetuning.io"]
   resources: ["finetunejobs/status"]
   verbs: ["get", "update"]
-# The run's Job: kopf watches Jobs it manages; kube.create/get_job/set_job_suspend/delete_job.
+# Children carry an ownerReference with blockOwnerDeletion; where OwnerReferencesPermissionEnforcement
+# is on (OpenShift's default) creating them needs update on the owner's finalizers subresource.
+- apiGroups: ["finetuning.io"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
+# The run's Job: kopf watches Jobs it manages; kube.create/get_job/set_job_suspend/delete_job, and
+# list to retire a replaced run's Job (children.retire_other_jobs).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
@@ -80,11 +86,17 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# Existence checks before a GPU is requested: metadata-only GET (PartialObjectMetadata). Secrets get
-# `get` only, never list or watch; the operator never reads Secret data.
+# Existence checks before a GPU is requested: metadata-only GET (PartialObjectMetadata).
 - apiGroups: [""]
-  resources: ["secrets", "persistentvolumeclaims"]
+  resources: ["persistentvolumeclaims"]
   verbs: ["get"]
+{{- if .Values.rbac.secretExistenceCheck }}
+# rbac.secretExistenceCheck: the same check for Secrets (`get` only, never list or watch). Off, the
+# operator holds no Secret permission and reads a missing Secret from the pod's status instead.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 # kopf posts Events on FineTuneJobs.
 - apiGroups: [""]
   resources: ["events"]

@@ -1,0 +1,64 @@
+"""Level-triggered safety net: lost events, deleted Jobs and API server restarts never leave a run
+stuck in a phase that is no longer true."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from finetune_trainer.contract import encode_summary
+from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj
+from helpers import load_hack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _create(kube_api: Any, namespace: str, name: str) -> Ftj:
+    from kubernetes import client
+
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": BASE_SPEC,
+    }
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    return Ftj(kube_api, namespace, name)
+
+
+def _complete(job: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Complete" and c["status"] == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def test_api_server_restart_while_a_job_completes_still_reaches_succeeded(
+    isolated_operator, kube_api, cluster
+):
+    isolated_operator(FTJ_RESYNC_INTERVAL="3")
+    ftj = _create(kube_api, isolated_operator.namespace, "restarted")
+    ftj.wait_phase("Running")
+    summary = encode_summary({"phase": "Succeeded", "reason": "Succeeded", "metrics": {"evalLoss": 0.25}})
+    ftj.finish_pods("restarted-r1", 0, summary)
+    # The moment the Job completes the API server goes away, while the operator handles that event.
+    wait_for(lambda: any(_complete(j) for j in ftj.jobs()), 60, "the Job to complete", interval=0.01)
+    load_hack("localcluster").restart_component(cluster.name, "kube-apiserver")
+    st = ftj.wait_phase("Succeeded", timeout=90)
+    assert st["metrics"]["evalLoss"] == 0.25
+    assert st["run"]["completionTime"]
+
+
+def test_a_job_deleted_while_it_runs_fails_the_run_from_the_deleted_event(isolated_operator, kube_api):
+    """The DELETED event alone tells the operator (the resync interval is far away)."""
+    from kubernetes import client
+
+    isolated_operator(FTJ_RESYNC_INTERVAL="3600")
+    ftj = _create(kube_api, isolated_operator.namespace, "deleted")
+    ftj.wait_phase("Running")
+    client.BatchV1Api(kube_api).delete_namespaced_job(
+        "deleted-r1", ftj.namespace, body=client.V1DeleteOptions(propagation_policy="Background")
+    )
+    st = ftj.wait_phase("Failed", timeout=30)
+    assert st["reason"] == "JobDeleted"
