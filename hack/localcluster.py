@@ -668,6 +668,20 @@ def _watch(name: str, owner_pid: int) -> int:
     return 0
 
 
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie whose threads have all exited (so its sockets are closed).
+
+    A killed Go program's leader thread turns zombie before its other threads finish exiting, and
+    those still hold the listening socket.
+    """
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X") and threads <= 1
+
+
 def restart_component(
     name: str, component: str, *, while_down: Callable[[], None] | None = None, timeout: float = 60.0
 ) -> int:
@@ -688,8 +702,8 @@ def restart_component(
     )
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and _ours(pid, sdir) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not _exited(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until its sockets are closed: gone, or a zombie
     if while_down is not None:
         while_down()
     logf = open(sdir / "logs" / f"{component}.log", "ab")  # noqa: SIM115 - handed to the child

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ def load_api_client(
         return with_timeouts(client.ApiClient(cfg), timeouts)
 
 
+def _wire(response: Any) -> dict[str, Any]:
+    """The JSON the API server sent (what watch events carry too: timestamps as ``...Z``)."""
+    return cast(dict[str, Any], json.loads(response.data))
+
+
 @dataclass
 class Kube:
     """Thin wrapper over the typed APIs, counting errors for /metrics."""
@@ -103,7 +109,11 @@ class Kube:
         return self.api.sanitize_for_serialization(existing), False
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get(lambda: self.batch.read_namespaced_job(name, namespace), "get_job")
+        return self._get(
+            lambda: _wire(self.batch.read_namespaced_job(name, namespace, _preload_content=False)),
+            "get_job",
+            sanitize=False,
+        )
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self._call(
@@ -126,16 +136,25 @@ class Kube:
 
     def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         jobs = self._call(
-            lambda: self.batch.list_namespaced_job(namespace, label_selector=label_selector), "list_jobs"
+            lambda: _wire(
+                self.batch.list_namespaced_job(
+                    namespace, label_selector=label_selector, _preload_content=False
+                )
+            ),
+            "list_jobs",
         )
-        return [self.api.sanitize_for_serialization(j) for j in jobs.items]
+        return list(jobs.get("items") or [])
 
     def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         pods = self._call(
-            lambda: self.core.list_namespaced_pod(namespace, label_selector=f"{c.LABEL_JOB_NAME}={job_name}"),
+            lambda: _wire(
+                self.core.list_namespaced_pod(
+                    namespace, label_selector=f"{c.LABEL_JOB_NAME}={job_name}", _preload_content=False
+                )
+            ),
             "list_pods",
         )
-        return [self.api.sanitize_for_serialization(p) for p in pods.items]
+        return list(pods.get("items") or [])
 
     # -- the FineTuneJob ----------------------------------------------------------------------------
     def get_ftj(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -183,8 +202,8 @@ class Kube:
                 if exc.status == 404:
                     return None
                 API_ERRORS.labels(operation="update_status").inc()
-                raise
-        return None
+                raise  # conflicts exhausted too: the caller retries, nothing is reported as written
+        raise ValueError("update_status needs at least one attempt")
 
     # -- pre-flight checks ------------------------------------------------------------------------
     def exists_metadata_only(self, path: str, operation: str) -> bool:

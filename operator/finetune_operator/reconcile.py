@@ -36,6 +36,7 @@ from finetune_operator.status import (
     now_iso,
     observe_job,
     outcome,
+    parse_time,
     push_history,
     set_condition,
     summary_lost,
@@ -261,7 +262,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     number, job_name = started.number, started.job["metadata"]["name"]
     retire_other_jobs(ctx.kube, owner, keep=job_name)
     if number == 1:
-        created = datetime.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        created = parse_time(meta["creationTimestamp"])
         JOB_CREATED_LATENCY.observe(max((datetime.now(UTC) - created).total_seconds(), 0.0))
     generation = meta.get("generation")
 
@@ -467,7 +468,7 @@ def _failed_time(view: JobView) -> str | None:
 def _age(stamp: str | None) -> float:
     if not stamp:
         return 0.0
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    then = parse_time(stamp)
     return max((datetime.now(UTC) - then).total_seconds(), 0.0)
 
 

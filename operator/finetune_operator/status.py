@@ -270,11 +270,16 @@ def _inactive_reason(phase: str) -> str:
     return f"Now{phase}"
 
 
+def parse_time(stamp: str) -> datetime:
+    """An API timestamp (``...Z`` on the wire, ``...+00:00`` from the client's models) as aware UTC."""
+    parsed = datetime.fromisoformat(stamp)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def gpu_seconds(start: str | None, end: str | None, gpus: int) -> float:
     if not start or not end or gpus <= 0:
         return 0.0
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    delta = datetime.strptime(end, fmt) - datetime.strptime(start, fmt)
+    delta = parse_time(end) - parse_time(start)
     return max(delta.total_seconds(), 0.0) * gpus
 
 

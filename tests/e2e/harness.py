@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_operator.naming import label_value
 from helpers import wait_for
 
 GROUP, VERSION, PLURAL = "finetuning.io", "v1alpha1", "finetunejobs"
@@ -129,7 +130,7 @@ class Ftj:
         from kubernetes import client
 
         res = client.BatchV1Api(self.api).list_namespaced_job(
-            self.namespace, label_selector=f"finetuning.io/finetunejob={self.name}"
+            self.namespace, label_selector=f"finetuning.io/finetunejob={label_value(self.name)}"
         )
         return [self.api.sanitize_for_serialization(j) for j in res.items]
 
@@ -139,7 +140,7 @@ class Ftj:
         selector = (
             f"batch.kubernetes.io/job-name={job_name}"
             if job_name
-            else f"finetuning.io/finetunejob={self.name}"
+            else f"finetuning.io/finetunejob={label_value(self.name)}"
         )
         res = client.CoreV1Api(self.api).list_namespaced_pod(self.namespace, label_selector=selector)
         return [self.api.sanitize_for_serialization(p) for p in res.items]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harness import Ftj
+from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +33,20 @@ def _configmap(api: Any, namespace: str, name: str) -> None:
     client.CoreV1Api(api).create_namespaced_config_map(namespace, body)
 
 
+def _create(api: Any, namespace: str, name: str, **top_level: Any) -> Ftj:
+    """A FineTuneJob whose top-level spec fields replace BASE_SPEC's (no deep merge of sources)."""
+    from kubernetes import client
+
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {**BASE_SPEC, **top_level},
+    }
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    return Ftj(api, namespace, name)
+
+
 def _job_of(ftj: Ftj) -> dict[str, Any]:
     """The run's Job, once it exists; fails fast with the status when the run failed instead."""
 
@@ -45,11 +59,14 @@ def _job_of(ftj: Ftj) -> dict[str, Any]:
     return wait_for(job, 60, f"the Job of {ftj.name}")
 
 
-def test_dotted_claim_and_configmap_names_get_a_job(make_finetunejob, kube_api, namespace):
+def test_dotted_claim_and_configmap_names_get_a_job(operator, kube_api, namespace):
     _pvc(kube_api, namespace, "models.v1")
     _pvc(kube_api, namespace, "results.v1")
     _configmap(kube_api, namespace, "data.small")
-    ftj = make_finetunejob(
+    ftj = _create(
+        kube_api,
+        namespace,
+        "dotted-sources",
         model={"name": "m", "source": {"pvc": {"claimName": "models.v1"}}},
         dataset={"source": {"configMap": {"name": "data.small", "key": "train.jsonl"}}},
         output={"source": {"pvc": {"claimName": "results.v1"}}},
@@ -62,11 +79,14 @@ def test_dotted_claim_and_configmap_names_get_a_job(make_finetunejob, kube_api, 
     assert any(v.get("configMap", {}).get("name") == "data.small" for v in pod["volumes"])
 
 
-def test_two_long_claims_with_a_common_prefix_are_both_mounted(make_finetunejob, kube_api, namespace):
+def test_two_long_claims_with_a_common_prefix_are_both_mounted(operator, kube_api, namespace):
     model, data = "c" * 60 + "-model", "c" * 60 + "-data"
     _pvc(kube_api, namespace, model)
     _pvc(kube_api, namespace, data)
-    ftj = make_finetunejob(
+    ftj = _create(
+        kube_api,
+        namespace,
+        "long-claims",
         model={"name": "m", "source": {"pvc": {"claimName": model}}},
         dataset={"source": {"pvc": {"claimName": data, "path": "train.jsonl"}}},
     )

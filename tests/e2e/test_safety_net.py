@@ -62,3 +62,76 @@ def test_a_job_deleted_while_it_runs_fails_the_run_from_the_deleted_event(isolat
     )
     st = ftj.wait_phase("Failed", timeout=30)
     assert st["reason"] == "JobDeleted"
+
+
+def test_a_lost_job_event_is_recovered_by_the_resync(isolated_operator, kube_api):
+    """The operator's status write for the Job's completion is refused once (an admission policy
+    stands in for any transient failure); kopf never retries that event and nothing about the
+    FineTuneJob changes afterwards, so only the periodic resync can bring it to Succeeded."""
+    from kubernetes import client
+
+    ns = isolated_operator.namespace
+    op = isolated_operator(FTJ_RESYNC_INTERVAL="2")
+    ftj = _create(kube_api, ns, "lost")
+    ftj.wait_phase("Running")
+
+    admission = client.AdmissionregistrationV1Api(kube_api)
+    label = "finetuning.io/test-deny-status"
+    policy = {
+        "metadata": {"name": f"deny-status-{ns}"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": [VERSION],
+                        "operations": ["UPDATE"],
+                        "resources": [f"{PLURAL}/status"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": f"!('{label}' in namespaceObject.metadata.labels)",
+                    "message": "status writes are refused for this test",
+                }
+            ],
+        },
+    }
+    binding = {
+        "metadata": {"name": f"deny-status-{ns}"},
+        "spec": {
+            "policyName": f"deny-status-{ns}",
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        },
+    }
+    admission.create_validating_admission_policy(policy)
+    admission.create_validating_admission_policy_binding(binding)
+    core = client.CoreV1Api(kube_api)
+    try:
+        core.patch_namespace(ns, {"metadata": {"labels": {label: "true"}}})
+
+        def refused() -> bool:
+            try:
+                ftj.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, ns, PLURAL, "lost", {"status": {"phase": "Running"}}, dry_run="All"
+                )
+            except client.exceptions.ApiException as exc:
+                return "refused for this test" in str(exc.body)
+            return False
+
+        wait_for(refused, 30, "the admission policy to refuse status writes")
+        ftj.finish_pods("lost-r1", 0, encode_summary({"phase": "Succeeded", "reason": "Succeeded"}))
+        wait_for(lambda: any(_complete(j) for j in ftj.jobs()), 60, "the Job to complete")
+        wait_for(
+            lambda: "refused for this test" in op.log_tail(400), 30, "the operator's write to be refused"
+        )
+        assert ftj.status()["phase"] == "Running"
+        core.patch_namespace(ns, {"metadata": {"labels": {label: None}}})
+        st = ftj.wait_phase("Succeeded", timeout=30)
+        assert st["run"]["completionTime"]
+    finally:
+        admission.delete_validating_admission_policy_binding(f"deny-status-{ns}")
+        admission.delete_validating_admission_policy(f"deny-status-{ns}")
