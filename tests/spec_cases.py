@@ -21,6 +21,12 @@ NAME_CASES: list[tuple[str, dict[str, Any], str]] = [
         {"secrets": {"hubToken": {"name": "hub", "key": ".."}}},
         "spec.secrets.hubToken.key",
     ),
+    (
+        "model cache claim with a slash",
+        {"model": {"cache": {"claimName": "a/b"}}},
+        "spec.model.cache.claimName",
+    ),
+    ("serviceAccountName with a colon", {"serviceAccountName": "system:admin"}, "spec.serviceAccountName"),
     ("queue name with a space", {"scheduling": {"queueName": "team a"}}, "spec.scheduling.queueName"),
     ("invalid priorityClassName", {"scheduling": {"priorityClassName": "High_Prio"}}, "priorityClassName"),
     (
