@@ -65,6 +65,14 @@ REASON_DOCS: dict[str, str] = {
         " removed by its TTL) before the operator read their termination message."
     ),
     c.Reason.SUPERSEDED: "History only: the run was replaced by a newer one (spec change or re-run).",
+    c.Reason.PLAN_DOES_NOT_FIT: (
+        "`spec.admission.memoryCheck` is fail and the memory plan says DoesNotFit; `status.plan` has the "
+        "estimate and a suggestion; no Job."
+    ),
+    c.Reason.LICENCE_NOT_ALLOWED: (
+        "The model's licence (`spec.model.licence`, or the model card's) is not in the operator's allowed "
+        "licences, or is unknown where unknown licences are refused; no Job."
+    ),
 }
 
 

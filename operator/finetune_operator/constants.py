@@ -93,3 +93,7 @@ class Reason:
     JOB_DELETED: Final = "JobDeleted"
     SUPERSEDED: Final = "Superseded"
     SUMMARY_LOST: Final = "SummaryLost"  # finished, but no pod was left to read the summary from
+    PLAN_DOES_NOT_FIT: Final = (
+        "PlanDoesNotFit"  # spec.admission.memoryCheck fail and the plan says DoesNotFit
+    )
+    LICENCE_NOT_ALLOWED: Final = "LicenceNotAllowed"  # the model's licence is not in the allowed list

@@ -182,6 +182,13 @@ def crd() -> dict[str, Any]:
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
                         {"name": "Eval loss", "type": "number", "jsonPath": ".status.metrics.evalLoss"},
                         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+                        {"name": "Plan", "type": "string", "jsonPath": ".status.plan.verdict", "priority": 1},
+                        {
+                            "name": "Est. cost",
+                            "type": "number",
+                            "jsonPath": ".status.plan.estimatedCost",
+                            "priority": 1,
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": root},

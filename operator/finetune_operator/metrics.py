@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from finetune_operator.constants import Phase
+
+if TYPE_CHECKING:
+    from finetune_operator.models import PlanStatus
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,6 +43,22 @@ STATUS_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
     registry=REGISTRY,
 )
+
+ESTIMATED_COST = Gauge(
+    "finetune_operator_estimated_cost",
+    "Estimated cost of each running FineTuneJob's run (status.plan.estimatedCost, price table currency).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+
+
+def record_estimated_cost(namespace: str, name: str, plan: PlanStatus | None) -> None:
+    """Export a run's estimated cost while it runs; ``None`` removes the series when it ends."""
+    if plan is not None and plan.estimated_cost is not None:
+        ESTIMATED_COST.labels(namespace=namespace, name=name).set(plan.estimated_cost)
+        return
+    with contextlib.suppress(KeyError):
+        ESTIMATED_COST.remove(namespace, name)
 
 
 class PhaseBook:

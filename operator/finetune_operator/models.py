@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field
 from finetune_trainer.spec import FineTuneJobSpec
 from finetune_trainer.specbase import Model
 
-__all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "RunStatus"]
+__all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "PlanStatus", "RunStatus"]
 
 
 class Condition(Model):
@@ -70,6 +70,45 @@ class Metrics(Model):
     gpu_memory_bytes: float | None = Field(default=None, description="Peak accelerator memory.")
 
 
+class PlanMemory(Model):
+    weights: float = Field(description="Model weights held on one GPU (GiB).")
+    gradients: float = Field(description="Gradients held on one GPU (GiB).")
+    optimizer: float = Field(description="Optimizer states held on one GPU (GiB).")
+    activations: float = Field(description="Activations kept for the backward pass (GiB).")
+    logits: float = Field(description="fp32 logits and their gradient (GiB).")
+    runtime: float = Field(description="CUDA context, workspaces and allocator slack (GiB).")
+
+
+class PlanStatus(Model):
+    """The estimate made before the run's Job was created (``ftj plan`` prints the same)."""
+
+    verdict: Literal["Fits", "Tight", "DoesNotFit", "Unknown"] = Field(
+        description="Fits (under 85% of GPU memory), Tight, DoesNotFit, or Unknown (GPU memory unknown)."
+    )
+    parameters: int = Field(description="Parameters of the base model.")
+    trainable_parameters: int = Field(description="Parameters the run trains.")
+    shape_source: str = Field(description="Where the model's shape came from: config.json or model name.")
+    per_gpu_memory_gib: float = Field(alias="perGpuMemoryGiB", description="Estimated peak per GPU (GiB).")
+    memory_gib: PlanMemory = Field(alias="memoryGiB", description="The estimate by term (GiB).")
+    dominant_term: str = Field(description="The largest term.")
+    gpus: int = Field(description="GPUs in the run.")
+    gpu_memory_source: str = Field(description="Where the GPU memory came from.")
+    formulas: str = Field(description="The published formulas the estimate follows.")
+    gpu_product: str | None = Field(default=None, description="GPU product (nvidia.com/gpu.product).")
+    gpu_memory_gib: float | None = Field(default=None, alias="gpuMemoryGiB", description="GPU memory (GiB).")
+    suggestion: str | None = Field(
+        default=None, description="A change that makes a Tight/DoesNotFit job fit."
+    )
+    steps: int | None = Field(default=None, description="Estimated optimizer steps (when known).")
+    tokens: int | None = Field(default=None, description="Estimated training tokens (when known).")
+    gpu_hours: float | None = Field(default=None, description="Estimated GPU-hours (when tokens are known).")
+    price_per_gpu_hour: float | None = Field(default=None, description="Configured price of one GPU-hour.")
+    estimated_cost: float | None = Field(default=None, description="gpuHours x pricePerGpuHour.")
+    actual_cost: float | None = Field(
+        default=None, description="status.gpuSeconds x price, once the run ended."
+    )
+
+
 class FineTuneJobStatus(Model):
     model_config = ConfigDict(extra="allow")
 
@@ -112,3 +151,6 @@ class FineTuneJobStatus(Model):
         default=None, description="GPU-seconds used by finished runs and the current one."
     )
     history: list[HistoryEntry] = Field(default_factory=list, description="The last runs, newest first.")
+    plan: PlanStatus | None = Field(
+        default=None, description="Memory, time and cost plan of the current run."
+    )

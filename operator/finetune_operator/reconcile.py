@@ -17,13 +17,20 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from finetune_operator import constants as c
+from finetune_operator.admission import admit
 from finetune_operator.builders import Owner, gpu_resource
 from finetune_operator.children import ChildRejected, create_run, retire_other_jobs
 from finetune_operator.constants import ConditionType, Phase, Reason
 from finetune_operator.health import Heartbeats
 from finetune_operator.kube import Kube
-from finetune_operator.metrics import JOB_CREATED_LATENCY, RUNS, STATUS_LATENCY, PhaseBook
-from finetune_operator.models import FineTuneJobStatus, Progress, RunStatus
+from finetune_operator.metrics import (
+    JOB_CREATED_LATENCY,
+    RUNS,
+    STATUS_LATENCY,
+    PhaseBook,
+    record_estimated_cost,
+)
+from finetune_operator.models import FineTuneJobStatus, PlanStatus, Progress, RunStatus
 from finetune_operator.naming import run_name, spec_hash
 from finetune_operator.progress import ScrapeError, apply_progress, endpoint_of, rank0_pod, scrape
 from finetune_operator.settings import OperatorSettings
@@ -195,7 +202,14 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
     return None
 
 
-def _fail_without_job(ctx: Context, body: dict[str, Any], reason: str, message: str, digest: str) -> None:
+def _fail_without_job(
+    ctx: Context,
+    body: dict[str, Any],
+    reason: str,
+    message: str,
+    digest: str,
+    plan: PlanStatus | None = None,
+) -> None:
     token = str(((body["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
     generation = body["metadata"].get("generation")
 
@@ -221,6 +235,7 @@ def _fail_without_job(ctx: Context, body: dict[str, Any], reason: str, message: 
             completion_time=now,
         )
         st.progress = None
+        st.plan = plan
         apply_phase(st, Phase.FAILED, reason, text, generation, now)
         st.conditions = set_condition(
             st.conditions, ConditionType.CREATED, False, reason, text, now, generation
@@ -236,7 +251,8 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     meta = body["metadata"]
     owner = Owner.from_body(body)
     status = _parse_status(body)
-    problem = preflight(ctx, owner.namespace, spec)
+    admission = admit(spec, ctx.settings)
+    problem = preflight(ctx, owner.namespace, spec) or admission.refusal
     if problem is not None:
         _fail_without_job(
             ctx,
@@ -244,8 +260,11 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             problem[0],
             problem[1] + " Fix it, then set the finetuning.io/rerun annotation.",
             digest,
+            admission.plan,
         )
         return
+    for warning in admission.warnings:
+        ctx.post_event(body, "Warning", "AdmissionWarning", warning)
     number = status.run.number + 1 if status.run else 1
     try:
         started = create_run(ctx.kube, owner, spec, number, digest, ctx.settings)
@@ -257,6 +276,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             Reason.JOB_REJECTED,
             f"{exc} Fix it, then set the {c.ANNOTATION_RERUN} annotation.",
             digest,
+            admission.plan,
         )
         return
     number, job_name = started.number, started.job["metadata"]["name"]
@@ -276,6 +296,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             number=number, job_name=job_name, spec_hash=digest, rerun_token=token, start_time=now
         )
         st.progress = None
+        st.plan = admission.plan
         st.attempts = None
         st.reason = None
         for key in ("evaluation", "output", "last_checkpoint", "dataset"):
@@ -311,6 +332,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
                 st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation
             )
         RUNS.labels(result="started").inc()
+        record_estimated_cost(owner.namespace, owner.name, admission.plan)
         return True
 
     _write(ctx, body, mutate)
@@ -441,6 +463,8 @@ def observe(
         st.gpu_seconds = round(
             (st.gpu_seconds or 0.0) + gpu_seconds(view.start_time, st.run.completion_time, gpus), 1
         )
+        if st.plan is not None and st.plan.price_per_gpu_hour is not None:
+            st.plan.actual_cost = round(st.gpu_seconds / 3600 * st.plan.price_per_gpu_hour, 2)
         apply_phase(st, result.phase, result.reason, result.message, generation, now)
         final = (result.summary or {}).get("metrics") or {}
         if isinstance(final.get("step"), int) and final.get("total_steps"):
@@ -456,6 +480,7 @@ def observe(
         RUNS.labels(result="succeeded" if result.phase == Phase.SUCCEEDED else "failed").inc()
         if view.completion_time or (observed.phase == Phase.FAILED and result):
             STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))
+        record_estimated_cost(fresh["metadata"]["namespace"], fresh["metadata"]["name"], None)
         return True
 
     _write(ctx, body, mutate)

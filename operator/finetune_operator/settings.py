@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 GpuCheck = Literal["fail", "warn", "off"]
 SecretCheck = Literal["api", "pod"]
+LicenceCheck = Literal["fail", "warn"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class OperatorSettings:
     trainer_env: dict[str, str] = field(default_factory=dict)
     # Requested per pod that downloads a model or data without a model cache ("" requests nothing).
     download_ephemeral_storage: str = "20Gi"
+    allowed_licences: tuple[str, ...] = ()
+    unknown_licence: LicenceCheck = "warn"
+    default_gpu_product: str | None = None
+    gpu_prices: dict[str, float] = field(default_factory=dict)
 
     @property
     def api_timeouts(self) -> tuple[float, float]:
@@ -78,6 +85,14 @@ class OperatorSettings:
             download_ephemeral_storage=e.get(
                 "FTJ_DOWNLOAD_EPHEMERAL_STORAGE", base.download_ephemeral_storage
             ),
+            allowed_licences=tuple(
+                n.lower() for n in e.get("FTJ_ALLOWED_LICENCES", "").replace(",", " ").split() if n
+            ),
+            unknown_licence=_choice(
+                "FTJ_UNKNOWN_LICENCE", e.get("FTJ_UNKNOWN_LICENCE", "warn"), ("fail", "warn")
+            ),  # type: ignore[arg-type]
+            default_gpu_product=e.get("FTJ_GPU_PRODUCT") or None,
+            gpu_prices=_prices(e.get("FTJ_GPU_PRICES", "")),
         )
 
 
@@ -88,3 +103,25 @@ def _scrape_pod_ips(value: str, env: dict[str, str]) -> bool:
     if value not in ("true", "false"):
         raise ValueError(f"FTJ_SCRAPE_POD_IPS must be auto, true or false, not {value!r}")
     return value == "true"
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def _prices(text: str) -> dict[str, float]:
+    """``{"NVIDIA-H100-80GB-HBM3": 4.5, ...}``: price of one GPU-hour by product (chart value)."""
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"FTJ_GPU_PRICES must be a JSON object of product to price: {exc}") from exc
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in raw.values()
+    ):
+        raise ValueError("FTJ_GPU_PRICES must map GPU products to non-negative numbers")
+    return {str(k): float(v) for k, v in raw.items()}

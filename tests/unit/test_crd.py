@@ -61,4 +61,4 @@ def test_schema_is_structural():
 
 def test_printer_columns():
     cols = [c["name"] for c in crdgen.crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Model", "Method", "Progress", "Eval loss", "Reason", "Age"]
+    assert cols == ["Phase", "Model", "Method", "Progress", "Eval loss", "Reason", "Plan", "Est. cost", "Age"]

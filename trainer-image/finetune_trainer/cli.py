@@ -3,6 +3,7 @@
 ``ftj run JOB.yaml [--output DIR]`` builds the same trainer config the operator would render, with
 file:// and relative paths resolved against the manifest's directory, and runs the same trainer
 (CPU or a local GPU). ``ftj validate JOB.yaml`` checks, cleans and splits the data only.
+``ftj plan JOB.yaml`` estimates GPU memory, time and cost before any GPU is spent.
 """
 
 from __future__ import annotations
@@ -106,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     validate_parser = commands.add_parser("validate", help="check, clean and split the data; no training")
     validate_parser.add_argument("manifest", help="FineTuneJob YAML")
     validate_parser.add_argument("--json", action="store_true", help="print the data report as JSON")
+    plan_parser = commands.add_parser("plan", help="GPU memory, time and cost of a manifest, before any GPU")
+    plan_parser.add_argument("manifest", help="FineTuneJob YAML")
+    plan_parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan_parser.add_argument("--gpu", help="GPU product (nvidia.com/gpu.product label value), e.g. NVIDIA-L4")
+    plan_parser.add_argument("--price", type=float, help="price of one GPU-hour, for the cost estimate")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        from finetune_trainer.plan_cmd import plan_command
+
+        return plan_command(args.manifest, args.json, args.gpu, args.price)
     if args.command == "run":
         return run_command(args.manifest, args.output, args.metrics_port)
     from finetune_trainer.validate_cmd import validate_command

@@ -139,6 +139,16 @@ class ModelSpec(Model):
             "and retries; unset means each pod downloads into its own disk."
         ),
     )
+    licence: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$",
+        description=(
+            "The base model's licence (a Hub licence id such as apache-2.0 or llama3.1); unset means "
+            "the one the model card states. Checked against the operator's allowed licences and written "
+            "into the output model card."
+        ),
+    )
 
 
 class Splits(Model):
@@ -573,6 +583,14 @@ class ResourcesSpec(Model):
             "model or data is remote and no model cache is set, the operator requests its default."
         ),
     )
+    gpu_memory: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$",
+        description=(
+            "Memory of one GPU, e.g. 80Gi, for the memory plan; unset means the table entry for the "
+            "nvidia.com/gpu.product node selector, or the operator's default GPU product."
+        ),
+    )
 
 
 class SecretsSpec(Model):
@@ -586,6 +604,16 @@ class SecretsSpec(Model):
             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, "
             "AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...) and files (a key gcs-key.json is "
             "a GCS service-account key)."
+        ),
+    )
+
+
+class AdmissionSpec(Model):
+    memory_check: Literal["fail", "warn", "off"] = Field(
+        default="warn",
+        description=(
+            "What a DoesNotFit memory plan does before any Job is created: fail the FineTuneJob "
+            "(reason DoesNotFit), warn with an Event, or nothing."
         ),
     )
 
@@ -613,6 +641,10 @@ class FineTuneJobSpec(TrainingSpec):
             "ServiceAccount of the trainer pods, for workload identity (IRSA, GKE or Azure Workload "
             "Identity); its token is mounted only when this is set. Grant it no Kubernetes RBAC."
         ),
+    )
+    # Optional with no default object, so that adding it changes no stored object's defaulted spec.
+    admission: AdmissionSpec | None = Field(
+        default=None, description="Checks made before a GPU is spent (the memory plan); unset: warn."
     )
     suspend: bool = Field(default=False, description="Suspend the run; setting it back to false resumes it.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries after retriable failures.")
