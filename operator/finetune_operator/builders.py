@@ -122,6 +122,14 @@ def resolve(spec: FineTuneJobSpec) -> Resolved:
     if spec.dataset.splits.test_source is not None:
         test, m = resolve_source(spec.dataset.splits.test_source, "", f"{c.DATASET_MOUNT}/test", "test")
         mounts += m
+    extra: dict[str, str | None] = {}
+    for role, source in (
+        ("review", spec.evaluation.review_prompts_source),
+        ("regression", spec.evaluation.regression_set.source if spec.evaluation.regression_set else None),
+    ):
+        if source is not None:
+            extra[role], m = resolve_source(source, "", f"{c.DATASET_MOUNT}/{role}", role)
+            mounts += m
     out = spec.output.source
     if out is not None and out.pvc is not None:
         vol = {
@@ -135,7 +143,15 @@ def resolve(spec: FineTuneJobSpec) -> Resolved:
         output = out.uri.removeprefix("file://")
     else:
         output = c.OUTPUT_MOUNT
-    paths = Paths(model=model_path, dataset=data_path, validation=validation, test=test, output=output)
+    paths = Paths(
+        model=model_path,
+        dataset=data_path,
+        validation=validation,
+        test=test,
+        review_prompts=extra.get("review"),
+        regression=extra.get("regression"),
+        output=output,
+    )
     return Resolved(paths=paths, mounts=_merge_mounts(mounts))
 
 
@@ -152,17 +168,22 @@ def _merge_mounts(mounts: list[Mount]) -> tuple[Mount, ...]:
     return tuple(by_path.values())
 
 
-def trainer_config(owner: Owner, spec: FineTuneJobSpec, run: int) -> TrainerConfig:
+def trainer_config(
+    owner: Owner, spec: FineTuneJobSpec, run: int, allowed_licences: tuple[str, ...] = ()
+) -> TrainerConfig:
     return TrainerConfig(
         job=JobRef(name=owner.name, namespace=owner.namespace, uid=owner.uid, run=run),
         spec=spec.training(),
         paths=resolve(spec).paths,
         metrics_port=c.METRICS_PORT,
+        allowed_licences=list(allowed_licences),
     )
 
 
-def build_configmap(owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str) -> dict[str, Any]:
-    config = trainer_config(owner, spec, run)
+def build_configmap(
+    owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, allowed_licences: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    config = trainer_config(owner, spec, run, allowed_licences)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -380,7 +401,7 @@ def build_children(
     owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     """Everything a run needs, in creation order (the Job last, so its inputs exist first)."""
-    children = [build_configmap(owner, spec, run, spec_hash)]
+    children = [build_configmap(owner, spec, run, spec_hash, settings.allowed_licences)]
     if needs_service(spec):
         children.append(build_service(owner, run, spec_hash))
     children.append(build_job(owner, spec, run, spec_hash, settings))

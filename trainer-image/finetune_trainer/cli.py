@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from finetune_trainer.contract import ExitCode, decode_summary
-from finetune_trainer.spec import FineTuneJobSpec, JobRef, Paths, Source, TrainerConfig
+from finetune_trainer.spec import FineTuneJobSpec, JobRef, Source, TrainerConfig
 
 
 def local_source(source: Source | None, base_dir: Path, field: str) -> str | None:
@@ -53,13 +53,7 @@ def build_config(
         model = local_source(spec.model.source, base_dir, "spec.model.source") or model
     elif (base_dir / model).exists():
         model = str(base_dir / model)
-    paths = Paths(
-        model=model,
-        dataset=data_paths.dataset,
-        validation=data_paths.validation,
-        test=data_paths.test,
-        output=str(Path(out_dir).resolve()),
-    )
+    paths = data_paths.model_copy(update={"model": model, "output": str(Path(out_dir).resolve())})
     config = TrainerConfig(
         job=JobRef(name=name, namespace="local"),
         spec=spec.training(),

@@ -139,6 +139,7 @@ def model_card(
     data_report: dict[str, Any],
     evaluation: dict[str, Any],
     summary_metrics: dict[str, Any],
+    licence: str | None = None,
 ) -> str:
     spec = config.spec
     files = data_report.get("files", [])
@@ -146,6 +147,7 @@ def model_card(
         "---",
         "library_name: " + ("peft" if spec.method != "full" else "transformers"),
         f"base_model: {spec.model.name}",
+        *([f"license: {licence}"] if licence else []),
         "tags: [finetune-operator, " + f"{spec.task}, {spec.objective}, {spec.method}]",
         "---",
         "",

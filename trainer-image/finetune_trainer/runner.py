@@ -47,6 +47,7 @@ class RunRecord:
     output_uri: str | None = None
     checkpoint: dict[str, Any] | None = None
     storage: Any = None  # the run's RunStorage once the stages built it (knows the synced checkpoints)
+    licence: str | None = None
 
 
 def load_config(path: str | Path) -> TrainerConfig:
@@ -172,7 +173,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -> str | None:
     from transformers import EarlyStoppingCallback, set_seed
 
-    from finetune_trainer import evaluation, outputs
+    from finetune_trainer import evaluation, licence, outputs, review
     from finetune_trainer.callbacks import (
         FiniteLossGuard,
         LossNotFinite,
@@ -212,6 +213,10 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     world = init_distributed(use_deepspeed=use_deepspeed)
     main = world.rank == 0
     tokenizer = load_tokenizer(spec, paths.model)
+    record.licence = licence.model_licence(spec.model.licence, paths.model)
+    refused = licence.not_allowed(record.licence, config.allowed_licences)
+    if refused:
+        raise Failure(ExitCode.INVALID_CONFIG, refused)
     _add_token_stats(data, tokenizer, spec.hyperparameters.max_sequence_length)
     record.dataset = dataset_summary(data.report)
     if main:
@@ -244,11 +249,14 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     trainer = recipe.build(ctx)
     _quiet_printer(trainer)
     tests = evaluation.test_records(spec, data.test)
+    checks = review.AfterTrainingChecks.prepare(spec, paths, data, tokenizer)
     base: dict[str, float] = {}
-    if spec.evaluation.compare_base and tests and not use_deepspeed:
+    if not use_deepspeed:  # the base is measured before training; ZeRO shards it (issue: base under DS)
         record.stage = "evaluate-base"
-        base = evaluation.evaluate(trainer, recipe, ctx, tests, "base")
-        log.info("base model on the test split: %s", _rounded(base))
+        if spec.evaluation.compare_base and tests:
+            base = evaluation.evaluate(trainer, recipe, ctx, tests, "base")
+            log.info("base model on the test split: %s", _rounded(base))
+        checks.measure(trainer, recipe, ctx, "base")
 
     if spec.early_stopping.enabled and data.validation:
         # Added after the base evaluation, which reports no eval_loss for it to judge.
@@ -276,20 +284,25 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     if base:
         record.evaluation.update({"base": base, "delta": evaluation.delta(tuned, base)})
     log.info("tuned model on the test split: %s", _rounded(tuned))
+    checks.measure(trainer, recipe, ctx, "tuned")
+    record.evaluation.update(checks.summary())
 
     record.stage = "save"
     saved = outputs.save_model(trainer, tokenizer, output, spec)
     if main:
         if spec.output.merge_adapter and spec.method != "full":
             outputs.save_merged(spec, paths.model, saved, tokenizer, output, data.labels)
+        checks.write(output)
         outputs.write_json(output / "evaluation.json", record.evaluation)
         outputs.write_json(output / "training_log.json", trainer.state.log_history)
-        card = outputs.model_card(config, data.report, record.evaluation, record.metrics)
+        card = outputs.model_card(config, data.report, record.evaluation, record.metrics, record.licence)
         (output / "README.md").write_text(card, encoding="utf-8")
         record.stage = "upload"
         record.output_uri = storage.publish() or record.output_uri
 
-    gate = evaluation.apply_gate(spec.evaluation.quality_gate, tuned)
+    gate = evaluation.apply_gate(spec.evaluation.quality_gate, tuned) or review.regression_gate(
+        spec.evaluation.regression_set, record.evaluation.get("regression", {})
+    )
     if gate:
         raise Failure(ExitCode.QUALITY_GATE_FAILED, gate)
     return None

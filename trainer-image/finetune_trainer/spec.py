@@ -356,6 +356,21 @@ class QualityGate(Model):
     max: float | None = Field(default=None, description="The run fails with QualityGateFailed above this.")
 
 
+class RegressionSet(Model):
+    """A general-ability set measured on the base and the tuned model: the forgetting check."""
+
+    source: Source = Field(description="The file (same record format as the training data).")
+    max_regression: float | None = Field(
+        default=None,
+        gt=0.0,
+        description=(
+            "Fail the run (QualityGateFailed, exit 4) when the tuned model's loss on this set is more than "
+            "this fraction above the base model's (0.1 = 10%); unset only reports it."
+        ),
+    )
+    max_samples: int = Field(default=200, ge=1, le=100000, description="Records of the set evaluated.")
+
+
 class EvaluationSpec(Model):
     eval_steps: int | None = Field(
         default=None, ge=1, description="Validate every N steps; unset means once per epoch."
@@ -370,6 +385,22 @@ class EvaluationSpec(Model):
     max_test_samples: int | None = Field(default=None, ge=1, description="Cap on test records evaluated.")
     quality_gate: QualityGate | None = Field(
         default=None, description="Fail the run when a test metric misses."
+    )
+    review_prompts: list[Annotated[str, Field(min_length=1, max_length=4000)]] | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "Prompts whose base and tuned generations are saved to review_samples.jsonl for a person to read "
+            "before deployment (causal-lm). Unset: a small built-in set of prompts a model should refuse; "
+            "an empty list: none."
+        ),
+    )
+    review_prompts_source: Source | None = Field(
+        default=None,
+        description='A JSONL file of review prompts ({"prompt": ...} per line), added to reviewPrompts.',
+    )
+    regression_set: RegressionSet | None = Field(
+        default=None, description="Forgetting check: base vs tuned loss on a general-ability set."
     )
 
 
@@ -674,6 +705,8 @@ class Paths(Model):
     dataset: str = Field(description="Training data file.")
     validation: str | None = Field(default=None, description="Explicit validation file.")
     test: str | None = Field(default=None, description="Explicit test file.")
+    review_prompts: str | None = Field(default=None, description="Review prompts file.")
+    regression: str | None = Field(default=None, description="Regression (forgetting check) file.")
     output: str = Field(description="Output directory.")
 
 
@@ -686,3 +719,7 @@ class TrainerConfig(Model):
     paths: Paths
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="Prometheus port; 0 disables it.")
     termination_log: str = Field(default="/dev/termination-log", description="Where the exit summary goes.")
+    allowed_licences: list[str] = Field(
+        default_factory=list,
+        description="Licences the base model may have (the operator's setting); empty allows any.",
+    )

@@ -94,6 +94,14 @@ def resolve_paths(spec: FineTuneJobSpec, manifest_path: str | Path, output: str)
         dataset=dataset,
         validation=local_file(splits.validation_source, base, "spec.dataset.splits.validationSource"),
         test=local_file(splits.test_source, base, "spec.dataset.splits.testSource"),
+        review_prompts=local_file(
+            spec.evaluation.review_prompts_source, base, "spec.evaluation.reviewPromptsSource"
+        ),
+        regression=local_file(
+            spec.evaluation.regression_set.source if spec.evaluation.regression_set else None,
+            base,
+            "spec.evaluation.regressionSet.source",
+        ),
         output=output,
     )
 
