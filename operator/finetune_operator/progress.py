@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from finetune_operator import constants as c
 from finetune_operator.constants import ConditionType, Reason
 from finetune_operator.models import FineTuneJobStatus, Metrics, Progress
-from finetune_operator.status import condition, set_condition
+from finetune_operator.status import condition, parse_time, set_condition
 from finetune_trainer.contract import METRICS_PREFIX, Metric
 
 
@@ -125,7 +125,7 @@ def apply_progress(
     )
     stalled = False
     if heartbeat:
-        last = datetime.strptime(heartbeat, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        last = parse_time(heartbeat)
         stalled = (now - last).total_seconds() > stall_timeout_seconds
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     current = condition(status, ConditionType.STALLED)

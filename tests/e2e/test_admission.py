@@ -106,7 +106,7 @@ def test_licence_not_allowed_gets_no_job(licensed_operator, kube_api):
             "spec": deep_merge(BASE_SPEC, {"model": model}),
         }
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-    refused = Ftj(kube_api, ns, "llama").wait_phase("Failed")
+    refused = Ftj(kube_api, ns, "llama").wait_phase("Failed", timeout=180)
     assert (
         refused["reason"] == "LicenceNotAllowed" and "'llama3.1' (spec.model.licence)" in refused["message"]
     )

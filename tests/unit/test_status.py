@@ -190,3 +190,13 @@ def test_a_run_whose_pods_are_gone_says_its_summary_was_lost():
     assert ok.phase == Phase.SUCCEEDED and ok.reason == Reason.SUMMARY_LOST and "lost" in ok.message
     failed = summary_lost(outcome(Observed(Phase.FAILED, "BackoffLimitExceeded", "too many"), None, None))
     assert failed.reason == "BackoffLimitExceeded" and "lost" in failed.message
+
+
+def test_gpu_seconds_reads_both_forms_of_an_rfc3339_time():
+    """Jobs read through the client serialise times as +00:00, watch events as Z: a resume after a
+    run finished during operator downtime crashed on the former (60 s of kopf backoff per object)."""
+    from finetune_operator.status import gpu_seconds
+
+    assert gpu_seconds("2026-11-29T08:00:00Z", "2026-11-29T08:01:00Z", 2) == 120.0
+    assert gpu_seconds("2026-11-29T08:00:00+00:00", "2026-11-29T08:01:00+00:00", 2) == 120.0
+    assert gpu_seconds("2026-11-29T08:00:00Z", "2026-11-29T08:00:30+00:00", 1) == 30.0
