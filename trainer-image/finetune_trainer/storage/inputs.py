@@ -34,6 +34,8 @@ DATA_FIELDS = {
     "dataset": "spec.dataset.source.uri",
     "validation": "spec.dataset.splits.validationSource.uri",
     "test": "spec.dataset.splits.testSource.uri",
+    "review_prompts": "spec.evaluation.reviewPromptsSource.uri",
+    "regression": "spec.evaluation.regressionSet.source.uri",
 }
 
 
