@@ -424,6 +424,125 @@ def wait_until(
     return False
 
 
+def build_direct_children(name: str, namespace: str, harness: ModuleType) -> list[dict[str, Any]]:
+    """The ConfigMap and Job the operator would create for ``name``, built by its own builders, without
+    an owner (an owner that does not exist would make the garbage collector delete them)."""
+    from finetune_operator.builders import Owner, build_children
+    from finetune_operator.naming import spec_hash
+    from finetune_operator.settings import OperatorSettings
+    from finetune_trainer.spec import FineTuneJobSpec
+
+    raw = ftj_body(name, harness)["spec"]
+    settings = OperatorSettings(trainer_image="registry.local/finetune-trainer:test")
+    owner = Owner(name=name, namespace=namespace, uid="")
+    children = build_children(owner, FineTuneJobSpec.model_validate(raw), 1, spec_hash(raw), settings)
+    for child in children:
+        child["metadata"].pop("ownerReferences", None)
+    return children
+
+
+def direct_baseline(
+    api: Any, harness: ModuleType, count: int, threads: int, timeout: float
+) -> dict[str, Any]:
+    """The API server's own ceiling on this machine, now: the same ConfigMaps and Jobs created directly
+    with the same client concurrency, timed to the Job's ADDED event on a watch, as for the operator."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    namespace = f"bench-direct-{os.getpid()}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    rec = Recorder()
+    stop, ready = threading.Event(), threading.Event()
+    threading.Thread(
+        target=watch_forever,
+        args=(
+            batch.list_namespaced_job,
+            (namespace,),
+            {"label_selector": LABEL_JOB},
+            rec.on_job,
+            stop,
+            ready,
+        ),
+        daemon=True,
+    ).start()
+    ready.wait(30)
+    time.sleep(1)
+    names = [f"d{i:05d}" for i in range(count)]
+    manifests = {n: build_direct_children(n, namespace, harness) for n in names}
+    creators = {"ConfigMap": core.create_namespaced_config_map, "Job": batch.create_namespaced_job}
+
+    def create(name: str) -> None:
+        with rec.lock:
+            rec.created[name] = time.monotonic()
+        for child in manifests[name]:
+            for attempt in range(5):
+                try:
+                    creators[child["kind"]](namespace, child)
+                    break
+                except client.ApiException as exc:
+                    if exc.status not in (429, 500, 503) or attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+    say(f"direct baseline: {count} ConfigMaps + Jobs with {threads} threads")
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, names))
+    ok = wait_until(lambda: len(rec.job_added) >= count, timeout, "every direct Job")
+    t_jobs = max(rec.job_added.values(), default=time.monotonic())
+    stop.set()
+    latency = [rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added]
+    with contextlib.suppress(Exception):
+        core.delete_namespace(namespace, propagation_policy="Background")
+    wait_until(lambda: not _exists(lambda: core.read_namespace(namespace)), 300, "the direct namespace gone")
+    return {
+        "complete": ok,
+        "jobs_per_s": round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2),
+        "create_to_job_seconds": stats(latency),
+    }
+
+
+def create_unrelated_jobs(api: Any, namespace: str, count: int, threads: int) -> float:
+    """Suspended Jobs without the operator's labels (no pods): a server-side selector must hide them."""
+    from kubernetes import client
+
+    batch = client.BatchV1Api(api)
+
+    def create(i: int) -> None:
+        body = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": f"unrelated-{i:05d}", "labels": {"app": "someone-else"}},
+            "spec": {
+                "suspend": True,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "registry.local/other:1"}],
+                    }
+                },
+            },
+        }
+        for attempt in range(5):
+            try:
+                batch.create_namespaced_job(namespace, body)
+                return
+            except client.ApiException as exc:
+                if exc.status not in (429, 500, 503) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, range(count)))
+    return round(time.monotonic() - t0, 1)
+
+
+def phase_count(metrics_text: str, phase: str) -> int:
+    m = re.search(rf'^finetune_operator_jobs\{{phase="{phase}"\}} (\S+)$', metrics_text, re.M)
+    return int(float(m.group(1))) if m else 0
+
+
 def main() -> int:
     global QUIET
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -437,6 +556,9 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=None, help="per-phase timeout (default 120 + 1.2 s/job)")
     p.add_argument("--keep-log", action="store_true", help="keep the operator log (path in the report)")
     p.add_argument("--py-spy", metavar="PATH", help="profile the operator with this py-spy (adds overhead)")
+    p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
+    p.add_argument("--unrelated-jobs", type=int, default=0, help="unrelated Jobs in the namespace first")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the restart over the finished jobs")
     args = p.parse_args()
     QUIET = args.json_only
     phase_timeout = args.timeout or 120 + 1.2 * args.count
@@ -464,7 +586,7 @@ def main() -> int:
     namespace = f"bench-{os.getpid()}"
     stop = threading.Event()
     op: Any = None
-    report: dict[str, Any] = {"count": args.count}
+    report: dict[str, Any] = {"count": args.count, "load_average_start": list(os.getloadavg())}
     try:
         kubectl = str(tools.ensure_tools() / "kubectl")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -486,6 +608,15 @@ def main() -> int:
             )
             capacity = _pod_capacity(core, namespace)
         report["pod_capacity_for_bench"] = capacity
+
+        if not args.no_direct:
+            report["direct"] = direct_baseline(api, harness, args.count, args.threads, phase_timeout)
+        if args.unrelated_jobs:
+            say(f"creating {args.unrelated_jobs} unrelated Jobs")
+            report["unrelated_jobs"] = {
+                "count": args.unrelated_jobs,
+                "create_seconds": create_unrelated_jobs(api, namespace, args.unrelated_jobs, args.threads),
+            }
 
         op_env = {"FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}"}
         if args.max_workers:
@@ -636,6 +767,34 @@ def main() -> int:
         events_end = event_sources(core, namespace)
         sampler.stop_event.set()
         op_metrics = operator_metrics(op.metrics())
+        rss_peak_run = sampler.peak_rss
+
+        cold: dict[str, Any] | None = None
+        if not args.no_cold_start:
+            say(f"cold start: a new operator over {args.count} existing FineTuneJobs")
+            op.kill(signal.SIGTERM)
+            cold_before = ApiServerMetrics(api).writes()
+            t_cold = time.monotonic()
+            op = harness.OperatorProcess(
+                kubeconfig, [namespace], workdir / "operator-cold.log", op_env
+            ).start()
+            cold_sampler = ProcSampler(op.proc.pid)
+            cold_sampler.start()
+            caught_up = wait_until(
+                lambda: phase_count(op.metrics(), "Succeeded") >= args.count,
+                phase_timeout,
+                "the restarted operator to resume every FineTuneJob",
+            )
+            cold_seconds = time.monotonic() - t_cold
+            time.sleep(5)  # writes a resume would make land within a few seconds
+            cold_writes = diff_writes(ApiServerMetrics(api).writes(), cold_before)
+            cold_sampler.stop_event.set()
+            cold = {
+                "caught_up": caught_up,
+                "seconds_to_caught_up": round(cold_seconds, 1),
+                "operator_writes": {r: v for r, v in cold_writes.items() if r in OPERATOR_RESOURCES},
+                "rss_peak_mib": round(cold_sampler.peak_rss / (1024 * 1024), 1),
+            }
 
         n = args.count
         created_to_job = [rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added]
@@ -662,8 +821,24 @@ def main() -> int:
         idle_op = {r: v for r, v in idle_writes.items() if r in OPERATOR_RESOURCES}
         idle_kopf_events = by_source(events_end, "kopf") - by_source(events_done, "kopf")
         mib = 1024 * 1024
+        direct = report.get("direct") or {}
+        operator_rate = round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2)
         report.update(
             {
+                # Stable keys, compared across runs (issue 11).
+                "direct_jobs_per_s": direct.get("jobs_per_s"),
+                "operator_jobs_per_s": operator_rate,
+                "ratio_operator_to_direct": round(operator_rate / direct["jobs_per_s"], 2)
+                if direct.get("jobs_per_s")
+                else None,
+                "direct_create_to_job_p50_s": (direct.get("create_to_job_seconds") or {}).get("p50"),
+                "direct_create_to_job_p99_s": (direct.get("create_to_job_seconds") or {}).get("p99"),
+                "operator_create_to_job_p50_s": stats(created_to_job).get("p50"),
+                "operator_create_to_job_p99_s": stats(created_to_job).get("p99"),
+                "operator_writes_per_job": round((op_total + op_events) / n, 2),
+                "rss_peak_mib": round(rss_peak_run / mib, 1),
+                "cold_start": cold,
+                "load_average_end": [round(x, 2) for x in os.getloadavg()],
                 "cluster": "own (ftj-bench)" if own else str(kubeconfig),
                 "operator_env": op_env,
                 "complete": {"jobs": jobs_ok, "running": running_ok, "succeeded": done_ok},

@@ -160,13 +160,20 @@ class Demo:
             "--timeout=120s",
         )
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         pidfile = self.work / f"{name}.pid"
         if pidfile.exists():
             with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 os.killpg(int(pidfile.read_text()), signal.SIGTERM)
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
         pidfile.write_text(str(proc.pid))
         return proc
 
@@ -210,6 +217,8 @@ class Demo:
                 "--namespace",
                 self.namespace,
             ],
+            # The dev runtime's "pods" are local processes that announce their loopback endpoint.
+            env={"FTJ_DEV_METRICS_ENDPOINTS": "true"},
         )
         try:
             say(f"kubectl apply -f {QUICKSTART.relative_to(REPO)}")

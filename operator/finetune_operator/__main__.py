@@ -18,6 +18,7 @@ from finetune_operator.handlers import register
 from finetune_operator.kube import Kube, load_api_client
 from finetune_operator.metrics import PhaseBook, serve
 from finetune_operator.reconcile import Context
+from finetune_operator.sanitize import clean_text
 from finetune_operator.settings import OperatorSettings
 
 
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube(api)
 
     def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=message[:1000])
+        kopf.event(
+            cast(kopf.Body, obj), type=kind, reason=clean_text(reason, 128), message=clean_text(message)
+        )
 
     ctx = Context(kube=kube, settings=config, phases=PhaseBook(), post_event=post_event)
     clusterwide = args.all_namespaces or not namespaces
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # No handler needs a finalizer (children are owned; progress comes from one loop, not timers).
+        # Naming the old one makes kopf remove it from objects that older versions marked.
         settings.persistence.finalizer = f"{c.GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{c.GROUP}")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -13,10 +13,10 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
-from finetune_operator.constants import Phase
 from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
-from finetune_operator.reconcile import Context, on_job_event, reconcile, refresh_progress
+from finetune_operator.progress_loop import ProgressLoop
+from finetune_operator.reconcile import Context, on_job_event, reconcile
 from finetune_operator.resync import ResyncLoop
 from finetune_operator.settings import OperatorSettings
 
@@ -42,10 +42,6 @@ def _timed(name: str, fn: Callable[[], None], retry: int = 0) -> None:
         raise kopf.TemporaryError(f"API unreachable: {exc}", delay=retry_delay(retry)) from exc
     finally:
         HANDLER_DURATION.labels(handler=name).observe(time.perf_counter() - start)
-
-
-def _running(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") == Phase.RUNNING
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
@@ -76,17 +72,17 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         deleted = event.get("type") == "DELETED"
         _timed("job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
 
-    @kopf.timer(
-        c.GROUP,
-        c.VERSION,
-        c.PLURAL,
-        interval=settings.progress_interval_seconds,
-        when=_running,
-        registry=registry,
-    )
-    def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        ctx: Context = memo["ctx"]
-        _timed("progress", lambda: refresh_progress(ctx, _plain(body)))
+    @kopf.on.startup(registry=registry)
+    async def start_progress_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+        """One loop for every Running FineTuneJob instead of a timer per object: no finalizer."""
+        loop = ProgressLoop(memo["ctx"], kwargs["finetunejobs"])
+        memo["progress_loop"] = asyncio.create_task(loop.run(), name="progress loop")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_progress_loop(memo: kopf.Memo, **_: Any) -> None:
+        task: asyncio.Task[None] | None = memo.get("progress_loop")
+        if task is not None:
+            task.cancel()
 
 
 def register_safety_net(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:

@@ -1,75 +1,13 @@
-"""Mirror the rank-0 trainer's Prometheus metrics into status while a run is Running."""
+"""Fold the rank-0 trainer's metrics into status while a run is Running (pure; scrape.py reads them)."""
 
 from __future__ import annotations
 
-import urllib.request
 from datetime import UTC, datetime
-from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from finetune_operator import constants as c
 from finetune_operator.constants import ConditionType, Reason
 from finetune_operator.models import FineTuneJobStatus, Metrics, Progress
 from finetune_operator.status import condition, parse_time, set_condition
-from finetune_trainer.contract import METRICS_PREFIX, Metric
-
-
-class ScrapeError(RuntimeError):
-    pass
-
-
-def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The running pod with completion index 0 (or the only running pod)."""
-    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-    for pod in running:
-        ann = (pod.get("metadata") or {}).get("annotations") or {}
-        if str(ann.get(c.LABEL_COMPLETION_INDEX, "0")) == "0":
-            return pod
-    return None
-
-
-def endpoint_of(pod: dict[str, Any], use_pod_ip: bool = True) -> str | None:
-    """Where the trainer serves /metrics: an explicit annotation (dev runtime) or podIP:9400.
-
-    Pod IPs are only reachable from inside the cluster, so an operator running elsewhere (a laptop,
-    the test suite) scrapes annotated endpoints only and never sends traffic to pod addresses.
-    """
-    ann = (pod.get("metadata") or {}).get("annotations") or {}
-    if ann.get(c.ANNOTATION_METRICS_ENDPOINT):
-        return str(ann[c.ANNOTATION_METRICS_ENDPOINT])
-    ip = (pod.get("status") or {}).get("podIP")
-    return f"http://{ip}:{c.METRICS_PORT}/metrics" if ip and use_pod_ip else None
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Contract metrics by short name; memory_bytes is the largest over devices."""
-    values: dict[str, float] = {}
-    wanted = set(Metric.ALL)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name = sample.name
-            if not name.startswith(METRICS_PREFIX):
-                continue
-            short = name[len(METRICS_PREFIX) :]
-            if short.endswith("_total") and short not in wanted:
-                short = short.removesuffix("_total")
-            if short not in wanted:
-                continue
-            if short == Metric.MEMORY_BYTES:
-                values[short] = max(values.get(short, 0.0), float(sample.value))
-            else:
-                values[short] = float(sample.value)
-    return values
-
-
-def scrape(url: str, timeout: float) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError as exc:
-        raise ScrapeError(f"{url}: {exc}") from exc
-    return parse_metrics(text)
+from finetune_trainer.contract import Metric
 
 
 def _finite(value: float | None) -> float | None:

@@ -32,7 +32,6 @@ from finetune_operator.metrics import (
 )
 from finetune_operator.models import FineTuneJobStatus, PlanStatus, Progress, RunStatus
 from finetune_operator.naming import run_name, spec_hash
-from finetune_operator.progress import ScrapeError, apply_progress, endpoint_of, rank0_pod, scrape
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import (
     JobView,
@@ -341,6 +340,8 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
 def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: FineTuneJobStatus) -> None:
     """Same run as before: follow suspend/resume and refresh the phase from the Job."""
     assert status.run is not None
+    if status.phase in Phase.TERMINAL and status.run.completion_time:
+        return  # finished and recorded: a restart over thousands of these costs no API call
     ns = body["metadata"]["namespace"]
     job = ctx.kube.get_job(ns, status.run.job_name)
     if job is None:
@@ -553,41 +554,3 @@ def on_job_event(
         if len(ctx.seen_jobs) > 8192:
             ctx.seen_jobs.clear()
         ctx.seen_jobs[key] = fingerprint
-
-
-def refresh_progress(ctx: Context, body: dict[str, Any]) -> None:
-    """Timer body while Running: scrape rank 0 and mirror progress; flag a stall."""
-    status = _parse_status(body)
-    if status.run is None or status.phase != Phase.RUNNING:
-        return
-    spec_timeout = int((body.get("spec") or {}).get("stallTimeoutSeconds") or 900)
-    job_key = f"{body['metadata']['namespace']}/{status.run.job_name}"
-    with ctx.lock:
-        cached = ctx.endpoints.get(job_key)
-    url = cached[1] if cached else None
-    if url is None:
-        pods = ctx.kube.job_pods(body["metadata"]["namespace"], status.run.job_name)
-        pod = rank0_pod(pods)
-        url = endpoint_of(pod, ctx.settings.scrape_pod_ips) if pod else None
-        if url is None or pod is None:
-            return
-        with ctx.lock:
-            ctx.endpoints[job_key] = (pod["metadata"]["name"], url)
-    try:
-        values = scrape(url, ctx.settings.scrape_timeout_seconds)
-    except ScrapeError as exc:
-        log.debug("scrape failed: %s", exc)
-        with ctx.lock:
-            ctx.endpoints.pop(job_key, None)  # the pod may have been replaced: look it up again
-        values = {}
-    job_name = status.run.job_name
-    generation = body["metadata"].get("generation")
-
-    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
-        if st.run is None or st.run.job_name != job_name or st.phase != Phase.RUNNING:
-            return False
-        before = st.wire()
-        apply_progress(st, values, datetime.now(UTC), spec_timeout, generation)
-        return st.wire() != before
-
-    _write(ctx, body, mutate)

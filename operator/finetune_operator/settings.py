@@ -31,6 +31,8 @@ class OperatorSettings:
     resync_interval_seconds: float = 60.0
     resync_concurrency: int = 4
     api_read_timeout_seconds: float = 30.0
+    scrape_concurrency: int = 8
+    dev_metrics_endpoints: bool = False
     history_limit: int = 5
     max_workers: int = 32
     scrape_pod_ips: bool = True
@@ -71,6 +73,9 @@ class OperatorSettings:
             metrics_port=int(e.get("FTJ_METRICS_PORT", base.metrics_port)),
             health_port=int(e.get("FTJ_HEALTH_PORT", base.health_port)),
             progress_interval_seconds=float(e.get("FTJ_PROGRESS_INTERVAL", base.progress_interval_seconds)),
+            scrape_timeout_seconds=float(e.get("FTJ_SCRAPE_TIMEOUT", base.scrape_timeout_seconds)),
+            scrape_concurrency=int(e.get("FTJ_SCRAPE_CONCURRENCY", base.scrape_concurrency)),
+            dev_metrics_endpoints=_flag("FTJ_DEV_METRICS_ENDPOINTS", e),
             history_limit=int(e.get("FTJ_HISTORY_LIMIT", base.history_limit)),
             resync_interval_seconds=float(e.get("FTJ_RESYNC_INTERVAL", base.resync_interval_seconds)),
             resync_concurrency=int(e.get("FTJ_RESYNC_CONCURRENCY", base.resync_concurrency)),
@@ -125,3 +130,10 @@ def _prices(text: str) -> dict[str, float]:
     ):
         raise ValueError("FTJ_GPU_PRICES must map GPU products to non-negative numbers")
     return {str(k): float(v) for k, v in raw.items()}
+
+
+def _flag(name: str, env: dict[str, str]) -> bool:
+    value = env.get(name, "false")
+    if value not in ("true", "false"):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return value == "true"

@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from finetune_operator.constants import ConditionType, Phase, Reason
 from finetune_operator.models import Condition, FineTuneJobStatus, HistoryEntry, Metrics
+from finetune_operator.sanitize import clean_summary, clean_text, trainer_reason
 from finetune_trainer.contract import SummaryError, decode_summary, meaning_of
 
 MESSAGE_LIMIT = 1024
@@ -153,7 +154,7 @@ def outcome(observed: Observed, exit_code: int | None, message: str | None) -> O
     problem = ""
     if message:
         try:
-            summary = decode_summary(message)
+            summary = clean_summary(decode_summary(message))
         except SummaryError as exc:
             problem = str(exc)
     if observed.phase == Phase.SUCCEEDED:
@@ -163,14 +164,14 @@ def outcome(observed: Observed, exit_code: int | None, message: str | None) -> O
     reason = observed.reason
     text = observed.message
     if summary and summary.get("reason"):
-        reason = str(summary["reason"])
+        reason = trainer_reason(summary["reason"], exit_code)
         text = str(summary.get("message") or meaning_of(exit_code or 1).description)
     elif exit_code is not None and exit_code != 0:
         meaning = meaning_of(exit_code)
         reason = meaning.reason
         text = f"{meaning.description} (exit code {exit_code})"
         if message and problem:
-            text += f"; last output: {message[-300:]}"
+            text += f"; last output: {clean_text(message[-300:], 300)}"
     return Outcome(Phase.FAILED, reason, text[:MESSAGE_LIMIT], summary)
 
 

@@ -45,6 +45,8 @@ class OperatorProcess:
         env = {
             **os.environ,
             "FTJ_PROGRESS_INTERVAL": "1",
+            # The operator runs outside the cluster: trainer endpoints are test servers on loopback.
+            "FTJ_DEV_METRICS_ENDPOINTS": "true",
             "FTJ_TRAINER_IMAGE": "registry.local/finetune-trainer:test",
             **self.env,
         }
@@ -169,3 +171,23 @@ class Ftj:
             )
             names.append(pod["metadata"]["name"])
         return names
+
+
+def create_ftj(
+    api: Any,
+    namespace: str,
+    name: str,
+    spec: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Ftj:
+    """Create a FineTuneJob from BASE_SPEC merged with ``spec`` (no operator needed)."""
+    from kubernetes import client
+
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {**(metadata or {}), "name": name},
+        "spec": deep_merge(BASE_SPEC, spec or {}),
+    }
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    return Ftj(api, namespace, name)

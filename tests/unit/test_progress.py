@@ -3,7 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from finetune_operator.models import FineTuneJobStatus
-from finetune_operator.progress import apply_progress, endpoint_of, parse_metrics
+from finetune_operator.progress import apply_progress
+from finetune_operator.scrape import parse_metrics
 from finetune_operator.status import condition
 from finetune_trainer.contract import Metric, metric_name
 
@@ -42,12 +43,3 @@ def test_progress_and_stall():
     moved = TEXT.replace(f"{metric_name(Metric.STEP)} 50", f"{metric_name(Metric.STEP)} 51")
     apply_progress(st, parse_metrics(moved), now + timedelta(seconds=950), 900, 1)
     assert condition(st, "Stalled").status == "False"
-
-
-def test_endpoint_annotation_wins_over_pod_ip():
-    pod = {
-        "metadata": {"annotations": {"finetuning.io/metrics-endpoint": "http://127.0.0.1:1/metrics"}},
-        "status": {"podIP": "10.0.0.1"},
-    }
-    assert endpoint_of(pod) == "http://127.0.0.1:1/metrics"
-    assert endpoint_of({"status": {"podIP": "10.0.0.1"}}) == "http://10.0.0.1:9400/metrics"

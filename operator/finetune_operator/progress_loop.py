@@ -1,0 +1,197 @@
+"""One operator-wide loop that mirrors trainer progress into status and flags stalls.
+
+Why not a kopf timer per FineTuneJob: kopf makes a finalizer mandatory for any resource with a
+timer or daemon, so every Running object could only be deleted while the operator was up (a
+stopped operator, ``helm uninstall`` or a namespace deletion left objects Terminating forever), and a
+timer costs a task per object. This loop walks the Running FineTuneJobs from the in-memory
+``finetunejobs`` index (no LIST per tick), scrapes with its own small concurrency and thread pool
+(so scrapes never take workers from reconciles), stops starting new scrapes when the sweep's
+deadline passes, and writes status only when something changed. It also removes finalizers left by
+older operator versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator import constants as c
+from finetune_operator.constants import Phase
+from finetune_operator.metrics import HANDLER_DURATION
+from finetune_operator.models import FineTuneJobStatus
+from finetune_operator.progress import apply_progress
+from finetune_operator.reconcile import Context, _write
+from finetune_operator.scrape import Endpoint, ScrapeError, endpoint_of, fetch, parse_metrics, rank0_pod
+
+log = logging.getLogger("finetune_operator.progress")
+
+# Finalizers older versions put on FineTuneJobs (their own, and kopf's default marker).
+LEGACY_FINALIZERS: tuple[str, ...] = (f"{c.GROUP}/finalizer", "kopf.zalando.org/KopfFinalizerMarker")
+DEFAULT_STALL_TIMEOUT = 900
+
+T = TypeVar("T")
+Index = Mapping[Any, Iterable[dict[str, Any]]]
+
+
+def snapshot(index: Index) -> list[dict[str, Any]]:
+    """Every FineTuneJob body in the index, taken in one go (the event loop mutates the index)."""
+    return [body for key in list(index) for body in list(index.get(key, ()))]
+
+
+def is_running(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    return status.get("phase") == Phase.RUNNING and bool((status.get("run") or {}).get("jobName"))
+
+
+def legacy_finalizers(body: dict[str, Any]) -> list[str]:
+    return [f for f in (body.get("metadata") or {}).get("finalizers") or [] if f in LEGACY_FINALIZERS]
+
+
+class ProgressLoop:
+    """Start with ``asyncio.create_task(loop.run())`` from an operator start-up handler."""
+
+    def __init__(self, ctx: Context, index: Index) -> None:
+        self.ctx = ctx
+        self.index = index
+        settings = ctx.settings
+        self.interval = settings.progress_interval_seconds
+        self.scrape_timeout = settings.scrape_timeout_seconds
+        self.concurrency = max(settings.scrape_concurrency, 1)
+        # A sweep never takes longer than its interval (or one scrape timeout, if that is longer).
+        self.sweep_deadline = max(self.interval, self.scrape_timeout)
+        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="progress")
+        self.endpoints: dict[tuple[str, str], Endpoint] = {}
+
+    async def run(self) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.sweep()
+                except Exception:
+                    log.exception("progress sweep failed; the next one starts on schedule")
+                await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.1))
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def sweep(self) -> dict[str, int]:
+        """One pass over the index; returns counts (for tests and logs)."""
+        started = time.monotonic()
+        bodies = snapshot(self.index)
+        running = [b for b in bodies if is_running(b)]
+        live = {_job_key(b) for b in running}
+        self.endpoints = {k: v for k, v in self.endpoints.items() if k in live}
+        legacy = [b for b in bodies if legacy_finalizers(b)]
+        deadline = started + self.sweep_deadline
+        counts = {"running": len(running), "refreshed": 0, "skipped": 0, "failed": 0, "unfinalized": 0}
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(coro_fn: Callable[[], Any], ok: str) -> None:
+            async with gate:
+                if time.monotonic() >= deadline:
+                    counts["skipped"] += 1
+                    return
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        await coro_fn()
+                    counts[ok] += 1
+                except TimeoutError:
+                    counts["skipped"] += 1
+                except Exception as exc:  # one object's trouble never stops the sweep
+                    counts["failed"] += 1
+                    log.warning("progress refresh failed: %s: %s", type(exc).__name__, str(exc)[:300])
+
+        tasks = [one(functools.partial(self.refresh, b), "refreshed") for b in running]
+        tasks += [one(functools.partial(self.unfinalize, b), "unfinalized") for b in legacy]
+        await asyncio.gather(*tasks)
+        HANDLER_DURATION.labels(handler="progress_sweep").observe(time.monotonic() - started)
+        if counts["skipped"] or counts["failed"]:
+            log.info("progress sweep incomplete", extra={"counts": counts})
+        return counts
+
+    async def _in_pool(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+
+    async def refresh(self, body: dict[str, Any]) -> None:
+        """Scrape one Running FineTuneJob's rank-0 trainer and fold the values into status."""
+        started = time.monotonic()
+        key = _job_key(body)
+        endpoint = self.endpoints.get(key)
+        if endpoint is None:
+            pods = await self._in_pool(lambda: self.ctx.kube.job_pods(key[0], key[1]))
+            pod = rank0_pod(pods)
+            settings = self.ctx.settings
+            endpoint = (
+                endpoint_of(pod, settings.scrape_pod_ips, settings.dev_metrics_endpoints) if pod else None
+            )
+            if endpoint is None:
+                return
+            self.endpoints[key] = endpoint
+        values: dict[str, float] = {}
+        try:
+            text = await fetch(endpoint, self.scrape_timeout)
+            values = await self._in_pool(lambda: parse_metrics(text))
+        except ScrapeError as exc:
+            log.debug("scrape failed: %s", exc)
+            self.endpoints.pop(key, None)  # the pod may have been replaced: look it up again
+        await self._in_pool(lambda: write_progress(self.ctx, body, values))
+        HANDLER_DURATION.labels(handler="progress").observe(time.monotonic() - started)
+
+    async def unfinalize(self, body: dict[str, Any]) -> None:
+        """The index shows the patched list on its next event, so each object is patched about once."""
+        await self._in_pool(lambda: remove_finalizers(self.ctx, body, LEGACY_FINALIZERS))
+
+
+def write_progress(ctx: Context, body: dict[str, Any], values: dict[str, float]) -> None:
+    """Mirror one scrape into status; nothing is written when nothing changed."""
+    status = FineTuneJobStatus.model_validate(body.get("status") or {})
+    if status.run is None:
+        return
+    job_name = status.run.job_name
+    stall_timeout = int((body.get("spec") or {}).get("stallTimeoutSeconds") or DEFAULT_STALL_TIMEOUT)
+    generation = body["metadata"].get("generation")
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.run is None or st.run.job_name != job_name or st.phase != Phase.RUNNING:
+            return False
+        if not values and st.progress is None:
+            return False  # nothing scraped yet and nothing to flag
+        before = st.wire()
+        apply_progress(st, values, datetime.now(UTC), stall_timeout, generation)
+        return st.wire() != before
+
+    _write(ctx, body, mutate)
+
+
+def remove_finalizers(ctx: Context, body: dict[str, Any], names: Iterable[str]) -> None:
+    """Drop ``names`` from the object's finalizers with a JSON patch guarded by a test of the list."""
+    meta = body["metadata"]
+    current = list(meta.get("finalizers") or [])
+    keep = [f for f in current if f not in set(names)]
+    if keep == current:
+        return
+    patch = [
+        {"op": "test", "path": "/metadata/finalizers", "value": current},
+        {"op": "replace", "path": "/metadata/finalizers", "value": keep},
+    ]
+    try:
+        ctx.kube.custom.patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, meta["namespace"], c.PLURAL, meta["name"], patch
+        )
+        log.info("removed legacy finalizers", extra={"ftj": f"{meta['namespace']}/{meta['name']}"})
+    except ApiException as exc:
+        if exc.status not in (404, 422):  # gone, or the list changed: the next sweep sees it afresh
+            raise
+
+
+def _job_key(body: dict[str, Any]) -> tuple[str, str]:
+    run = (body.get("status") or {}).get("run") or {}
+    return str(body["metadata"]["namespace"]), str(run.get("jobName"))
