@@ -112,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         settings.watching.connect_timeout = config.api_connect_timeout_seconds
         settings.networking.connect_timeout = config.api_connect_timeout_seconds
         settings.networking.request_timeout = config.api_read_timeout_seconds
-        settings.batching.worker_limit = max(config.max_workers * 4, 16)
+        # No limit on kopf's per-object workers (its default): kopf holds every handler until the
+        # finetunejobs index holds every object, and the index is filled by those workers, so any
+        # limit below the number of FineTuneJobs deadlocks at start-up. Handlers still run on at most
+        # max_workers threads; an idle per-object worker is a small task that exits after 5 s.
+        settings.queueing.worker_limit = None
+        # Only the operator's own Jobs are listed and watched (filtered by the API server, not here).
+        settings.watching.label_selectors["batch", "jobs"] = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
         if namespaces and not clusterwide and not any(ch in n for n in namespaces for ch in "*?!["):
             settings.scanning.disabled = True  # fixed namespaces: no cluster-wide namespace/CRD reads
         if metrics_port:

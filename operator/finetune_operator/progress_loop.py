@@ -107,7 +107,8 @@ class ProgressLoop:
                     counts["skipped"] += 1
                 except Exception as exc:  # one object's trouble never stops the sweep
                     counts["failed"] += 1
-                    log.warning("progress refresh failed: %s: %s", type(exc).__name__, str(exc)[:300])
+                    detail = f"API {exc.status}: {exc.body}" if isinstance(exc, ApiException) else str(exc)
+                    log.warning("progress refresh failed: %s: %s", type(exc).__name__, detail[:500])
 
         tasks = [one(functools.partial(self.refresh, b), "refreshed") for b in running]
         tasks += [one(functools.partial(self.unfinalize, b), "unfinalized") for b in legacy]
@@ -184,7 +185,13 @@ def remove_finalizers(ctx: Context, body: dict[str, Any], names: Iterable[str]) 
     ]
     try:
         ctx.kube.custom.patch_namespaced_custom_object(
-            c.GROUP, c.VERSION, meta["namespace"], c.PLURAL, meta["name"], patch
+            c.GROUP,
+            c.VERSION,
+            meta["namespace"],
+            c.PLURAL,
+            meta["name"],
+            patch,
+            _content_type="application/json-patch+json",
         )
         log.info("removed legacy finalizers", extra={"ftj": f"{meta['namespace']}/{meta['name']}"})
     except ApiException as exc:
