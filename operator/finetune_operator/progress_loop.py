@@ -74,6 +74,8 @@ class ProgressLoop:
         try:
             while True:
                 started = time.monotonic()
+                # A sweep is bounded by its deadline; silence well past it means the loop is stuck.
+                self.ctx.heartbeats.beat("progress", self.interval + self.sweep_deadline + 60)
                 try:
                     await self.sweep()
                 except Exception:
