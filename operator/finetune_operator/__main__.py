@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import kopf
@@ -16,7 +17,8 @@ import kopf
 from finetune_operator import constants as c
 from finetune_operator.handlers import register
 from finetune_operator.kube import Kube, load_api_client
-from finetune_operator.metrics import PhaseBook, serve
+from finetune_operator.leader import ApiLeaseLock, LeaderElector, LeaseSettings, run_as_leader
+from finetune_operator.metrics import LEADER, PhaseBook, serve
 from finetune_operator.reconcile import Context
 from finetune_operator.sanitize import clean_text
 from finetune_operator.settings import OperatorSettings
@@ -59,7 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="finetune-operator", description="Run the FineTuneJob operator.")
     p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
-    p.add_argument("--peering", default=None, help="kopf peering name (default: standalone)")
+    p.add_argument(
+        "--leader-election-lease",
+        default=None,
+        help="elect a leader on this coordination.k8s.io Lease (default: FTJ_LEADER_ELECTION_LEASE; none)",
+    )
+    p.add_argument(
+        "--leader-election-namespace", default=None, help="the Lease's namespace (default: the pod's)"
+    )
     p.add_argument("--kubeconfig", default=None, help="kubeconfig outside a cluster")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--health-port", type=int, default=None)
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = tuple(args.namespace) or config.namespaces
     metrics_port = args.metrics_port if args.metrics_port is not None else config.metrics_port
     health_port = args.health_port if args.health_port is not None else config.health_port
-    peering = args.peering or config.peering
+    lease = args.leader_election_lease or config.leader_election_lease
 
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
@@ -121,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         settings.watching.label_selectors["batch", "jobs"] = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
         if namespaces and not clusterwide and not any(ch in n for n in namespaces for ch in "*?!["):
             settings.scanning.disabled = True  # fixed namespaces: no cluster-wide namespace/CRD reads
-        if metrics_port:
-            serve(metrics_port)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -134,18 +141,47 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     os.environ["POD_ID"] = operator_identity()  # kopf reads it instead of getpass.getuser()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
-    asyncio.run(
-        kopf.operator(
+    if metrics_port:
+        serve(metrics_port)  # a standby is scraped too (finetune_operator_leader 0)
+
+    def operator() -> Coroutine[Any, Any, None]:
+        return kopf.operator(
             registry=registry,
             memo=kopf.Memo(ctx=ctx),
-            standalone=peering is None,
-            peering_name=peering,
+            standalone=True,  # one replica acts by leader election (leader.py), not kopf peering
             namespaces=() if clusterwide else namespaces,
             clusterwide=clusterwide,
             liveness_endpoint=liveness,
         )
+
+    if lease is None:
+        LEADER.set(1)
+        asyncio.run(operator())
+        return 0
+    election = LeaseSettings(
+        name=lease,
+        namespace=args.leader_election_namespace or config.leader_election_namespace or pod_namespace(),
+        identity=os.environ["POD_ID"],
+        lease_duration=config.lease_duration_seconds,
+        renew_deadline=config.renew_deadline_seconds,
+        retry_period=config.retry_period_seconds,
     )
+    elector = LeaderElector(ApiLeaseLock(api, election), election)
+    asyncio.run(run_as_leader(elector, operator, health_port))
     return 0
+
+
+def pod_namespace() -> str:
+    """The namespace of the pod this runs in (the service account's), for the Lease."""
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise SystemExit(
+            "leader election outside a cluster needs --leader-election-namespace "
+            "(or FTJ_LEADER_ELECTION_NAMESPACE)"
+        ) from exc
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ RUNS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "finetune_operator_leader",
+    "1 on the replica that holds the leader Lease and acts, 0 on a standby.",
+    registry=REGISTRY,
+)
 HANDLER_DURATION = Histogram(
     "finetune_operator_handler_duration_seconds", "Handler wall time.", ["handler"], registry=REGISTRY
 )

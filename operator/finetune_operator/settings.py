@@ -36,7 +36,12 @@ class OperatorSettings:
     history_limit: int = 5
     max_workers: int = 32
     scrape_pod_ips: bool = True
-    peering: str | None = None
+    # Leader election (leader.py): the Lease's name and namespace; no name runs without election.
+    leader_election_lease: str | None = None
+    leader_election_namespace: str | None = None
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
     trainer_env: dict[str, str] = field(default_factory=dict)
     # Requested per pod that downloads a model or data without a model cache ("" requests nothing).
     download_ephemeral_storage: str = "20Gi"
@@ -85,7 +90,11 @@ class OperatorSettings:
             api_read_timeout_seconds=float(e.get("FTJ_API_READ_TIMEOUT", base.api_read_timeout_seconds)),
             max_workers=int(e.get("FTJ_MAX_WORKERS", base.max_workers)),
             scrape_pod_ips=_scrape_pod_ips(e.get("FTJ_SCRAPE_POD_IPS", "auto"), e),
-            peering=e.get("FTJ_PEERING") or None,
+            leader_election_lease=e.get("FTJ_LEADER_ELECTION_LEASE") or None,
+            leader_election_namespace=e.get("FTJ_LEADER_ELECTION_NAMESPACE") or None,
+            lease_duration_seconds=float(e.get("FTJ_LEASE_DURATION", base.lease_duration_seconds)),
+            renew_deadline_seconds=float(e.get("FTJ_RENEW_DEADLINE", base.renew_deadline_seconds)),
+            retry_period_seconds=float(e.get("FTJ_RETRY_PERIOD", base.retry_period_seconds)),
             trainer_env=extra,
             download_ephemeral_storage=e.get(
                 "FTJ_DOWNLOAD_EPHEMERAL_STORAGE", base.download_ephemeral_storage

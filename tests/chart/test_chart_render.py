@@ -97,7 +97,11 @@ def test_schema_refuses_bad_values(helm: Helm, flags: list[str], needle: str):
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        (["--set", "replicaCount=2"], "replicaCount > 1 needs operator.peering"),
+        (
+            ["--set", "replicaCount=2", "--set", "leaderElection.enabled=false"],
+            "replicaCount > 1 needs leaderElection.enabled",
+        ),
+        (["--set", "leaderElection.renewDeadlineSeconds=15"], "retryPeriodSeconds < renewDeadlineSeconds"),
         (["--set", "operator.healthPort=8080"], "must differ"),
         (["--set", "prometheusRule.enabled=true"], "prometheusRule.enabled needs serviceMonitor.enabled"),
         (
@@ -116,9 +120,14 @@ def test_fail_guards(helm: Helm, flags: list[str], needle: str):
     assert res.returncode != 0 and needle in res.stderr, res.stderr
 
 
+def watch_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Roles that serve watched namespaces (not the leader-election Role)."""
+    return [r for r in find(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_defaults_are_cluster_wide_with_least_privilege(helm: Helm):
     docs = helm.template()
-    assert not find(docs, "Role")
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["ftj-finetune-operator-leader-election"]
     [cr] = find(docs, "ClusterRole")
     rules = rules_of(cr)
     assert "/secrets" not in rules, "no Secret permission unless rbac.secretExistenceCheck is set"
@@ -144,7 +153,7 @@ def test_defaults_are_cluster_wide_with_least_privilege(helm: Helm):
 def test_namespaced_mode_uses_the_same_rules_per_namespace(helm: Helm):
     cluster_docs = helm.template()
     docs = helm.template("-f", str(CHART / "ci" / "namespaced-values.yaml"))
-    roles = find(docs, "Role")
+    roles = watch_roles(docs)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ci-team-a", "ci-team-b"]
     [cluster_role] = find(cluster_docs, "ClusterRole")
     cluster_scoped = {"/nodes", "/namespaces", "apiextensions.k8s.io/customresourcedefinitions"}
@@ -176,11 +185,50 @@ def test_gpu_check_off_drops_the_node_rule(helm: Helm):
     assert env["FTJ_TRAINER_ENV_HF_HUB_OFFLINE"] == "1"
 
 
-def test_operator_peering_identity_is_the_pod_name(helm: Helm):
-    """kopf's default identity asks /etc/passwd for the uid's name; the chart's uid has none there."""
+def test_operator_identity_is_the_pod_name(helm: Helm):
+    """The Lease holder (and kopf's identity) is the pod's name; kopf's default asks /etc/passwd for
+    the uid's name, which the chart's uid has none of."""
     [dep] = find(helm.template(), "Deployment")
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize("namespaced", [False, True])
+def test_two_replicas_elect_a_leader_on_a_lease_with_a_namespaced_role(helm: Helm, namespaced: bool):
+    flags = ["--set", "replicaCount=2"] + (["--set", "watchNamespaces={team-a}"] if namespaced else [])
+    docs = helm.template(*flags)
+    [dep] = find(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FTJ_LEADER_ELECTION_LEASE"]["value"] == "ftj-finetune-operator"
+    assert env["FTJ_LEADER_ELECTION_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    assert [env[k]["value"] for k in ("FTJ_LEASE_DURATION", "FTJ_RENEW_DEADLINE", "FTJ_RETRY_PERIOD")] == [
+        "15",
+        "10",
+        "2",
+    ]
+    [role] = [d for d in find(docs, "Role") if d["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == "ftj-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["ftj-finetune-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert not any("kopf.dev" in r.get("apiGroups", []) for d in docs for r in d.get("rules") or [])
+    [pdb] = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_one_replica_has_no_disruption_budget(helm: Helm):
+    assert find(helm.template(), "PodDisruptionBudget") == []
 
 
 def test_deployment_meets_pod_security_restricted(helm: Helm):
@@ -258,14 +306,14 @@ def test_secret_existence_check_is_an_opt_in_rule(helm: Helm, namespaced: bool):
     if namespaced:
         flags += ["--set", "watchNamespaces={a,b}"]
     docs = helm.template(*flags)
-    roles = find(docs, "Role") if namespaced else find(docs, "ClusterRole")
+    roles = watch_roles(docs) if namespaced else find(docs, "ClusterRole")
     assert roles and all(rules_of(r)["/secrets"] == {"get"} for r in roles)
     assert env_of(docs)["FTJ_SECRET_CHECK"] == "api"
 
 
 def test_namespaced_mode_grants_children_only_in_served_namespaces(helm: Helm):
     docs = helm.template("--set", "watchNamespaces={team-a,team-b}")
-    assert sorted(r["metadata"]["namespace"] for r in find(docs, "Role")) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in watch_roles(docs)) == ["team-a", "team-b"]
     for cluster_role in find(docs, "ClusterRole"):
         rules = rules_of(cluster_role)
         for namespaced in ("batch/jobs", "/configmaps", "/services", "/pods", "/secrets", "/events"):

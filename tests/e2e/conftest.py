@@ -24,6 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def crd_installed(kubectl: Any) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    # `kubectl wait` fails outright while the new CRD has no status.conditions yet: wait for them first.
+    wait_for(
+        lambda: kubectl(
+            "get", f"crd/{PLURAL}.{GROUP}", "-o", "jsonpath={.status.conditions}", check=False
+        ).stdout.strip(),
+        30,
+        "the CRD's status conditions",
+    )
     kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
 
 

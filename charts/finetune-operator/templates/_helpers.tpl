@@ -50,6 +50,10 @@ app.kubernetes.io/part-of: finetune-operator
 {{- end }}
 {{- end }}
 
+{{- define "finetune-operator.leaseName" -}}
+{{- default (include "finetune-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
 {{- define "finetune-operator.metricsJob" -}}
 {{- printf "%s-metrics" (include "finetune-operator.fullname" .) }}
 {{- end }}
@@ -101,12 +105,6 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- if .Values.operator.peering }}
-# kopf peering (operator.peering): namespaced peering objects.
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["list", "watch", "patch", "get"]
-{{- end }}
 {{- end }}
 
 {{/*
@@ -129,18 +127,16 @@ without it the operator fails FineTuneJobs with a 403 from that check.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-{{- if and .Values.operator.peering (not .Values.watchNamespaces) }}
-# kopf peering across the cluster (operator.peering, cluster-wide mode).
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["list", "watch", "patch", "get"]
-{{- end }}
 {{- end }}
 
 {{/* Guards for invariants values.schema.json cannot express. */}}
 {{- define "finetune-operator.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.peering) }}
-{{- fail "replicaCount > 1 needs operator.peering: without kopf peering every replica would reconcile every FineTuneJob" }}
+{{- $le := .Values.leaderElection }}
+{{- if and (gt (int .Values.replicaCount) 1) (not $le.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled: without it every replica would reconcile every FineTuneJob" }}
+{{- end }}
+{{- if not (and (lt (int $le.retryPeriodSeconds) (int $le.renewDeadlineSeconds)) (lt (int $le.renewDeadlineSeconds) (int $le.leaseDurationSeconds))) }}
+{{- fail "leaderElection needs retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds" }}
 {{- end }}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
 {{- fail "operator.metricsPort and operator.healthPort must differ" }}
