@@ -155,12 +155,12 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
     refs = spec.secrets
     if ctx.settings.secret_check != "api":
         refs = refs.model_copy(update={"hub_token": None, "storage": None})  # read from the pods instead
-    if refs.hub_token and not ctx.kube.secret_exists(namespace, refs.hub_token.name):
+    if refs.hub_token and not _secret_exists(ctx, namespace, refs.hub_token.name):
         return (
             Reason.SECRET_NOT_FOUND,
             f"Secret {refs.hub_token.name!r} (spec.secrets.hubToken) does not exist.",
         )
-    if refs.storage and not ctx.kube.secret_exists(namespace, refs.storage):
+    if refs.storage and not _secret_exists(ctx, namespace, refs.storage):
         return Reason.SECRET_NOT_FOUND, f"Secret {refs.storage!r} (spec.secrets.storage) does not exist."
     sources = {
         "spec.model.source": spec.model.source,
@@ -199,6 +199,17 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
                 return Reason.UNKNOWN_GPU_RESOURCE, message
             log.warning(message)
     return None
+
+
+def _secret_exists(ctx: Context, namespace: str, name: str) -> bool:
+    """The early check; without `get secrets` (403) the pods' status tells instead, a little later."""
+    try:
+        return ctx.kube.secret_exists(namespace, name)
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        log.warning("cannot get secrets (403): Secret %r is checked from the pods' status instead", name)
+        return True
 
 
 def _fail_without_job(
@@ -418,7 +429,8 @@ def observe(
     observed = observe_job(view, spec.suspend, bool(spec.scheduling.queue_name))
     job_name = job["metadata"]["name"]
     result = None
-    if ctx.settings.secret_check == "pod" and observed.phase == Phase.PENDING:
+    refs = spec.secrets
+    if (refs.hub_token or refs.storage) and observed.phase == Phase.PENDING:
         secret = missing_secret(ctx.kube.job_pods(job["metadata"]["namespace"], job_name))
         if secret is not None:
             text = f"Secret {secret!r} named in spec.secrets does not exist; the pods cannot start."
