@@ -316,7 +316,10 @@ def test_the_same_run_fails_with_one_rule_removed(
     op = OperatorProcess(kubeconfig, [watched], tmp_path / "operator.log").start()
     try:
         ftj = create_ftj(kube_api, watched)
-        st = ftj.wait_phase("Failed", 60)
+        try:
+            st = ftj.wait_phase("Failed", 60)
+        except TimeoutError:
+            raise AssertionError(f"status: {ftj.status()}\n{op.log_tail(30)}") from None
         assert st["reason"] == "JobRejected" and re.search(refusal, st["message"]), st["message"]
         assert ftj.jobs() == []
     finally:
