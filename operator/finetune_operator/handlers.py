@@ -55,6 +55,16 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         ctx: Context = memo["ctx"]
         _timed("reconcile", lambda: reconcile(ctx, _plain(body)), retry)
 
+    @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
+    def ftj_deleted(
+        event: kopf.RawEvent, memo: kopf.Memo, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        """A deleted FineTuneJob leaves finetune_operator_jobs. A watch event, not an on.delete
+        handler: that would add a finalizer, and deleting a FineTuneJob must never wait for us."""
+        if event.get("type") == "DELETED":
+            ctx: Context = memo["ctx"]
+            ctx.phases.set(f"{namespace}/{name}", None)
+
     @kopf.index(c.GROUP, c.VERSION, c.PLURAL, id="finetunejobs", registry=registry)
     def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         """Latest body of every FineTuneJob, so a Job event needs no API read of its owner."""

@@ -87,14 +87,28 @@ def _parse_status(obj: dict[str, Any]) -> FineTuneJobStatus:
     return FineTuneJobStatus.model_validate(obj.get("status") or {})
 
 
+_attempt = threading.local()
+
+
+def after_write(effect: Callable[[], None]) -> None:
+    """From inside a ``mutate``: do ``effect`` (count a run, observe a latency) once the status write
+    succeeded. A 409 re-runs ``mutate`` on a fresh read; what a discarded attempt asked for is dropped,
+    so nothing is counted twice or counted for a write that never happened."""
+    _attempt.effects.append(effect)
+
+
 def _write(
     ctx: Context, obj: dict[str, Any], mutate: Callable[[dict[str, Any], FineTuneJobStatus], bool]
 ) -> None:
-    """Apply ``mutate`` to the freshest status; post an Event when the phase changed."""
+    """Apply ``mutate`` to the freshest status; then, once, its side effects and an Event when the
+    phase changed."""
     meta = obj["metadata"]
     before: dict[str, str | None] = {}
+    effects: list[Callable[[], None]] = []
 
     def wrapped(fresh: dict[str, Any]) -> dict[str, Any] | None:
+        effects.clear()
+        _attempt.effects = effects
         st = _parse_status(fresh)
         before["phase"] = st.phase
         before["old_reason"] = st.reason
@@ -105,9 +119,14 @@ def _write(
         before["message"] = st.message
         return st.wire()
 
-    result = ctx.kube.update_status(meta["namespace"], meta["name"], wrapped, initial=obj)
+    try:
+        result = ctx.kube.update_status(meta["namespace"], meta["name"], wrapped, initial=obj)
+    finally:
+        _attempt.effects = []
     new_phase = before.get("new")
     if result is not None and new_phase is not None:
+        for effect in effects:
+            effect()
         ctx.phases.set(f"{meta['namespace']}/{meta['name']}", new_phase)
         failed_anew = new_phase == Phase.FAILED and before.get("reason") != before.get("old_reason")
         if new_phase != before.get("phase") or failed_anew:
@@ -251,7 +270,7 @@ def _fail_without_job(
             st.conditions, ConditionType.CREATED, False, reason, text, now, generation
         )
         push_history(st, Phase.FAILED, reason, ctx.settings.history_limit)
-        RUNS.labels(result="failed").inc()
+        after_write(RUNS.labels(result="failed").inc)
         return True
 
     _write(ctx, body, mutate)
@@ -341,8 +360,8 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             st.conditions = set_condition(
                 st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation
             )
-        RUNS.labels(result="started").inc()
-        record_estimated_cost(owner.namespace, owner.name, admission.plan)
+        after_write(RUNS.labels(result="started").inc)
+        after_write(lambda: record_estimated_cost(owner.namespace, owner.name, admission.plan))
         return True
 
     _write(ctx, body, mutate)
@@ -385,7 +404,7 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
             st, Phase.FAILED, Reason.JOB_DELETED, f"Job {job_name} was deleted while it ran.", generation, now
         )
         push_history(st, Phase.FAILED, Reason.JOB_DELETED, ctx.settings.history_limit)
-        RUNS.labels(result="failed").inc()
+        after_write(RUNS.labels(result="failed").inc)
         return True
 
     _write(ctx, body, mutate)
@@ -403,7 +422,7 @@ def _fail_running(ctx: Context, body: dict[str, Any], job_name: str, reason: str
         text = f"{message} Fix it, then set the {c.ANNOTATION_RERUN} annotation."
         apply_phase(st, Phase.FAILED, reason, text, generation, now)
         push_history(st, Phase.FAILED, reason, ctx.settings.history_limit)
-        RUNS.labels(result="failed").inc()
+        after_write(RUNS.labels(result="failed").inc)
         return True
 
     _write(ctx, body, mutate)
@@ -490,10 +509,12 @@ def observe(
                 last_heartbeat=st.progress.last_heartbeat if st.progress else None,
             )
         push_history(st, result.phase, result.reason, ctx.settings.history_limit)
-        RUNS.labels(result="succeeded" if result.phase == Phase.SUCCEEDED else "failed").inc()
+        after_write(RUNS.labels(result="succeeded" if result.phase == Phase.SUCCEEDED else "failed").inc)
         if view.completion_time or (observed.phase == Phase.FAILED and result):
-            STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))
-        record_estimated_cost(fresh["metadata"]["namespace"], fresh["metadata"]["name"], None)
+            latency = _age(view.completion_time or _failed_time(view))
+            after_write(lambda: STATUS_LATENCY.observe(latency))
+        ns, name = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
+        after_write(lambda: record_estimated_cost(ns, name, None))
         return True
 
     _write(ctx, body, mutate)

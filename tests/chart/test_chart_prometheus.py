@@ -70,12 +70,33 @@ class Prometheus:
             return False
 
 
-def rendered_monitoring(helm: Helm) -> tuple[dict[str, Any], dict[str, Any]]:
+def start_prometheus(prometheus_bin: str, config: dict[str, Any], tmp_path: Path) -> Prometheus:
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = tmp_path / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                prometheus_bin,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Prometheus(proc, port, log)
+
+
+def rendered_monitoring(helm: Helm, operator_down_for: str = "1m") -> tuple[dict[str, Any], dict[str, Any]]:
     docs = helm.template(
         "-f",
         str(CHART / "ci" / "monitoring-values.yaml"),
         "--set",
-        "prometheusRule.operatorDownFor=1m",
+        f"prometheusRule.operatorDownFor={operator_down_for}",
         release=RELEASE,
         namespace=RELEASE_NS,
     )
@@ -140,26 +161,10 @@ def test_prometheus_scrapes_operator_and_trainer_and_runs_the_charts_rules(
             },
         ],
     }
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                prometheus_bin,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--web.enable-lifecycle",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    prom = Prometheus(proc, port, log)
+    prom = start_prometheus(prometheus_bin, config, tmp_path)
+    proc = prom.proc
     try:
-        wait_for(prom.ready, 60, f"prometheus to be ready (log: {log})")
+        wait_for(prom.ready, 60, f"prometheus to be ready (log: {prom.log})")
         wait_for(
             lambda: (
                 {t["labels"]["job"]: t["health"] for t in prom.api("targets")["activeTargets"]}
@@ -247,3 +252,74 @@ def test_prometheus_scrapes_operator_and_trainer_and_runs_the_charts_rules(
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_an_operator_restart_fires_no_alert(
+    cluster: Any, helm: Helm, crds_for_chart: None, iso_namespaces: Any, tmp_path: Path
+):
+    """A restarted operator pod is a new series (new `instance`/`pod`), with runs_total pre-set to 0
+    and no sample 10 minutes ago; none of the chart's alerts may fire for that, nor for the gap."""
+    prometheus_bin = binary("prometheus")
+    rules, _ = rendered_monitoring(helm, operator_down_for="5m")
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules))
+    ns = iso_namespaces("restart")
+    targets = tmp_path / "operator-targets.json"
+
+    def point_at(op: OperatorProcess, pod: str) -> None:
+        staged = targets.with_suffix(".tmp")
+        staged.write_text(
+            json.dumps(
+                [
+                    {
+                        "targets": [f"127.0.0.1:{op.metrics_port}"],
+                        "labels": {"namespace": RELEASE_NS, "pod": pod},
+                    }
+                ]
+            )
+        )
+        staged.replace(targets)
+
+    first = OperatorProcess(Path(cluster.kubeconfig), [ns], tmp_path / "operator-a.log").start()
+    point_at(first, "operator-a")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(rules_file)],
+        "scrape_configs": [
+            {
+                "job_name": OPERATOR_JOB,
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+            }
+        ],
+    }
+    prom = start_prometheus(prometheus_bin, config, tmp_path)
+    second: OperatorProcess | None = None
+    try:
+        wait_for(prom.ready, 60, f"prometheus to be ready (log: {prom.log})")
+
+        def evaluated_after(pod: str) -> bool:
+            """Five scrapes of this pod's runs_total, so the rules (every 1 s) ran over it."""
+            expr = f'count_over_time(finetune_operator_runs_total{{pod="{pod}", result="failed"}}[1m])'
+            res = prom.query(expr)
+            return bool(res) and float(res[0]["value"][1]) >= 5
+
+        wait_for(lambda: evaluated_after("operator-a"), 60, "rules evaluated over operator-a's series")
+        first.kill(signal.SIGKILL)
+        second = OperatorProcess(Path(cluster.kubeconfig), [ns], tmp_path / "operator-b.log").start()
+        point_at(second, "operator-b")
+        wait_for(lambda: evaluated_after("operator-b"), 60, "rules evaluated over operator-b's series")
+
+        states = {r["name"]: r["state"] for g in prom.api("rules")["groups"] for r in g["rules"]}
+        assert all(r["health"] == "ok" for g in prom.api("rules")["groups"] for r in g["rules"])
+        fired = prom.query('max_over_time(ALERTS{alertstate="firing"}[10m])')
+        assert fired == [], [r["metric"] for r in fired]
+        ever_failed = prom.query('max_over_time(ALERTS{alertname="FineTuneJobFailed"}[10m])')
+        assert ever_failed == [], "FineTuneJobFailed went pending or firing on a restart without failures"
+        assert states["FineTuneJobFailed"] == "inactive"
+    finally:
+        first.kill(signal.SIGTERM)
+        if second is not None:
+            second.kill(signal.SIGTERM)
+        if prom.proc.poll() is None:
+            prom.proc.terminate()
+            prom.proc.wait(timeout=30)

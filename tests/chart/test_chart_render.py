@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,26 @@ def test_monitoring_objects(helm: Helm):
     [argo] = find(docs, "ConfigMap", "ftj-finetune-operator-argocd-health")
     lua = argo["data"]["resource.customizations.health.finetuning.io_FineTuneJob"]
     assert lua == (CHART / "argocd" / "health.lua").read_text().rstrip("\n")
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces to dashes."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_has_a_runbook_that_exists(helm: Helm):
+    [rule] = find(helm.template("-f", str(CHART / "ci" / "monitoring-values.yaml")), "PrometheusRule")
+    base = "https://github.com/finetune-operator/finetune-operator/blob/main/docs/troubleshooting.md#"
+    anchors = heading_anchors((REPO / "docs" / "troubleshooting.md").read_text())
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r):
+        url = r["annotations"].get("runbook_url", "")
+        assert url.startswith(base), f"{r['alert']}: runbook_url {url!r}"
+        assert url.removeprefix(base) in anchors, f"{r['alert']}: no heading for {url}"
 
 
 def test_chart_crds_are_the_generated_ones():
