@@ -363,3 +363,25 @@ def test_ftj_validate_reads_data_from_s3_and_names_a_missing_file(
     assert (
         f"spec.dataset.source.uri: s3://{s3_bucket}/data/missing.jsonl: not found" in capsys.readouterr().out
     )
+
+
+def test_an_unreachable_store_is_retried_then_retriable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Network errors are not the user's fault: backoff inside the pod, then exit 75 naming the URI."""
+    from runs import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    monkeypatch.setenv("FTJ_STORAGE_ATTEMPTS", "3")
+    monkeypatch.setenv("FTJ_STORAGE_BACKOFF_SECONDS", "0.05")
+    config = write_config(tmp_path / "run", "bucket")
+    raw = json.loads(config.read_text())
+    raw["spec"]["output"] = {}
+    config.write_text(json.dumps(raw))
+    assert run_config_file(config) == ExitCode.RETRIABLE
+    summary = read_summary(config)
+    assert summary["reason"] == "InfrastructureError"
+    assert summary["message"].startswith("spec.dataset.source.uri: s3://bucket/data/train.jsonl: unreachable")
+    assert "after 3 attempts" in summary["message"]
