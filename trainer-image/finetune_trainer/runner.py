@@ -265,7 +265,7 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         )
 
     record.stage = "train"
-    resume = storage.resume_point() if main else outputs.latest_checkpoint(output, storage.key)
+    resume = storage.resume_point(world)
     if resume is not None:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

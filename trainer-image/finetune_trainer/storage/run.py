@@ -34,14 +34,22 @@ class RunStorage:
             self.remote.preflight()
         return stage_inputs(self.config.spec, self.config.paths)
 
-    def resume_point(self) -> Path | None:
-        """This run's newest checkpoint: the local one, or the remote one when it is newer."""
-        local = latest_checkpoint(self.output, self.key)
-        if self.remote is not None:
-            restored = self.remote.restore_checkpoint(self.checkpoint_root, checkpoint_step(local))
-            if restored is not None:
-                return restored
-        return local
+    def resume_point(self, world: Any = None) -> Path | None:
+        """This run's newest checkpoint: the local one, or the remote one when it is newer.
+
+        One process per node (local rank 0) restores; the others wait for it at a barrier and then
+        find the same checkpoint on the node's disk.
+        """
+        local_rank = getattr(world, "local_rank", 0)
+        if self.remote is not None and local_rank == 0:
+            local = latest_checkpoint(self.output, self.key)
+            self.remote.restore_checkpoint(self.checkpoint_root, checkpoint_step(local))
+        if getattr(world, "is_distributed", False):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+        return latest_checkpoint(self.output, self.key)
 
     def callbacks(self) -> list[Any]:
         if self.remote is None:
