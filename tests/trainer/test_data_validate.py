@@ -92,7 +92,10 @@ def test_wrong_kind_missing_file_and_non_local_source(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, base_spec(), kind="Deployment")
     assert run(path)[0] == ExitCode.INVALID_CONFIG
     assert run(tmp_path / "absent.yaml")[0] == ExitCode.INVALID_CONFIG
-    code, text = run(write_manifest(tmp_path, base_spec("s3://bucket/train.jsonl")))
+    # s3://, gs://, az:// and hf:// are fetched (tests/trainer/test_storage_run.py); a PVC is cluster-only.
+    spec = base_spec()
+    spec["dataset"]["source"] = {"pvc": {"claimName": "data", "path": "train.jsonl"}}
+    code, text = run(write_manifest(tmp_path, spec))
     assert code == ExitCode.INVALID_CONFIG and "file://" in text
 
 

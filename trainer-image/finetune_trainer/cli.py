@@ -19,18 +19,9 @@ from finetune_trainer.spec import FineTuneJobSpec, JobRef, Source, TrainerConfig
 def local_source(source: Source | None, base_dir: Path, field: str) -> str | None:
     """A local path for a file:// URI or plain relative path; s3://, gs://, az://, hf:// as they are
     (the trainer fetches and uploads them as it does in a pod); PVCs and ConfigMaps are cluster-only."""
-    from finetune_trainer.storage.locations import is_remote
-    from finetune_trainer.validate_cmd import ManifestError
+    from finetune_trainer.validate_cmd import local_file
 
-    if source is None:
-        return None
-    if source.uri is not None and is_remote(source.uri):
-        return source.uri
-    if source.uri is None or not source.uri.startswith("file://"):
-        raise ManifestError([f"{field}: ftj run reads local files or s3://, gs://, az://, hf:// URIs"])
-    from finetune_trainer.data.loading import local_path
-
-    return str(local_path(source.uri, base_dir))
+    return local_file(source, base_dir, field)
 
 
 def build_config(

@@ -21,6 +21,9 @@ from finetune_trainer.spec import FineTuneJobSpec, Paths, Source
 from finetune_trainer.storage import StorageError, exit_code_of
 
 API_VERSION = "finetuning.io/v1alpha1"
+LOCAL_SOURCES = (
+    "ftj reads file:// paths and s3://, gs://, az://, hf:// URIs (a PVC or ConfigMap is cluster-only)"
+)
 KIND = "FineTuneJob"
 
 
@@ -78,7 +81,7 @@ def local_file(source: Source | None, base_dir: Path, field: str) -> str | None:
     if source.uri is not None and is_remote(source.uri):
         return source.uri
     if source.uri is None or not source.uri.startswith("file://"):
-        raise ManifestError([f"{field}: ftj reads local files or s3://, gs://, az://, hf:// URIs"])
+        raise ManifestError([f"{field}: {LOCAL_SOURCES}"])
     from finetune_trainer.data.loading import local_path
 
     return str(local_path(source.uri, base_dir))
