@@ -618,7 +618,11 @@ def main() -> int:
                 "create_seconds": create_unrelated_jobs(api, namespace, args.unrelated_jobs, args.threads),
             }
 
-        op_env = {"FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}"}
+        # As in production: no dev endpoints (the harness turns them on for the e2e tests).
+        op_env = {
+            "FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}",
+            "FTJ_DEV_METRICS_ENDPOINTS": "false",
+        }
         if args.max_workers:
             op_env["FTJ_MAX_WORKERS"] = str(args.max_workers)
         log_path = workdir / "operator.log"

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
 
-    api = load_api_client(args.kubeconfig, config.api_timeouts)
+    threads = config.max_workers + config.resync_concurrency + config.scrape_concurrency
+    api = load_api_client(args.kubeconfig, config.api_timeouts, pool_size=threads + 4)
     kube = Kube(api)
 
     def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:

@@ -43,24 +43,27 @@ class DeadlineRESTClient(rest.RESTClientObject):
 
 
 def with_timeouts(
-    api: client.ApiClient, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS
+    api: client.ApiClient, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS, pool_size: int = 64
 ) -> client.ApiClient:
-    """``api`` with (connect, read) timeouts on every call that does not set its own."""
+    """``api`` with (connect, read) timeouts on every call that does not set its own, and a connection
+    pool as large as the threads that share it (the client's default, 5 per CPU, makes every thread
+    beyond it open and discard a TLS connection per request)."""
+    api.configuration.connection_pool_maxsize = max(api.configuration.connection_pool_maxsize, pool_size)
     api.rest_client = DeadlineRESTClient(api.configuration, timeouts)
     return api
 
 
 def load_api_client(
-    kubeconfig: str | None = None, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS
+    kubeconfig: str | None = None, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS, pool_size: int = 64
 ) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig; timeouts on every call."""
     try:
         config.load_incluster_config()
-        return with_timeouts(client.ApiClient(), timeouts)
+        return with_timeouts(client.ApiClient(), timeouts, pool_size)
     except config.ConfigException:
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        return with_timeouts(client.ApiClient(cfg), timeouts)
+        return with_timeouts(client.ApiClient(cfg), timeouts, pool_size)
 
 
 def _wire(response: Any) -> dict[str, Any]:

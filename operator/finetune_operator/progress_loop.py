@@ -128,10 +128,12 @@ class ProgressLoop:
         started = time.monotonic()
         key = _job_key(body)
         endpoint = self.endpoints.get(key)
+        settings = self.ctx.settings
+        if endpoint is None and not (settings.scrape_pod_ips or settings.dev_metrics_endpoints):
+            return  # outside a cluster without dev mode no endpoint can be reached: no pod LIST either
         if endpoint is None:
             pods = await self._in_pool(lambda: self.ctx.kube.job_pods(key[0], key[1]))
             pod = rank0_pod(pods)
-            settings = self.ctx.settings
             endpoint = (
                 endpoint_of(pod, settings.scrape_pod_ips, settings.dev_metrics_endpoints) if pod else None
             )

@@ -479,6 +479,14 @@ def observe(
             and observed.reason == Reason.WAITING_FOR_PODS
         ):
             return False  # a pod just stopped being ready and the Job has not counted it yet
+        if (
+            result is None
+            and st.phase == observed.phase == Phase.PENDING
+            and st.reason == Reason.JOB_CREATED
+            and observed.reason == Reason.WAITING_FOR_PODS
+            and st.wire() == before
+        ):
+            return False  # the Job's first event says what start_run wrote: saves a write per run
         if result is None:
             apply_phase(
                 st,
