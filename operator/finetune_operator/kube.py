@@ -159,6 +159,20 @@ class Kube:
         )
         return list(pods.get("items") or [])
 
+    def job_events(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """Events about one Job (the Job controller's verdict outlives a Job removed by its TTL)."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
+        try:
+            events = _wire(
+                self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                return []  # without `list events` a vanished Job reads as deleted
+            API_ERRORS.labels(operation="list_events").inc()
+            raise
+        return list(events.get("items") or [])
+
     # -- the FineTuneJob ----------------------------------------------------------------------------
     def get_ftj(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(

@@ -37,6 +37,7 @@ from finetune_operator.status import (
     JobView,
     apply_phase,
     apply_summary,
+    final_job_from_events,
     gpu_seconds,
     missing_secret,
     now_iso,
@@ -377,7 +378,13 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
     if job is None:
         if status.phase in Phase.TERMINAL:
             return
-        _fail_without_job_deleted(ctx, body, status.run.job_name)
+        final = final_job_from_events(
+            ctx.kube.job_events(ns, status.run.job_name), status.run.job_name, ns, status.run.start_time
+        )
+        if final is None:
+            _fail_without_job_deleted(ctx, body, status.run.job_name)
+        else:
+            observe(ctx, body, final, spec)  # finished, then removed by its TTL: record the verdict
         return
     if status.phase not in Phase.TERMINAL:
         suspended = bool((job.get("spec") or {}).get("suspend"))

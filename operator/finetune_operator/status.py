@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic.alias_generators import to_camel
@@ -327,3 +327,59 @@ def missing_secret(pods: list[dict[str, Any]]) -> str | None:
             if found:
                 return found.group(1)
     return None
+
+
+# The Job controller's Event reasons for a finished Job (k8s.io/kubernetes/pkg/controller/job).
+_JOB_FAILED_EVENTS = (
+    "BackoffLimitExceeded",
+    "DeadlineExceeded",
+    "PodFailurePolicy",
+    "MaxFailedIndexesExceeded",
+)
+_CLOCK_SLACK = timedelta(seconds=60)
+
+
+def final_job_from_events(
+    events: list[dict[str, Any]], name: str, namespace: str, since: str | None
+) -> dict[str, Any] | None:
+    """A minimal Job carrying the verdict the Job controller announced, when the Job itself is gone.
+
+    A Job removed by ``ttlSecondsAfterFinished`` while the operator was down leaves only its Events
+    (kept about an hour): ``Completed``, or a failure reason. Events older than the run are ignored.
+    """
+    start = parse_time(since) - _CLOCK_SLACK if since else None
+    found: list[tuple[datetime, str, str]] = []
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") != "Job" or involved.get("name") != name:
+            continue
+        stamp = (
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or (event.get("metadata") or {}).get("creationTimestamp")
+        )
+        if not stamp:
+            continue
+        when = parse_time(str(stamp))
+        if start is not None and when < start:
+            continue
+        reason = str(event.get("reason") or "")
+        if reason == "Completed" or reason in _JOB_FAILED_EVENTS:
+            found.append((when, reason, str(event.get("message") or "")[:MESSAGE_LIMIT]))
+    if not found:
+        return None
+    when, reason, message = max(found)
+    at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if reason == "Completed":
+        condition = {"type": "Complete", "status": "True", "lastTransitionTime": at}
+        status: dict[str, Any] = {"conditions": [condition], "completionTime": at}
+    else:
+        condition = {
+            "type": "Failed",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": at,
+        }
+        status = {"conditions": [condition]}
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": {}, "status": status}

@@ -14,14 +14,14 @@ from helpers import load_hack, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _create(kube_api: Any, namespace: str, name: str) -> Ftj:
+def _create(kube_api: Any, namespace: str, name: str, **spec: Any) -> Ftj:
     from kubernetes import client
 
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
-        "spec": BASE_SPEC,
+        "spec": {**BASE_SPEC, **spec},
     }
     client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     return Ftj(kube_api, namespace, name)
@@ -135,3 +135,21 @@ def test_a_lost_job_event_is_recovered_by_the_resync(isolated_operator, kube_api
     finally:
         admission.delete_validating_admission_policy_binding(f"deny-status-{ns}")
         admission.delete_validating_admission_policy(f"deny-status-{ns}")
+
+
+def test_a_job_removed_by_its_ttl_while_the_operator_was_down_is_still_a_success(isolated_operator, kube_api):
+    """ttlSecondsAfterFinished: 0 and an operator restart: the Job and its pods are gone when the
+    operator looks; the Job controller's Event still says Completed, so the run is Succeeded (with
+    SummaryLost), not Failed/JobDeleted."""
+    import signal
+
+    op = isolated_operator()
+    ftj = _create(kube_api, isolated_operator.namespace, "ttl", ttlSecondsAfterFinished=0)
+    ftj.wait_phase("Running")
+    op.kill(signal.SIGKILL)
+    ftj.finish_pods("ttl-r1", 0, encode_summary({"phase": "Succeeded", "reason": "Succeeded"}))
+    wait_for(lambda: not ftj.jobs(), 60, "the TTL controller to remove the finished Job")
+    assert ftj.status()["phase"] == "Running"
+    isolated_operator()
+    st = ftj.wait_phase("Succeeded", timeout=60)
+    assert st["reason"] == "SummaryLost" and st["run"]["completionTime"]

@@ -200,3 +200,45 @@ def test_gpu_seconds_reads_both_forms_of_an_rfc3339_time():
     assert gpu_seconds("2026-11-29T08:00:00Z", "2026-11-29T08:01:00Z", 2) == 120.0
     assert gpu_seconds("2026-11-29T08:00:00+00:00", "2026-11-29T08:01:00+00:00", 2) == 120.0
     assert gpu_seconds("2026-11-29T08:00:00Z", "2026-11-29T08:00:30+00:00", 1) == 30.0
+
+
+def _event(reason, stamp, name="x-r1", message=""):
+    return {
+        "involvedObject": {"kind": "Job", "name": name},
+        "reason": reason,
+        "message": message,
+        "lastTimestamp": stamp,
+    }
+
+
+def test_the_job_controllers_last_verdict_stands_in_for_a_vanished_job():
+    from finetune_operator.status import JobView, final_job_from_events
+
+    start = "2026-11-29T10:00:00Z"
+    done = final_job_from_events([_event("Completed", "2026-11-29T10:05:00Z")], "x-r1", "ns", start)
+    assert done is not None and JobView.from_job(done).complete
+    failed = final_job_from_events(
+        [
+            _event(
+                "BackoffLimitExceeded",
+                "2026-11-29T10:05:00Z",
+                message="Job has reached the specified backoff limit",
+            )
+        ],
+        "x-r1",
+        "ns",
+        start,
+    )
+    assert (
+        failed is not None and JobView.from_job(failed).failed_condition["reason"] == "BackoffLimitExceeded"
+    )
+    # An Event from before this run (an earlier object of the same name), or about another Job, is no verdict.
+    assert final_job_from_events([_event("Completed", "2026-11-29T09:00:00Z")], "x-r1", "ns", start) is None
+    assert (
+        final_job_from_events([_event("Completed", "2026-11-29T10:05:00Z", name="y-r1")], "x-r1", "ns", start)
+        is None
+    )
+    assert (
+        final_job_from_events([_event("SuccessfulCreate", "2026-11-29T10:01:00Z")], "x-r1", "ns", start)
+        is None
+    )

@@ -101,10 +101,11 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
   resources: ["secrets"]
   verbs: ["get"]
 {{- end }}
-# kopf posts Events on FineTuneJobs.
+# kopf posts Events on FineTuneJobs; kube.job_events reads the Job controller's verdict on a Job
+# removed by its TTL while the operator was down.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 
 {{/*
