@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -99,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             cast(kopf.Body, obj), type=kind, reason=clean_text(reason, 128), message=clean_text(message)
         )
 
-    ctx = Context(kube=kube, settings=config, phases=PhaseBook(), post_event=post_event)
     clusterwide = args.all_namespaces or not namespaces
+    fixed = not clusterwide and not any(ch in n for n in namespaces for ch in "*?![")
+    config = namespaced_settings(config) if fixed else config
+    ctx = Context(kube=kube, settings=config, phases=PhaseBook(), post_event=post_event)
     registry = kopf.OperatorRegistry()
     register(registry, config)
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.queueing.worker_limit = None
         # Only the operator's own Jobs are listed and watched (filtered by the API server, not here).
         settings.watching.label_selectors["batch", "jobs"] = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
-        if namespaces and not clusterwide and not any(ch in n for n in namespaces for ch in "*?!["):
+        if fixed:
             settings.scanning.disabled = True  # fixed namespaces: no cluster-wide namespace/CRD reads
 
     @kopf.on.login(registry=registry)
@@ -170,6 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaderElector(ApiLeaseLock(api, election), election)
     asyncio.run(run_as_leader(elector, operator, health_port))
     return 0
+
+
+def namespaced_settings(config: OperatorSettings) -> OperatorSettings:
+    """Fixed namespaces make no cluster-scope request (the chart grants none): the GPU resource
+    check needs `list nodes`, so it is skipped, and said so once."""
+    if config.gpu_resource_check == "off":
+        return config
+    logging.getLogger("finetune_operator").warning(
+        "GPU resource check skipped (FTJ_GPU_RESOURCE_CHECK=%s): watching fixed namespaces, the operator "
+        "makes no cluster-scope reads such as list nodes",
+        config.gpu_resource_check,
+    )
+    return dataclasses.replace(config, gpu_resource_check="off")
 
 
 def pod_namespace() -> str:

@@ -18,7 +18,8 @@ class OperatorSettings:
     trainer_image: str = "ghcr.io/finetune-operator/trainer:0.1.0"
     gpu_resource_name: str = "nvidia.com/gpu"
     gpu_toleration_key: str = "nvidia.com/gpu"
-    gpu_resource_check: GpuCheck = "fail"
+    # warn: a scale-from-zero GPU pool (Karpenter, cluster-autoscaler) has no GPU node until a pod asks.
+    gpu_resource_check: GpuCheck = "warn"
     # api: a metadata-only GET before the run (needs `get secrets`); pod: no Secret access at all,
     # a missing Secret is read from the pod's CreateContainerConfigError instead.
     secret_check: SecretCheck = "api"

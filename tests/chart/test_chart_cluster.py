@@ -171,7 +171,7 @@ def test_install_upgrade_uninstall(
     kubectl("get", "role", full, "-n", watched)
     kubectl("get", "rolebinding", full, "-n", watched)
     assert kubectl("get", "clusterrole", full, check=False).returncode != 0
-    kubectl("get", "clusterrole", f"{full}-cluster")
+    assert kubectl("get", "clusterrole", f"{full}-cluster", check=False).returncode != 0
     assert kubectl("get", "servicemonitor", full, "-n", ns, check=False).returncode != 0
     history = yaml.safe_load(cluster_helm("history", release, "--namespace", ns, "-o", "yaml").stdout)
     assert [h["revision"] for h in history] == [1, 2]
@@ -224,9 +224,27 @@ def test_operator_with_exactly_the_charts_rbac_drives_a_finetunejob_to_succeeded
     )
     assert who.stdout == f"system:serviceaccount:{release_ns}:{full}"
 
+    sa = f"system:serviceaccount:{release_ns}:{full}"
+    if mode == "namespaced":
+        # No cluster-scope permission at all: not even the reads kopf or the GPU check could use.
+        for verb, what in (("list", "nodes"), ("list", "namespaces"), ("watch", "namespaces")):
+            can = kubectl("auth", "can-i", verb, what, f"--as={sa}", check=False).stdout.strip()
+            assert can == "no", f"{verb} {what}: {can}"
+        can = kubectl("auth", "can-i", "list", "customresourcedefinitions", f"--as={sa}", check=False)
+        assert can.stdout.strip() == "no"
+        bindings = yaml.safe_load(kubectl("get", "clusterrolebindings", "-o", "yaml").stdout)["items"]
+        bound = [
+            b["metadata"]["name"]
+            for b in bindings
+            if any(s.get("name") == full for s in b.get("subjects") or [])
+        ]
+        assert bound == [], f"ClusterRoleBindings for the operator: {bound}"
+
     # A cluster-wide operator would also reconcile other tests' namespaces; the ClusterRole's reach is
-    # checked with can-i, the operator itself watches one namespace.
-    op = OperatorProcess(kubeconfig, [watched], tmp_path / "operator.log").start()
+    # checked with can-i, the operator itself watches one namespace. Leader election as the chart
+    # configures it: the Lease in the release namespace, through the chart's Role.
+    election = {"FTJ_LEADER_ELECTION_LEASE": full, "FTJ_LEADER_ELECTION_NAMESPACE": release_ns}
+    op = OperatorProcess(kubeconfig, [watched], tmp_path / "operator.log", env=election).start()
     try:
         ftj = create_ftj(kube_api, watched)
         running = ftj.wait_phase("Running", 60)
@@ -260,6 +278,10 @@ def test_operator_with_exactly_the_charts_rbac_drives_a_finetunejob_to_succeeded
         assert API_ERRORS.search(op.metrics()) is None, op.metrics()
         log = op.log_tail(1000)
         assert not re.search(r"\b403\b|[Ff]orbidden", log), log
+        lease = yaml.safe_load(kubectl("get", "lease", full, "-n", release_ns, "-o", "yaml").stdout)
+        assert lease["spec"]["holderIdentity"].endswith(f"/{op.proc.pid}")
+        if mode == "namespaced":
+            assert "GPU resource check skipped" in log
     finally:
         op.kill(signal.SIGTERM)
 

@@ -134,6 +134,7 @@ def test_defaults_are_cluster_wide_with_least_privilege(helm: Helm):
     assert "/secrets" not in rules, "no Secret permission unless rbac.secretExistenceCheck is set"
     assert rules["finetuning.io/finetunejobs/finalizers"] == {"update"}, "blockOwnerDeletion needs it"
     assert env_of(docs)["FTJ_SECRET_CHECK"] == "pod"
+    assert env_of(docs)["FTJ_GPU_RESOURCE_CHECK"] == "warn", "scale-from-zero GPU pools must work"
     assert rules["/nodes"] == {"list"}
     assert rules["/namespaces"] == {"list", "watch"}, "kopf's start-up discovery, read-only"
     assert rules["finetuning.io/finetunejobs"] == {"get", "list", "watch", "patch"}
@@ -163,21 +164,19 @@ def test_namespaced_mode_uses_the_same_rules_per_namespace(helm: Helm):
         assert rules_of(role) == namespaced_part
     bindings = find(docs, "RoleBinding")
     assert {b["subjects"][0]["name"] for b in bindings} == {"ftj-operator"}
-    [cr] = find(docs, "ClusterRole")
-    assert rules_of(cr) == {
-        "/nodes": {"list"},
-        "/namespaces": {"list", "watch"},
-        "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
-    }, "namespaced mode keeps only cluster-scoped reads"
+    assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == [], (
+        "namespaced mode has no cluster-scope rule at all"
+    )
     args = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ci-team-a" in args and "--namespace=ci-team-b" in args
     assert "--all-namespaces" not in args
 
 
 def test_gpu_check_off_drops_the_node_rule(helm: Helm):
-    docs = helm.template("-f", str(CHART / "ci" / "hardened-values.yaml"))
-    [cr] = find(docs, "ClusterRole")
+    [cr] = find(helm.template("--set", "gpu.resourceCheck=off"), "ClusterRole")
     assert "/nodes" not in rules_of(cr)
+    docs = helm.template("-f", str(CHART / "ci" / "hardened-values.yaml"))
+    assert find(docs, "ClusterRole") == []
     [dep] = find(docs, "Deployment")
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)

@@ -298,6 +298,8 @@ def test_helm_set_keys_exist_in_the_charts_values():
                 continue
             node: Any = values
             for key in arg.split("=", 1)[0].split("."):
+                if node == {}:
+                    break  # a free-form map value (labels): any key is valid
                 assert isinstance(node, dict) and key in node, f"{where}: {arg} is not a chart value"
                 node = node[key]
 

@@ -109,10 +109,10 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
 {{- end }}
 
 {{/*
-Cluster-scoped rules, the same in both modes. kopf lists/watches namespaces (when given namespace names)
-and CRDs at start-up; without these two read-only rules it retries for about a minute before it falls
-back, and reconciles nothing meanwhile. `list nodes` serves the GPU check (none with gpu.resourceCheck=off);
-without it the operator fails FineTuneJobs with a 403 from that check.
+Cluster-scoped rules, cluster-wide mode only. kopf lists/watches namespaces and CRDs at start-up when it
+serves every namespace; `list nodes` serves the GPU check (none with gpu.resourceCheck=off). With
+watchNamespaces (exact names) the operator turns kopf's scanning off and skips the GPU check, so it
+makes no cluster-scope request and the chart renders no ClusterRole at all.
 */}}
 {{- define "finetune-operator.clusterRules" -}}
 {{- if ne .Values.gpu.resourceCheck "off" }}
