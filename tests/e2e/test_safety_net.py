@@ -153,3 +153,43 @@ def test_a_job_removed_by_its_ttl_while_the_operator_was_down_is_still_a_success
     isolated_operator()
     st = ftj.wait_phase("Succeeded", timeout=60)
     assert st["reason"] == "SummaryLost" and st["run"]["completionTime"]
+
+
+def test_without_secret_permission_a_missing_secret_is_read_from_the_pod(isolated_operator, kube_api):
+    """FTJ_SECRET_CHECK=pod (the chart's default: no RBAC on Secrets): the Job is created, and the
+    kubelet's CreateContainerConfigError (written here the way a kubelet writes it, on a kwok node)
+    fails the run as SecretNotFound and removes the Job that could never start."""
+    from kubernetes import client
+
+    isolated_operator(FTJ_SECRET_CHECK="pod")
+    ftj = _create(
+        kube_api,
+        isolated_operator.namespace,
+        "nosecret",
+        secrets={"hubToken": {"name": "absent", "key": "t"}},
+    )
+    ftj.wait_phase("Running")
+    [pod] = ftj.pods("nosecret-r1")
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "absent" not found'}
+    status = {
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+        ],
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "image": pod["spec"]["containers"][0]["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": waiting},
+            }
+        ],
+    }
+    client.CoreV1Api(kube_api).patch_namespaced_pod_status(
+        pod["metadata"]["name"], ftj.namespace, {"status": status}
+    )
+    st = ftj.wait_phase("Failed", timeout=60)
+    assert st["reason"] == "SecretNotFound" and "'absent'" in st["message"], st
+    wait_for(lambda: not ftj.jobs(), 60, "the Job that could never start to be deleted")
