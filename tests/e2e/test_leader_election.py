@@ -7,6 +7,7 @@ the standby must wait out the lease duration, exactly as after a node failure.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -116,3 +117,33 @@ def test_one_replica_acts_and_the_other_takes_over_after_sigkill(isolated_operat
         jobs = [j["metadata"]["name"] for j in ftj.jobs()]
         assert jobs == [f"{ftj.name}-r1"], f"{ftj.name} has Jobs {jobs}"
         assert ftj.status()["run"]["number"] == 1
+
+
+def test_a_frozen_leader_is_replaced_and_stops_acting_when_it_wakes(isolated_operator, kube_api):
+    """SIGSTOP stands in for a network partition or a stalled node: the leader cannot renew. The
+    standby takes over after the lease duration; when the old leader runs again its renew deadline has
+    long passed, so it exits (75) instead of acting beside the new leader."""
+    ns = isolated_operator.namespace
+    env = chart_leader_env(ns)
+    ops = [isolated_operator(**env), isolated_operator(**env)]
+    identity = wait_for(lambda: holder(kube_api, ns), 30, "a replica to hold the Lease")
+    [leader] = [op for op in ops if identity.endswith(f"/{op.proc.pid}")]
+    [standby] = [op for op in ops if op is not leader]
+    assert leader.proc is not None
+
+    os.kill(leader.proc.pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        during = create(kube_api, ns, "during-partition")
+        wait_for(lambda: during.jobs(), TAKEOVER_LIMIT + 5, "the standby to create the Job")
+        assert time.monotonic() - frozen_at < TAKEOVER_LIMIT
+        assert metric(standby, "finetune_operator_leader") == 1
+    finally:
+        os.kill(leader.proc.pid, signal.SIGCONT)
+    assert leader.proc.wait(timeout=15) == 75, leader.log_tail()
+    assert "lost the leader Lease" in leader.log_tail()
+
+    after = create(kube_api, ns, "after-partition")
+    wait_for(lambda: after.jobs(), 30, "the new leader to go on serving")
+    for ftj in (during, after):
+        assert [j["metadata"]["name"] for j in ftj.jobs()] == [f"{ftj.name}-r1"]
