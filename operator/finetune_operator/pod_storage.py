@@ -54,10 +54,12 @@ def storage_parts(spec: FineTuneJobSpec, settings: OperatorSettings) -> StorageP
     parts = StorageParts()
     if spec.secrets.storage:
         parts.env_from.append({"secretRef": {"name": spec.secrets.storage}})
+        # optional: a missing Secret must surface as the envFrom's CreateContainerConfigError (which
+        # the operator reads when it may not check Secrets itself), not as a pod stuck on a mount.
         parts.volumes.append(
             {
                 "name": "storage-credentials",
-                "secret": {"secretName": spec.secrets.storage, "defaultMode": 0o440},
+                "secret": {"secretName": spec.secrets.storage, "defaultMode": 0o440, "optional": True},
             }
         )
         parts.mounts.append(

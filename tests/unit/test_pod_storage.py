@@ -27,7 +27,7 @@ def test_storage_secret_becomes_env_and_files_never_values(owner, settings, make
     vol = next(v for v in pod["volumes"] if v["name"] == "storage-credentials")
     assert vol == {
         "name": "storage-credentials",
-        "secret": {"secretName": "cloud-creds", "defaultMode": 0o440},
+        "secret": {"secretName": "cloud-creds", "defaultMode": 0o440, "optional": True},
     }
     mount = next(m for m in trainer["volumeMounts"] if m["name"] == "storage-credentials")
     assert mount == {
