@@ -11,6 +11,7 @@ from finetune_operator.naming import label_value, run_name, volume_name
 from finetune_operator.pod_storage import storage_parts
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES
+from finetune_trainer.launch import launch_command
 from finetune_trainer.spec import (
     FineTuneJobSpec,
     JobRef,
@@ -213,23 +214,15 @@ def needs_service(spec: FineTuneJobSpec) -> bool:
 
 
 def trainer_command(spec: FineTuneJobSpec, job_name: str) -> list[str]:
-    """The trainer's command: plain python for one process, torchrun for several."""
+    """The trainer's command: ``finetune_trainer.launch``, which passes the trainer's exit code on."""
     dist = spec.distributed_or_default()
-    config_arg = ["--config", f"{c.CONFIG_MOUNT}/{c.CONFIG_KEY}"]
-    procs = max(dist.gpus_per_node, 1)
-    if dist.nodes == 1 and procs == 1:
-        return ["python", "-m", "finetune_trainer", *config_arg]
-    cmd = ["python", "-m", "torch.distributed.run", f"--nnodes={dist.nodes}", f"--nproc-per-node={procs}"]
-    if dist.nodes > 1:
-        host = f"{job_name}-0.{job_name}"
-        cmd += [
-            "--node-rank=$(JOB_COMPLETION_INDEX)",
-            f"--master-addr={host}",
-            f"--master-port={c.RENDEZVOUS_PORT}",
-        ]
-    else:
-        cmd += ["--standalone"]
-    return [*cmd, "-m", "finetune_trainer", *config_arg]
+    return launch_command(
+        nodes=dist.nodes,
+        procs_per_node=max(dist.gpus_per_node, 1),
+        rdzv_host=f"{job_name}-0.{job_name}",
+        rdzv_port=c.RENDEZVOUS_PORT,
+        config=f"{c.CONFIG_MOUNT}/{c.CONFIG_KEY}",
+    )
 
 
 def _env(spec: FineTuneJobSpec, owner: Owner, run: int, settings: OperatorSettings) -> list[dict[str, Any]]:

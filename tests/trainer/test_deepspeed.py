@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from finetune_trainer.deepspeed_config import deepspeed_config
-from finetune_trainer.distributed import WorldInfo, torchrun_args, training_arguments_overrides, world_info
+from finetune_trainer.distributed import WorldInfo, training_arguments_overrides, world_info
 from finetune_trainer.spec import TrainingSpec
 
 HERE = Path(__file__).resolve().parent
@@ -107,37 +108,6 @@ def test_config_stage0_and_forced_precision() -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # launch helpers: pure
-
-
-def test_torchrun_args_single_node_is_standalone() -> None:
-    assert torchrun_args(1, 4, "ignored") == [
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "4",
-        "--max_restarts",
-        "0",
-    ]
-
-
-def test_torchrun_args_multi_node_rendezvous_on_index0_pod() -> None:
-    args = torchrun_args(3, 8, "job-r1-0.job-r1", 29500, node_rank=2)
-    assert args == [
-        "--nnodes", "3", "--nproc_per_node", "8", "--max_restarts", "0", "--node_rank", "2",
-        "--master_addr", "job-r1-0.job-r1", "--master_port", "29500",
-    ]  # fmt: skip
-    for bad in ({"nodes": 0}, {"procs_per_node": 0}, {"node_rank": 3}, {"rdzv_port": 0}, {"rdzv_host": ""}):
-        kwargs: dict[str, Any] = {
-            "nodes": 3,
-            "procs_per_node": 1,
-            "rdzv_host": "h",
-            "rdzv_port": 1,
-            "node_rank": 0,
-        }
-        kwargs.update(bad)
-        with pytest.raises(ValueError):
-            torchrun_args(**kwargs)
 
 
 def test_world_info_reads_torchrun_environment() -> None:
@@ -355,8 +325,7 @@ def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> No
         hyperparameters={"maxSteps": 6, "batchSize": 4, "learningRate": 0.002},
         distributed={"gpusPerNode": 0, "deepspeed": {"zeroStage": 3}},
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "finetune_trainer", "--config", str(path)]  # fmt: skip
+    cmd = [sys.executable, "-m", "finetune_trainer.launch", "--nproc-per-node=2", "--config", str(path)]
     env = trainer_env()
     env["OMP_NUM_THREADS"] = "1"
     env.pop("ACCELERATE_USE_CPU", None)
@@ -366,14 +335,23 @@ def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> No
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         pytest.fail(f"torchrun did not finish in {RUN_TIMEOUT_S}s; output:\n{out[-8000:]}")
-    output = (proc.stdout + proc.stderr)[-8000:]
+    output = proc.stdout + proc.stderr
     print(f"runner, full + ZeRO-3, 2 processes: {time.monotonic() - start:.1f}s")
-    assert proc.returncode == 0, output
+    assert proc.returncode == 0, output[-8000:]
     summary = read_summary(path)
-    assert summary["phase"] == "Succeeded", (summary, output)
+    assert summary["phase"] == "Succeeded", (summary, output[-8000:])
     metrics = summary["metrics"]
     assert metrics["step"] == 6
     assert metrics["train_loss"] < metrics["first_train_loss"], metrics
+
+    # ZeRO-3 partitioned the model while loading it: each rank held about half, never the whole model.
+    held = {
+        int(rank): (int(part), int(whole))
+        for rank, part, whole in re.findall(r"rank (\d) holds (\d+) of the model's (\d+) parameters", output)
+    }
+    assert set(held) == {0, 1}, output
+    for part, whole in held.values():
+        assert 0.45 * whole <= part <= 0.55 * whole, held
 
     # ZeRO-3 gathered the shards on save: a normal checkpoint with full-size weights.
     from transformers import AutoConfig, AutoModelForCausalLM

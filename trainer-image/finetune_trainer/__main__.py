@@ -17,10 +17,13 @@ DEFAULT_CONFIG = "/etc/finetune/config.json"
 
 
 def configure_logging() -> None:
-    """Plain timestamped lines on stderr; library chatter (progress bars, info) turned down."""
+    """Plain timestamped lines on stderr, naming the rank when there are several; library chatter
+    (progress bars, info) turned down."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    rank = f"[rank {os.environ.get('RANK', '0')}] " if world.isdigit() and int(world) > 1 else ""
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer.contract import Metric
+from finetune_trainer.distributed import cpu_group, is_multi_process
 from finetune_trainer.metrics_server import TrainerMetrics
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,13 @@ class LossNotFinite(Exception):
     """The training or validation loss became NaN or infinite."""
 
 
-class Terminated(Exception):
-    """SIGTERM arrived; a checkpoint was saved if training had started."""
+class Terminated(BaseException):
+    """SIGTERM arrived; a checkpoint was saved if training had started.
+
+    A BaseException, like KeyboardInterrupt: raised from the signal handler wherever the main thread
+    is (a model load, a Parquet read), it must pass through the ``except Exception`` blocks that turn
+    errors there into permanent failures (ModelLoadFailed, DataError). Preemption is always retriable.
+    """
 
 
 def _finite(value: Any) -> bool:
@@ -88,17 +94,27 @@ class FiniteLossGuard(TrainerCallback):
 
 
 class GracefulStop(TrainerCallback):
-    """SIGTERM handling: a checkpoint at the next step boundary, then a clean stop.
+    """SIGTERM handling: all ranks stop at the same step boundary, save one checkpoint, and stop.
+
+    Ranks must agree: in a multi-node run only the preempted pod's workers get SIGTERM, and even on
+    one node the signal lands in the middle of different steps. A rank that stopped alone would leave
+    its peers waiting in a collective (the next step's gradient all-reduce, the checkpoint's gather)
+    until the collective timeout. So after every optimizer step the ranks all-reduce their "stop"
+    flags (max) on a CPU (gloo) group, which needs no GPU synchronisation; when any rank was signalled,
+    every rank saves at that same step and stops.
 
     The pod's grace period has to cover one optimizer step plus a checkpoint write; the operator sets
     terminationGracePeriodSeconds accordingly. Before training starts there is nothing to save, so
-    the signal ends the run at once.
+    the signal ends the run at once (``Terminated``, exit 75).
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = False  # this rank was signalled
+        self.agreed = False  # some rank was signalled: every rank stops at ``stopped_at``
+        self.stopped_at: int | None = None
         self.training = False
         self._previous: Any = None
+        self._group: Any = None
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -118,9 +134,10 @@ class GracefulStop(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        self._group = cpu_group() if is_multi_process() else False
         self.training = True
-        if self.requested:  # arrived while the trainer was being set up
-            control.should_training_stop = True
+        if self._any_rank(self.requested):  # arrived while the trainer was being set up
+            self._stop(state, control, save=False)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -130,9 +147,26 @@ class GracefulStop(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
+        if self._any_rank(self.requested):
+            self._stop(state, control, save=True)
+
+    def _stop(self, state: TrainerState, control: TrainerControl, *, save: bool) -> None:
+        if not self.agreed:
+            self.agreed, self.stopped_at = True, state.global_step
+            if not self.requested:
+                log.warning("another rank got SIGTERM: saving a checkpoint at this step, then stopping")
+        control.should_save = save
+        control.should_training_stop = True
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self._group is False:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(value.item())
 
 
 class MetricsCallback(TrainerCallback):

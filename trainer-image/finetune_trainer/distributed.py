@@ -1,8 +1,8 @@
-"""Process-group setup for multi-process training, and the torchrun command line the operator runs.
+"""Process-group setup for multi-process training, and rank-0-only work shared with the other ranks.
 
-The launch is ``torchrun`` in every pod (see :func:`torchrun_args`); torchrun exports RANK, WORLD_SIZE,
-LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK and MASTER_ADDR/PORT to each worker, and :func:`world_info`
-reads them back.
+Several processes are started by torchrun inside ``finetune_trainer.launch``; torchrun exports RANK,
+WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK and MASTER_ADDR/PORT to each worker, and
+:func:`world_info` reads them back.
 
 Why :func:`init_distributed` exists (see docs/distributed-training.md): with DeepSpeed on a CPU,
 ``transformers`` + ``accelerate`` get the world size wrong unless the process group is created through
@@ -10,18 +10,19 @@ Why :func:`init_distributed` exists (see docs/distributed-training.md): with Dee
 given ``use_cpu=True`` (:func:`training_arguments_overrides`). Otherwise DeepSpeed's batch-size check
 fails (``train_batch_size != micro * accumulation * world_size``) with one side seeing a world of 1.
 
-Import-light: the operator imports :func:`torchrun_args`; torch and deepspeed are imported only inside
-the functions that need them.
+Import-light: torch and deepspeed are imported only inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
-DEFAULT_RDZV_PORT = 29500
+T = TypeVar("T")
+
 # Long enough for a slow checkpoint load on one rank while the others wait in a collective; a hung
 # peer still ends the run (exit code 75, retriable) instead of holding GPUs forever.
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -199,43 +200,55 @@ def init_distributed(
     return info
 
 
-def torchrun_args(
-    nodes: int,
-    procs_per_node: int,
-    rdzv_host: str,
-    rdzv_port: int = DEFAULT_RDZV_PORT,
-    node_rank: int = 0,
-) -> list[str]:
-    """torchrun's options for ``nodes`` pods x ``procs_per_node`` processes (the caller appends the module).
+_CPU_GROUP: list[Any] = []
 
-    One node: ``--standalone`` (rendezvous on localhost, a free port; rdzv_host is not used). Several:
-    static rendezvous on the index-0 pod (``rdzv_host``, its stable headless-Service name) with this pod's
-    index as ``--node_rank``. Static, not c10d, because c10d hands out node ranks in arrival order, while
-    the operator reads progress from rank 0 and expects it on the index-0 pod. No torchrun restarts: a
-    failed worker ends the pod, and the Job's podFailurePolicy decides whether to retry.
-    A CPU pod (gpusPerNode 0) runs one process: pass procs_per_node=1.
+
+def cpu_group() -> Any:
+    """A gloo group over every rank for small control messages: the default group when it is gloo.
+
+    NCCL moves Python objects through GPU memory and makes the host wait for the GPU; control flags and
+    the prepared dataset need neither. Created once, on first use, which every rank reaches in the same
+    order (the data stage), as ``new_group`` requires.
     """
-    if nodes < 1:
-        raise ValueError(f"nodes must be at least 1, got {nodes}")
-    if procs_per_node < 1:
-        raise ValueError(f"procs_per_node must be at least 1, got {procs_per_node}")
-    if not 0 <= node_rank < nodes:
-        raise ValueError(f"node_rank must be in [0, {nodes}), got {node_rank}")
-    if not 0 < rdzv_port < 65536:
-        raise ValueError(f"rdzv_port must be a TCP port, got {rdzv_port}")
-    common = ["--nproc_per_node", str(procs_per_node), "--max_restarts", "0"]
-    if nodes == 1:
-        return ["--standalone", "--nnodes", "1", *common]
-    if not rdzv_host:
-        raise ValueError("rdzv_host is required for more than one node")
-    return [
-        "--nnodes",
-        str(nodes),
-        *common,
-        "--node_rank",
-        str(node_rank),
-        "--master_addr",
-        rdzv_host,
-        "--master_port",
-        str(rdzv_port),
-    ]
+    import torch.distributed as dist
+
+    if not _CPU_GROUP:
+        _CPU_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
+    return _CPU_GROUP[0]
+
+
+def is_multi_process() -> bool:
+    """Whether a process group of more than one rank is up (imports torch)."""
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def broadcast_from_rank0(
+    produce: Callable[[], T], failure_of: Callable[[BaseException], BaseException], world: WorldInfo
+) -> T:
+    """``produce()`` on rank 0 only; every rank returns its result, or raises when it failed.
+
+    Rank 0 re-raises its own exception; the others raise ``failure_of(exception)`` (an exception object
+    carrying the same exit code and message), so every rank ends the same way and none waits for a
+    peer that has already gone. SIGTERM on rank 0 (a BaseException) is passed on as well.
+    """
+    if not world.is_distributed or not is_multi_process():
+        return produce()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    error: BaseException | None = None
+    if world.rank == 0:
+        try:
+            box[0] = ("ok", produce())
+        except BaseException as exc:
+            error = exc
+            box[0] = ("error", failure_of(exc))
+    dist.broadcast_object_list(box, src=0, group=cpu_group())
+    kind, value = box[0]
+    if error is not None:
+        raise error
+    if kind == "error":
+        raise value
+    return value  # type: ignore[no-any-return]

@@ -86,7 +86,7 @@ def evaluate(
         if loss is not None:
             out["perplexity"] = math.exp(min(float(loss), 700.0))
         if spec.evaluation.generation_metrics and ctx.data.format in ("prompt-completion", "messages"):
-            out.update(generation_scores(trainer.model, ctx.loaded.tokenizer, records, ctx.data.format, spec))
+            out.update(generation_scores(trainer.model, ctx.model.tokenizer, records, ctx.data.format, spec))
     return out
 
 

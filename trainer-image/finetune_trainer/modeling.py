@@ -26,6 +26,48 @@ class ModelLoadFailed(Exception):
     """The base model or its tokenizer could not be loaded for this spec."""
 
 
+class ModelSourceUnavailable(Exception):
+    """The hub or the network failed while loading (a timeout, a 5xx, a refused connection): the
+    same spec may well load on the next try, so the runner exits RETRIABLE, not MODEL_LOAD_FAILED."""
+
+
+_TRANSIENT_NAMES = {
+    # httpx (huggingface_hub >= 1.0), requests (older hubs, custom endpoints), urllib3
+    "TransportError", "TimeoutException", "ConnectError", "ReadTimeout", "ConnectTimeout", "ReadError",
+    "RemoteProtocolError", "WriteError", "PoolTimeout", "ConnectionError", "Timeout", "ChunkedEncodingError",
+    "ProtocolError", "NewConnectionError", "MaxRetryError",
+}  # fmt: skip
+
+
+def transient_cause(exc: BaseException) -> BaseException | None:
+    """The network-level error behind ``exc`` (walking its causes), or None when it is a real refusal.
+
+    Transient: connection refused/reset, timeouts, HTTP 429 and 5xx. Not transient: 401/403 (gated
+    or private), 404 (no such repository or revision), bad files, unknown architectures.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return current
+        if any(kind.__name__ in _TRANSIENT_NAMES for kind in type(current).__mro__):
+            return current
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        if isinstance(status, int) and (status == 429 or status >= 500):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _load_error(what: str, exc: Exception) -> Exception:
+    cause = transient_cause(exc)
+    if cause is not None:
+        why = f"{type(cause).__name__}: {cause}"
+        return ModelSourceUnavailable(f"{what} could not be fetched, the next try may succeed: {why}")
+    return ModelLoadFailed(f"{what} could not be loaded: {type(exc).__name__}: {exc}")
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -56,7 +98,7 @@ def load_tokenizer(spec: TrainingSpec, model_path: str) -> Any:
             model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
         )
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for the same cause
-        raise ModelLoadFailed(f"tokenizer of {spec.model.name!r} could not be loaded: {exc}") from exc
+        raise _load_error(f"tokenizer of {spec.model.name!r}", exc) from exc
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelLoadFailed(f"tokenizer of {spec.model.name!r} has neither a pad nor an eos token")
@@ -82,10 +124,8 @@ def load_model(
         model = _from_pretrained(spec, model_path, labels, kwargs)
     except (torch.OutOfMemoryError, MemoryError):
         raise
-    except Exception as exc:
-        raise ModelLoadFailed(
-            f"model {spec.model.name!r} could not be loaded: {type(exc).__name__}: {exc}"
-        ) from exc
+    except Exception as exc:  # a SIGTERM (callbacks.Terminated) is no Exception and passes through
+        raise _load_error(f"model {spec.model.name!r}", exc) from exc
 
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

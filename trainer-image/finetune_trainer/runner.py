@@ -35,6 +35,9 @@ class Failure(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[Failure], tuple[ExitCode, str]]:
+        return Failure, (self.code, self.message)  # travels between ranks (broadcast_from_rank0)
+
 
 @dataclass
 class RunRecord:
@@ -124,12 +127,13 @@ def classify(exc: BaseException, stage: str) -> tuple[ExitCode, str]:
     from finetune_trainer.callbacks import LossNotFinite, Terminated
     from finetune_trainer.data.pipeline import DataError
     from finetune_trainer.evaluation import QualityGateFailed
-    from finetune_trainer.modeling import ModelLoadFailed
+    from finetune_trainer.modeling import ModelLoadFailed, ModelSourceUnavailable
     from finetune_trainer.storage import StorageError, UploadFailed, exit_code_of
 
     known: list[tuple[type[BaseException], ExitCode]] = [
         (DataError, ExitCode.INVALID_DATA),
         (ModelLoadFailed, ExitCode.MODEL_LOAD_FAILED),
+        (ModelSourceUnavailable, ExitCode.RETRIABLE),
         (LossNotFinite, ExitCode.LOSS_NOT_FINITE),
         (QualityGateFailed, ExitCode.QUALITY_GATE_FAILED),
         (Terminated, ExitCode.RETRIABLE),
@@ -181,7 +185,6 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         ProgressLog,
         Terminated,
     )
-    from finetune_trainer.data.pipeline import prepare_data
     from finetune_trainer.distributed import init_distributed, training_arguments_overrides
     from finetune_trainer.modeling import load_model, load_tokenizer
     from finetune_trainer.recipes import RecipeContext, recipe_for
@@ -196,12 +199,17 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     if problem:
         raise Failure(ExitCode.INVALID_CONFIG, problem)
 
+    record.stage = "launch"
+    use_deepspeed = spec.method == "full" and spec.distributed_or_default().deepspeed is not None
+    world = init_distributed(use_deepspeed=use_deepspeed)
+    main = world.rank == 0
+
     record.stage = "fetch"
     paths = storage.prepare()
 
     record.stage = "data"
     try:
-        data = prepare_data(spec, paths)
+        data = _prepare_data_once(spec, paths, world)
     except Exception as exc:
         record.dataset = dataset_summary(getattr(exc, "report", None) or {})
         raise
@@ -209,21 +217,15 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     log.info("data: %s", {k: v for k, v in data.report.get("counts", {}).items()})
 
     record.stage = "model"
-    use_deepspeed = spec.method == "full" and spec.distributed_or_default().deepspeed is not None
-    world = init_distributed(use_deepspeed=use_deepspeed)
-    main = world.rank == 0
     tokenizer = load_tokenizer(spec, paths.model)
     record.licence = licence.model_licence(spec.model.licence, paths.model)
     refused = licence.not_allowed(record.licence, config.allowed_licences)
     if refused:
         raise Failure(ExitCode.INVALID_CONFIG, refused)
-    _add_token_stats(data, tokenizer, spec.hyperparameters.max_sequence_length)
-    record.dataset = dataset_summary(data.report)
     if main:
+        _add_token_stats(data, tokenizer, spec.hyperparameters.max_sequence_length)
+        record.dataset = dataset_summary(data.report)
         outputs.write_json(output / "data_report.json", data.report)
-    # New weights (LoRA matrices, a classification head) come from the seed, so reruns agree.
-    set_seed(spec.hyperparameters.seed)
-    loaded = load_model(spec, paths.model, tokenizer, data.labels)
 
     record.stage = "setup"
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / outputs.TENSORBOARD)
@@ -239,14 +241,24 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     ctx = RecipeContext(
         spec=spec,
         data=data,
-        loaded=loaded,
         checkpoint_dir=str(storage.checkpoint_root),
         callbacks=callbacks,
         world_size=world.world_size,
         extra_arguments=training_arguments_overrides(_cuda()) if world.is_distributed else {},
     )
     recipe = recipe_for(spec)
-    trainer = recipe.build(ctx)
+    # The arguments exist before the model: under ZeRO-3 they make from_pretrained build the model
+    # inside zero.Init, so each rank only ever holds its shard of the weights.
+    arguments = recipe.arguments(ctx)
+
+    record.stage = "model"
+    # New weights (LoRA matrices, a classification head) come from the seed, so reruns agree.
+    set_seed(spec.hyperparameters.seed)
+    ctx.loaded = load_model(spec, paths.model, tokenizer, data.labels)
+    _log_parameters_held(ctx.loaded.model, world.rank)
+
+    record.stage = "setup"
+    trainer = recipe.build(ctx, arguments)
     _quiet_printer(trainer)
     tests = evaluation.test_records(spec, data.test)
     checks = review.AfterTrainingChecks.prepare(spec, paths, data, tokenizer)
@@ -272,10 +284,8 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     record.metrics = run_metrics(trainer, result)
     if guard.failure:
         raise LossNotFinite(guard.failure)
-    if stop.requested:
-        raise Terminated(
-            f"SIGTERM at step {trainer.state.global_step}; checkpoint saved, the next run resumes"
-        )
+    if stop.agreed:
+        raise Terminated(f"SIGTERM at step {stop.stopped_at}; checkpoint saved, the next run resumes")
 
     record.stage = "evaluate"
     trainer.remove_callback(EarlyStoppingCallback)
@@ -306,6 +316,33 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     if gate:
         raise Failure(ExitCode.QUALITY_GATE_FAILED, gate)
     return None
+
+
+def _prepare_data_once(spec: Any, paths: Any, world: Any) -> Any:
+    """The data stage on rank 0 only (MinHash over a large dataset is minutes of CPU), handed to the
+    other ranks; a failure there fails every rank the same way, so they all exit with its code."""
+    from finetune_trainer.data.pipeline import prepare_data
+    from finetune_trainer.distributed import broadcast_from_rank0
+
+    def failure_of(exc: BaseException) -> Failure:
+        code, message = classify(exc, "data")
+        return Failure(code, message)
+
+    def prepare() -> Any:
+        log.info("preparing the data on this rank for all %d", world.world_size)
+        return prepare_data(spec, paths)
+
+    return broadcast_from_rank0(prepare, failure_of, world)
+
+
+def _log_parameters_held(model: Any, rank: int) -> None:
+    """How much of the model this rank holds after loading (ZeRO-3: about 1/world of it)."""
+    held = total = 0
+    for p in model.parameters():
+        total += int(getattr(p, "ds_numel", p.numel()))
+        shard = getattr(p, "ds_tensor", None)
+        held += int(shard.numel()) if shard is not None else int(p.numel())
+    log.info("rank %d holds %d of the model's %d parameters after loading", rank, held, total)
 
 
 def run_metrics(trainer: Any, result: Any) -> dict[str, Any]:

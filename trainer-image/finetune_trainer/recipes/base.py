@@ -20,25 +20,42 @@ from finetune_trainer.spec import TrainingSpec
 
 @dataclass
 class RecipeContext:
+    """What a recipe works from. ``loaded`` is filled in after ``Recipe.arguments``: see there."""
+
     spec: TrainingSpec
     data: PreparedData
-    loaded: LoadedModel
     checkpoint_dir: str
+    loaded: LoadedModel | None = None
     callbacks: list[Any] = field(default_factory=list)
     world_size: int = 1
     extra_arguments: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def model(self) -> LoadedModel:
+        if self.loaded is None:
+            raise RuntimeError("the model is loaded after the training arguments and before build()")
+        return self.loaded
+
 
 class Recipe(Protocol):
-    """How one objective trains: its records as a dataset, and a configured HF/TRL trainer."""
+    """How one objective trains: its arguments, its records as a dataset, and a configured trainer."""
 
     name: str
+
+    def arguments(self, ctx: RecipeContext) -> Any:
+        """The trainer's ``TrainingArguments`` (or TRL config), created *before* the model is loaded.
+
+        Under DeepSpeed ZeRO-3 their creation registers the DeepSpeed config with transformers, which
+        makes ``from_pretrained`` build the model inside ``deepspeed.zero.Init``: each rank then loads
+        only its shard instead of the whole model in float32.
+        """
+        ...
 
     def dataset(self, ctx: RecipeContext, records: list[dict[str, Any]]) -> Any:
         """The records of one split in the shape this recipe's trainer consumes."""
         ...
 
-    def build(self, ctx: RecipeContext) -> Any:
+    def build(self, ctx: RecipeContext, args: Any) -> Any:
         """A ready ``transformers.Trainer`` (or TRL subclass) for train and validation splits."""
         ...
 

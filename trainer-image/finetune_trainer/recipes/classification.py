@@ -38,24 +38,28 @@ class ClassificationRecipe:
 
         labels = ctx.data.labels or []
         index = {label: i for i, label in enumerate(labels)}
-        tokenizer = ctx.loaded.tokenizer
+        tokenizer = ctx.model.tokenizer
         max_length = ctx.spec.hyperparameters.max_sequence_length
         encoded = tokenizer([r["text"] for r in records], truncation=True, max_length=max_length)
         rows = {key: list(value) for key, value in encoded.items()}
         rows["labels"] = [index[r["label"]] for r in records]
         return Dataset.from_dict(rows)
 
-    def build(self, ctx: RecipeContext) -> Any:
-        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    def arguments(self, ctx: RecipeContext) -> Any:
+        from transformers import TrainingArguments
 
-        args = TrainingArguments(**training_arguments(ctx), label_names=["labels"])
+        return TrainingArguments(**training_arguments(ctx), label_names=["labels"])
+
+    def build(self, ctx: RecipeContext, args: Any) -> Any:
+        from transformers import DataCollatorWithPadding, Trainer
+
         return Trainer(
-            model=ctx.loaded.model,
+            model=ctx.model.model,
             args=args,
             train_dataset=self.dataset(ctx, ctx.data.train),
             eval_dataset=self.dataset(ctx, ctx.data.validation) if ctx.data.validation else None,
-            processing_class=ctx.loaded.tokenizer,
-            data_collator=DataCollatorWithPadding(ctx.loaded.tokenizer),
+            processing_class=ctx.model.tokenizer,
+            data_collator=DataCollatorWithPadding(ctx.model.tokenizer),
             compute_metrics=_compute_metrics,
             callbacks=ctx.callbacks,
         )

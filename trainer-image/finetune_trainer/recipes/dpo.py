@@ -23,21 +23,21 @@ class DpoRecipe:
             [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in records]
         )
 
-    def build(self, ctx: RecipeContext) -> Any:
-        from trl import DPOConfig, DPOTrainer
+    def arguments(self, ctx: RecipeContext) -> Any:
+        from trl import DPOConfig
 
         hp = ctx.spec.hyperparameters
-        args = DPOConfig(
-            **training_arguments(ctx),
-            beta=hp.dpo_beta,
-            max_length=hp.max_sequence_length,
-        )
+        return DPOConfig(**training_arguments(ctx), beta=hp.dpo_beta, max_length=hp.max_sequence_length)
+
+    def build(self, ctx: RecipeContext, args: Any) -> Any:
+        from trl import DPOTrainer
+
         return DPOTrainer(
-            model=ctx.loaded.model,
+            model=ctx.model.model,
             ref_model=None,
             args=args,
             train_dataset=self.dataset(ctx, ctx.data.train),
             eval_dataset=self.dataset(ctx, ctx.data.validation) if ctx.data.validation else None,
-            processing_class=ctx.loaded.tokenizer,
+            processing_class=ctx.model.tokenizer,
             callbacks=ctx.callbacks,
         )

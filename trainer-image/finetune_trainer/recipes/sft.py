@@ -33,22 +33,26 @@ class SftRecipe:
 
         return Dataset.from_list(as_sft_records(records, ctx.data.format))
 
-    def build(self, ctx: RecipeContext) -> Any:
-        from trl import SFTConfig, SFTTrainer
+    def arguments(self, ctx: RecipeContext) -> Any:
+        from trl import SFTConfig
 
         hp = ctx.spec.hyperparameters
-        args = SFTConfig(
+        return SFTConfig(
             **training_arguments(ctx),
             max_length=hp.max_sequence_length,
             packing=hp.packing,
             eval_packing=False,
             completion_only_loss=True if ctx.data.format in ("prompt-completion", "messages") else None,
         )
+
+    def build(self, ctx: RecipeContext, args: Any) -> Any:
+        from trl import SFTTrainer
+
         return SFTTrainer(
-            model=ctx.loaded.model,
+            model=ctx.model.model,
             args=args,
             train_dataset=self.dataset(ctx, ctx.data.train),
             eval_dataset=self.dataset(ctx, ctx.data.validation) if ctx.data.validation else None,
-            processing_class=ctx.loaded.tokenizer,
+            processing_class=ctx.model.tokenizer,
             callbacks=ctx.callbacks,
         )
