@@ -15,12 +15,16 @@ from finetune_trainer.data.pii import iban_ok, luhn_ok, redact
 from finetune_trainer.spec import Paths, TrainingSpec
 
 
-def prepare(tmp_path: Path, records: list[dict[str, Any]], **dataset: Any) -> Any:
+def prepare(tmp_path: Path, records: list[dict[str, Any]], objective: str = "sft", **dataset: Any) -> Any:
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     dataset.setdefault("splits", {"validation": 0.0, "test": 0.0})
     spec = TrainingSpec.model_validate(
-        {"model": {"name": "m"}, "dataset": {"source": {"uri": "file:///unused"}, **dataset}}
+        {
+            "model": {"name": "m"},
+            "objective": objective,
+            "dataset": {"source": {"uri": "file:///unused"}, **dataset},
+        }
     )
     return prepare_data(spec, Paths(model="m", dataset=str(path), output=str(tmp_path)))
 
@@ -93,6 +97,7 @@ def test_pii_kinds_are_configurable_and_counts_reach_the_report(tmp_path: Path) 
         "ip-address": 0,
         "iban": 0,
         "api-key": 0,
+        "ssn": 0,
     }
     off = prepare(tmp_path, records, cleaning={"pii": {"enabled": False}})
     assert off.report["cleaning"]["redactions_total"] == 0
@@ -171,3 +176,133 @@ def test_same_text_with_two_labels_counts_as_a_conflict(tmp_path: Path) -> None:
     data = prepare_data(spec, Paths(model="m", dataset=str(path), output=str(tmp_path)))
     assert len(data.train) == 2
     assert data.report["cleaning"]["label_conflicts"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# cleaning never changes training targets
+
+
+def test_markup_stripping_never_touches_completions_or_the_prompt_boundary(tmp_path: Path) -> None:
+    prompt = "### Instruction:\nFormat the <b>greeting</b> in the page\n\n### Response:\n"
+    completion = '```html\n<p class="hi">Hello,   <b>world</b></p>\n```\n\n\n    indented line\n'
+    data = prepare(
+        tmp_path, [{"prompt": prompt, "completion": completion}], cleaning={"dedup": {"near": False}}
+    )
+    (record,) = data.train
+    assert record["completion"] == completion  # the target, byte for byte
+    # the prompt lost its tags but kept its boundary: the response starts after "### Response:\n"
+    assert record["prompt"] == "### Instruction:\nFormat the greeting in the page\n\n### Response:\n"
+    plain = "### Instruction:\nSay hi\n\n### Response:\n"
+    data = prepare(tmp_path, [{"prompt": plain, "completion": "hi"}])
+    assert data.train[0]["prompt"] == plain and data.report["cleaning"]["markup_stripped"] == 0
+
+
+def test_markup_stripping_never_touches_chosen_rejected_or_assistant_turns(tmp_path: Path) -> None:
+    preference = {"prompt": "<p>Which tag?</p>", "chosen": "<em>This</em> one", "rejected": "<b>That</b>  "}
+    spec = {"cleaning": {"dedup": {"near": False}}}
+    data = prepare(tmp_path, [preference], objective="dpo", **spec)
+    assert data.train == [
+        {"prompt": "Which tag?", "chosen": "<em>This</em> one", "rejected": "<b>That</b>  "}
+    ]
+
+    chat = {
+        "messages": [
+            {"role": "system", "content": "<p>Be brief.</p>"},
+            {"role": "user", "content": "Show a <b>bold</b> tag"},
+            {"role": "assistant", "content": "Use <b>bold</b>:\n\n\n    <b>x</b>"},
+            {"role": "tool", "content": "<div>result</div>"},
+            {"role": "assistant", "content": "Done.  "},
+        ]
+    }
+    data = prepare(tmp_path, [chat], **spec)
+    assert [m["content"] for m in data.train[0]["messages"]] == [
+        "Be brief.",
+        "Show a bold tag",
+        "Use <b>bold</b>:\n\n\n    <b>x</b>",
+        "result",
+        "Done.  ",
+    ]
+
+
+def test_a_shared_system_prompt_does_not_make_chats_near_duplicates(tmp_path: Path) -> None:
+    system = (
+        "You are the support assistant of Acme Cloud Storage. Answer in two sentences at most, in a "
+        "friendly and professional tone. Never promise refunds, credits or delivery dates; point the "
+        "customer to the billing team instead. Quote the relevant policy section when you refuse. "
+        "Do not ask for passwords, full card numbers or security answers. If the question concerns "
+        "legal matters, data protection requests or law enforcement, hand over to a human agent. "
+        "Use metric units, ISO dates and the customer's own language. Keep product names exactly as "
+        "written in the catalogue, including capitalisation and trademarks."
+    )
+    questions = [
+        ("How do I reset my password?", "Use the link on the sign-in page."),
+        ("Can I change my billing address?", "Yes, under Settings, Billing."),
+        ("Why was my card declined?", "Your bank refused the charge; call them."),
+        ("Where is my invoice for March?", "Invoices are under Account, Documents."),
+        ("How do I delete my account?", "Write to support from your account e-mail."),
+        ("Does the app work offline?", "Only the reader works without a connection."),
+    ]
+    records = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for q, a in questions
+    ]
+    data = prepare(tmp_path, records, leakage="fail", splits={"validation": 0.34, "test": 0.0, "seed": 1})
+    assert data.report["cleaning"]["duplicates_removed"]["total"] == 0
+    assert len(data.train) + len(data.validation) == len(questions)
+    assert data.report["leakage"]["near"] == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Upgrade to version 2.1.0.1 first.",
+        "fixed in v10.0.0.1 and v1.2.3.4",
+        "See section 10.2.3.4 and § 4.1.2.3 of the manual.",
+        "Firmware 3.0.0.12 is required.",
+    ],
+)
+def test_version_strings_and_section_numbers_are_not_ip_addresses(text: str) -> None:
+    assert redact(text) == (text, {})
+
+
+def test_us_social_security_numbers_are_redacted() -> None:
+    assert redact("SSN 123-45-6789 on file")[0] == "SSN [SSN] on file"
+    assert redact("ssn: 078 05 1120.")[0] == "ssn: [SSN]."
+    # never issued: area 000/666/9xx, group 00, serial 0000; and phone numbers stay phones
+    for text in ("000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000"):
+        assert redact(text) == (text, {}), text
+    assert redact("call 555-123-4567")[0] == "call [PHONE]"
+
+
+LABELLED = Path(__file__).parent / "data" / "pii_markup_labelled.jsonl"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "preparing-data.md"
+
+
+def test_labelled_set_false_positives_and_negatives() -> None:
+    """The counts docs/preparing-data.md publishes are the ones the code gets on the labelled set."""
+    from collections import Counter
+
+    pii_fp = pii_fn = markup_fp = markup_fn = 0
+    for line in LABELLED.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        if item["kind"] == "pii":
+            _, found = redact(item["text"])
+            expected = Counter(item["expected"])
+            for kind in set(found) | set(expected):
+                difference = found.get(kind, 0) - expected.get(kind, 0)
+                pii_fp += max(difference, 0)
+                pii_fn += max(-difference, 0)
+        else:
+            changed = strip_markup(item["text"]) != item["text"]
+            markup_fp += changed and not item["expected"]
+            markup_fn += item["expected"] and not changed
+    assert (pii_fp, pii_fn, markup_fp, markup_fn) == (1, 0, 0, 0)
+    docs = DOCS.read_text(encoding="utf-8")
+    assert f"| PII redaction | {pii_fp} | {pii_fn} |" in docs
+    assert f"| Markup stripping | {markup_fp} | {markup_fn} |" in docs

@@ -115,7 +115,7 @@ def test_message_roles_are_checked(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         prepare(path, make_spec())
     assert info.value.errors == [
-        "line 3: messages[1].role must be one of system, user, assistant",
+        "line 3: messages[1].role must be one of system, user, assistant, tool",
         'line 4: field "messages" has no assistant message to learn from',
     ]
 

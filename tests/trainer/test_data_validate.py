@@ -103,3 +103,42 @@ def test_main_parses_arguments(tmp_path: Path, capsys: Any) -> None:
     write_data(tmp_path, GOOD)
     assert main([str(write_manifest(tmp_path, base_spec())), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["valid"] is True
+
+
+def test_write_splits_gives_the_trainers_records_in_the_users_format(tmp_path: Path) -> None:
+    from finetune_trainer.cli import main as ftj
+    from finetune_trainer.data.pipeline import prepare_data
+    from finetune_trainer.validate_cmd import load_manifest, resolve_paths
+
+    chats = [
+        {
+            "conversation": [
+                {"role": "user", "content": f"<p>Question {i}: mail me at user{i}@example.com</p>"},
+                {"role": "assistant", "content": f"Answer {i}:\n\n    <code>step {i}</code>\n"},
+            ],
+            "id": i,
+        }
+        for i in range(30)
+    ]
+    write_data(tmp_path, [*chats, chats[0]])  # one exact duplicate
+    spec = {
+        "model": {"name": "m"},
+        "dataset": {"source": {"uri": "file://data/train.jsonl"}, "columns": {"messages": "conversation"}},
+    }
+    manifest = write_manifest(tmp_path, spec)
+    out_dir = tmp_path / "splits"
+    assert ftj(["validate", str(manifest), "--write-splits", str(out_dir)]) == ExitCode.SUCCEEDED
+
+    written = {
+        name: [json.loads(line) for line in (out_dir / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("train", "validation", "test")
+    }
+    _, parsed = load_manifest(manifest)
+    trainer_sees = prepare_data(parsed.training(), resolve_paths(parsed, manifest, str(tmp_path)))
+    for name, rows in written.items():
+        assert rows == [{"conversation": r["messages"]} for r in getattr(trainer_sees, name)], name
+    assert sum(len(rows) for rows in written.values()) == 30  # the duplicate is gone
+    first = next(row for rows in written.values() for row in rows)
+    user, assistant = first["conversation"]
+    assert "<p>" not in user["content"] and "[EMAIL]" in user["content"]  # cleaned input
+    assert assistant["content"].endswith("</code>\n")  # the target as written

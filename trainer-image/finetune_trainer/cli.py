@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     validate_parser = commands.add_parser("validate", help="check, clean and split the data; no training")
     validate_parser.add_argument("manifest", help="FineTuneJob YAML")
     validate_parser.add_argument("--json", action="store_true", help="print the data report as JSON")
+    from finetune_trainer.validate_cmd import WRITE_SPLITS_HELP
+
+    validate_parser.add_argument("--write-splits", metavar="DIR", help=WRITE_SPLITS_HELP)
     plan_parser = commands.add_parser("plan", help="GPU memory, time and cost of a manifest, before any GPU")
     plan_parser.add_argument("manifest", help="FineTuneJob YAML")
     plan_parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args.manifest, args.output, args.metrics_port)
     from finetune_trainer.validate_cmd import validate_command
 
-    return validate_command(args.manifest, json_output=args.json)
+    return validate_command(args.manifest, json_output=args.json, splits_dir=args.write_splits)
 
 
 if __name__ == "__main__":

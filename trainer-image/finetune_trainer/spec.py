@@ -29,7 +29,7 @@ Method = Literal["full", "lora", "qlora"]
 Objective = Literal["sft", "dpo"]
 DataFormat = Literal["auto", "prompt-completion", "messages", "preference", "text-label", "text"]
 FileFormat = Literal["auto", "jsonl", "json", "csv", "parquet"]
-PiiKind = Literal["email", "phone", "credit-card", "ip-address", "iban", "api-key"]
+PiiKind = Literal["email", "phone", "credit-card", "ip-address", "iban", "api-key", "ssn"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 LeakagePolicy = Literal["fail", "warn", "off"]
 DType = Literal["bfloat16", "float16", "float32"]
@@ -190,8 +190,8 @@ class Dedup(Model):
 class Pii(Model):
     enabled: bool = Field(default=True, description="Redact personal data before training.")
     kinds: list[PiiKind] = Field(
-        default_factory=lambda: ["email", "phone", "credit-card", "ip-address", "iban", "api-key"],
-        max_length=6,
+        default_factory=lambda: ["email", "phone", "credit-card", "ip-address", "iban", "api-key", "ssn"],
+        max_length=7,
         description="Kinds of personal data to redact.",
     )
 

@@ -24,6 +24,10 @@ API_VERSION = "finetuning.io/v1alpha1"
 LOCAL_SOURCES = (
     "ftj reads file:// paths and s3://, gs://, az://, hf:// URIs (a PVC or ConfigMap is cluster-only)"
 )
+WRITE_SPLITS_HELP = (
+    "write the cleaned train/validation/test records to DIR as JSONL, in the input's format and column "
+    "names, exactly as the trainer will see them"
+)
 KIND = "FineTuneJob"
 
 
@@ -109,8 +113,36 @@ def resolve_paths(spec: FineTuneJobSpec, manifest_path: str | Path, output: str)
     )
 
 
-def validate_command(manifest_path: str, *, json_output: bool = False, out: TextIO | None = None) -> int:
-    """Validate a manifest and its data; prints the data report; returns the trainer's exit code."""
+def write_splits(prepared: Any, spec: FineTuneJobSpec, directory: str | Path) -> list[Path]:
+    """train/validation/test JSONL in ``directory``: the records exactly as the trainer will train and
+    evaluate on them (validated, cleaned, split), in the input's format and under its column names."""
+    from finetune_trainer.data.formats import denormalise
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    columns = spec.dataset.columns
+    written = []
+    for split in ("train", "validation", "test"):
+        path = target / f"{split}.jsonl"
+        with path.open("w", encoding="utf-8") as handle:
+            for record in getattr(prepared, split):
+                row = denormalise(record, prepared.format, columns)
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
+
+
+def validate_command(
+    manifest_path: str,
+    *,
+    json_output: bool = False,
+    out: TextIO | None = None,
+    splits_dir: str | None = None,
+) -> int:
+    """Validate a manifest and its data; prints the data report; returns the trainer's exit code.
+
+    With ``splits_dir`` the cleaned splits are written there too (see :func:`write_splits`).
+    """
     from finetune_trainer.data.pipeline import DataError, prepare_data
 
     stream = out or sys.stdout
@@ -151,8 +183,18 @@ def validate_command(manifest_path: str, *, json_output: bool = False, out: Text
         payload["report"] = exc.report
         _emit(stream, json_output, payload, lines)
         return int(ExitCode.INVALID_DATA)
-    payload = {"valid": True, "report": prepared.report}
-    _emit(stream, json_output, payload, [f"{name}: the data is valid", *summarise(prepared.report)])
+    payload: dict[str, Any] = {"valid": True, "report": prepared.report}
+    lines = [f"{name}: the data is valid", *summarise(prepared.report)]
+    if splits_dir:
+        try:
+            written = write_splits(prepared, spec, splits_dir)
+        except OSError as exc:
+            problem = f"cannot write the splits: {exc}"
+            _emit(stream, json_output, {"valid": True, "error": problem}, [problem])
+            return int(ExitCode.INVALID_CONFIG)
+        payload["splits"] = {path.stem: str(path) for path in written}
+        lines += [f"  wrote {path} ({len(getattr(prepared, path.stem))} records)" for path in written]
+    _emit(stream, json_output, payload, lines)
     return int(ExitCode.SUCCEEDED)
 
 
@@ -214,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("manifest", help="FineTuneJob YAML")
     parser.add_argument("--json", action="store_true", help="print the data report as JSON")
+    parser.add_argument("--write-splits", metavar="DIR", help=WRITE_SPLITS_HELP)
     args = parser.parse_args(argv)
-    return validate_command(args.manifest, json_output=args.json)
+    return validate_command(args.manifest, json_output=args.json, splits_dir=args.write_splits)
 
 
 if __name__ == "__main__":

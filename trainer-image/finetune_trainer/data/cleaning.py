@@ -1,5 +1,10 @@
 """Cleaning before the split: markup stripping, PII redaction, too-short records, deduplication.
 
+Cleaning never changes what the model is trained to produce: markup stripping (and the whitespace
+tidying that comes with it) runs only on prompts and other inputs, never on completions, chosen or
+rejected answers, or assistant turns. Redaction runs on every field: personal data must not be
+learned as an answer either.
+
 Redaction runs before deduplication so that two messages that differ only in an e-mail address
 count as the duplicates they are. Every change is counted for the data report.
 """
@@ -66,9 +71,12 @@ class Item:
 
 def dedup_text(record: dict[str, Any], fmt: str) -> str:
     """What two records must share to be duplicates; for text-label the text alone, so that the
-    same text under two labels is caught (and counted as a label conflict) rather than kept twice."""
+    same text under two labels is caught (and counted as a label conflict) rather than kept twice.
+    A chat's system prompt is left out: datasets repeat one long system prompt in every record, and
+    it would make distinct conversations look like near-duplicates of each other."""
     if fmt == "messages":
-        return join_fields([f"{m['role']}: {m['content']}" for m in record["messages"]])
+        turns = [m for m in record["messages"] if m["role"] != "system"]
+        return join_fields([f"{m['role']}: {m['content']}" for m in turns])
     return join_fields(texts_of(record, fmt))
 
 
@@ -79,7 +87,7 @@ def clean(items: list[Item], fmt: str, config: Cleaning) -> tuple[list[Item], Cl
     for item in items:
         record = item.record
         if config.strip_markup:
-            stripped = map_texts(record, fmt, strip_markup)
+            stripped = map_texts(record, fmt, strip_markup, inputs_only=True)
             if stripped != record:
                 stats.markup_stripped += 1
                 record = stripped

@@ -19,7 +19,7 @@ from typing import Any
 from finetune_trainer.spec import Columns
 
 FORMATS = ("prompt-completion", "messages", "preference", "text-label", "text")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # Most specific first: a file with prompt, chosen and rejected is preference even if it has text.
 _DETECTION_ORDER = ("messages", "preference", "prompt-completion", "text-label", "text")
@@ -105,6 +105,20 @@ def normalise(
     else:
         raise ValueError(f"unknown format {fmt!r}")
     return (None, errors) if errors else (out, [])
+
+
+def denormalise(record: dict[str, Any], fmt: str, columns: Columns) -> dict[str, Any]:
+    """A normalised record under the column names the user's file uses (the inverse of normalise)."""
+    names = {
+        "prompt": columns.prompt,
+        "completion": columns.completion,
+        "chosen": columns.chosen,
+        "rejected": columns.rejected,
+        "messages": columns.messages,
+        "text": columns.text,
+        "label": columns.label,
+    }
+    return {names[key]: value for key, value in record.items()}
 
 
 def _type_name(value: Any) -> str:
@@ -210,8 +224,24 @@ def text_fields(fmt: str) -> tuple[str, ...]:
     }[fmt]
 
 
-def map_texts(record: dict[str, Any], fmt: str, change: Callable[[str], str]) -> dict[str, Any]:
-    """A copy of the record with ``change(text) -> text`` applied to each free-text field.
+# What the model reads, as opposed to what it is trained to write. Cleaning that changes text (markup
+# stripping, whitespace tidying) touches only these: a completion, a chosen or rejected answer, or an
+# assistant turn is the target, and "### Response:\n", indented code or an HTML answer must stay exact.
+INPUT_FIELDS = {
+    "prompt-completion": ("prompt",),
+    "preference": ("prompt",),
+    "text-label": ("text",),
+    "text": ("text",),
+    "messages": (),
+}
+TARGET_ROLES = frozenset({"assistant"})
+
+
+def map_texts(
+    record: dict[str, Any], fmt: str, change: Callable[[str], str], *, inputs_only: bool = False
+) -> dict[str, Any]:
+    """A copy of the record with ``change(text) -> text`` applied to each free-text field (with
+    ``inputs_only``, to the fields the model reads but is not trained to produce: see INPUT_FIELDS).
 
     A leading space survives cleaning: prompt and completion are joined as they are, so " works"
     after a prompt must not become "works" (different tokens than inference sees).
@@ -224,10 +254,13 @@ def map_texts(record: dict[str, Any], fmt: str, change: Callable[[str], str]) ->
 
     if fmt == "messages":
         return {
-            "messages": [{"role": m["role"], "content": change(m["content"])} for m in record["messages"]]
+            "messages": [
+                m if inputs_only and m["role"] in TARGET_ROLES else {**m, "content": change(m["content"])}
+                for m in record["messages"]
+            ]
         }
     out = dict(record)
-    for key in text_fields(fmt):
+    for key in INPUT_FIELDS[fmt] if inputs_only else text_fields(fmt):
         out[key] = change(record[key])
     return out
 

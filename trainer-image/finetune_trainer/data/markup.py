@@ -121,10 +121,24 @@ def tidy_whitespace(text: str) -> str:
 
 
 def strip_markup(text: str) -> str:
-    """Text without tags, entities and boilerplate lines."""
-    if _REAL_MARKUP.search(text):
-        text = html_to_text(text)
-    elif _ENTITY.search(text):
-        text = html.unescape(text)
-    text = _BOILERPLATE.sub("", text)
-    return tidy_whitespace(text)
+    """Text without tags, entities and boilerplate lines.
+
+    Text with none of them comes back exactly as it was: whitespace is tidied only where markup was
+    removed, and the original's leading and trailing whitespace is kept (a prompt ending in
+    "### Response:\n" must end there after cleaning too, or training and inference tokenise the
+    boundary differently).
+    """
+    cleaned = text
+    if _REAL_MARKUP.search(cleaned):
+        cleaned = html_to_text(cleaned)
+    elif _ENTITY.search(cleaned):
+        cleaned = html.unescape(cleaned)
+    cleaned = _BOILERPLATE.sub("", cleaned)
+    if cleaned == text:
+        return text
+    body = tidy_whitespace(cleaned)
+    if not body:
+        return body
+    lead = text[: len(text) - len(text.lstrip())]
+    trail = text[len(text.rstrip()) :]
+    return lead + body + trail
