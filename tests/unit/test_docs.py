@@ -232,6 +232,10 @@ ALLOWED_COMMANDS: list[tuple[str, str]] = [
         "::test_json_output_carries_the_report",
     ),
     (
+        r"ftj validate \S+\.yaml --write-splits \S+",
+        "tests/trainer/test_data_validate.py::test_write_splits_gives_the_trainers_records_in_the_users_format",
+    ),
+    (
         r"helm install [a-z0-9-]+ charts/finetune-operator (--namespace|-n) [a-z0-9-]+( --create-namespace)?"
         r"( --set [\w.]+=\S+)*",
         "tests/chart/test_chart_cluster.py::test_install_upgrade_uninstall installs the chart with "
