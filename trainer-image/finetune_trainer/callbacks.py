@@ -169,6 +169,23 @@ class GracefulStop(TrainerCallback):
         return bool(value.item())
 
 
+class SaveEvery(TrainerCallback):
+    """A checkpoint every ``steps`` optimizer steps, whatever the trainer's own save interval is.
+
+    With early stopping the trainer saves at each validation (the best checkpoint must exist to be
+    loaded at the end), which by default is once per epoch; ``checkpointing.everySteps`` still holds.
+    """
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.steps > 0 and state.global_step % self.steps == 0:
+            control.should_save = True
+
+
 class MetricsCallback(TrainerCallback):
     """Prometheus gauges from trainer events; rates are measured between logging steps."""
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from finetune_trainer.callbacks import SaveEvery
 from finetune_trainer.data.pipeline import PreparedData
 from finetune_trainer.modeling import LoadedModel, half_dtype
 from finetune_trainer.spec import TrainingSpec
@@ -60,10 +61,28 @@ class Recipe(Protocol):
         ...
 
 
-def steps_per_epoch(ctx: RecipeContext) -> int:
+def steps_per_epoch(ctx: RecipeContext, sequences: int | None = None) -> int:
+    """Optimizer steps in one epoch of ``sequences`` training sequences (default: one per record;
+    with packing, pass the number of packed sequences: see :func:`follow_packed_length`)."""
     hp = ctx.spec.hyperparameters
-    batches = math.ceil(len(ctx.data.train) / (hp.batch_size * ctx.world_size))
+    count = len(ctx.data.train) if sequences is None else sequences
+    batches = math.ceil(count / (hp.batch_size * ctx.world_size))
     return max(1, math.ceil(batches / hp.gradient_accumulation_steps))
+
+
+def follow_packed_length(ctx: RecipeContext, trainer: Any) -> None:
+    """With packing, an epoch is the packed sequences, far fewer than the records: validate (and save,
+    with early stopping) once per epoch of those, when no evalSteps is given. Runs after the trainer
+    packed its dataset and before ``train()``, which reads the intervals from the arguments."""
+    if ctx.spec.evaluation.eval_steps or not validation_enabled(ctx):
+        return
+    epoch = steps_per_epoch(ctx, len(trainer.train_dataset))
+    args = trainer.args
+    if epoch == args.eval_steps:
+        return
+    if args.save_steps == args.eval_steps:  # early stopping: a checkpoint at every validation
+        args.save_steps = epoch
+    args.eval_steps = epoch
 
 
 def validation_enabled(ctx: RecipeContext) -> bool:
@@ -79,8 +98,9 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
 
     Validation runs every ``evaluation.evalSteps`` (default: once per epoch, counted in steps).
     Keeping the best checkpoint needs a checkpoint at every validation, so with early stopping the
-    checkpoint interval follows the validation interval (validating more often than asked would
-    make patience run out within a fraction of an epoch).
+    trainer's save interval is the validation interval (validating more often than asked would
+    make patience run out within a fraction of an epoch), and ``callbacks.SaveEvery`` adds the
+    checkpoints every ``checkpointing.everySteps`` on top, so a preempted run loses no more than asked.
     """
     spec = ctx.spec
     hp = spec.hyperparameters
@@ -143,4 +163,6 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
 
         args["deepspeed"] = deepspeed_config(spec)
     args.update(ctx.extra_arguments)
+    if early and not any(isinstance(c, SaveEvery) for c in ctx.callbacks):
+        ctx.callbacks.append(SaveEvery(spec.checkpointing.every_steps))
     return args

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer.recipes.base import RecipeContext, training_arguments
+from finetune_trainer.recipes.base import RecipeContext, follow_packed_length, training_arguments
 
 
 def as_sft_records(records: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ class SftRecipe:
     def build(self, ctx: RecipeContext, args: Any) -> Any:
         from trl import SFTTrainer
 
-        return SFTTrainer(
+        trainer = SFTTrainer(
             model=ctx.model.model,
             args=args,
             train_dataset=self.dataset(ctx, ctx.data.train),
@@ -56,3 +56,6 @@ class SftRecipe:
             processing_class=ctx.model.tokenizer,
             callbacks=ctx.callbacks,
         )
+        if ctx.spec.hyperparameters.packing:
+            follow_packed_length(ctx, trainer)
+        return trainer
