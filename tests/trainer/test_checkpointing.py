@@ -25,7 +25,7 @@ def test_every_steps_is_kept_with_early_stopping(make_config: Any) -> None:
     )
     assert run(load_config(config)) == ExitCode.SUCCEEDED
     steps = sorted(
-        int(p.name.split("-")[1]) for p in (output_of(config) / "checkpoints").glob("checkpoint-*")
+        int(p.name.split("-")[1]) for p in (output_of(config) / "checkpoints").rglob("checkpoint-*")
     )
     assert steps == [2, 4, 6, 8, 10, 12]
 

@@ -198,7 +198,7 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(make_config: A
     stops = dict(re.findall(r"\[rank (\d)\] .*SIGTERM at step (\d+)", out))
     assert set(stops) == {"0", "1"}, out[-6000:]
     assert stops["0"] == stops["1"], f"ranks stopped at different steps: {stops}"
-    checkpoints = sorted(p.name for p in (output_of(path) / "checkpoints").glob("checkpoint-*"))
+    checkpoints = sorted(p.name for p in (output_of(path) / "checkpoints").rglob("checkpoint-*"))
     assert checkpoints == [f"checkpoint-{stops['0']}"], checkpoints
     summary = read_summary(path)
     assert summary["reason"] == "InfrastructureError" and summary["checkpoint"]["step"] == int(stops["0"])

@@ -3,7 +3,8 @@
 A SIGTERM can land anywhere: inside ``from_pretrained`` or a Parquet read, whose ``except Exception``
 blocks turn errors into ModelLoadFailed / InvalidData. The signal here is real (sent to this process,
 handled by the trainer's own handler); the patched loader only decides *when* it arrives.
-Hub errors come from a real HTTP server standing in for the Hub: a 503 is transient, a 404 is not.
+Hub errors come from a real HTTP server standing in for the Hub: a 503 is transient (exit 75, even
+though the hub client reports it as a LocalEntryNotFoundError), a 404 is not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from runs import read_summary, trainer_env
 
-from finetune_trainer.contract import ExitCode
+from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES, ExitCode
 from finetune_trainer.runner import run_config_file
 
 pytestmark = pytest.mark.trainer
@@ -109,7 +110,7 @@ def _run_against(
     path.write_text(json.dumps(config))
     env = trainer_env()
     env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp_path / f"hf-{name}"), HF_HUB_ETAG_TIMEOUT="5")
-    env.update(HF_HUB_DOWNLOAD_TIMEOUT="5")
+    env.update(HF_HUB_DOWNLOAD_TIMEOUT="5", FTJ_STORAGE_ATTEMPTS="2", FTJ_STORAGE_BACKOFF_SECONDS="0.1")
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("TRANSFORMERS_OFFLINE", None)
     proc = subprocess.run(
@@ -134,5 +135,5 @@ def test_hub_outage_is_retriable_but_a_missing_repo_is_not(
 
     handler.status = 404
     code, out, summary = _run_against(url, make_config, "hub-404", tmp_path)
-    assert code == ExitCode.MODEL_LOAD_FAILED, out[-4000:]
-    assert summary["reason"] == "ModelLoadFailed"
+    assert code in NON_RETRIABLE_EXIT_CODES, out[-4000:]
+    assert summary["reason"] == "ModelNotFound"

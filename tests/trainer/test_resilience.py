@@ -152,3 +152,35 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(make_config) -> None
     assert metrics["step"] == 6
     assert metrics["best_step"] == 2
     assert out_checkpoint(output_of(config), 2).is_dir()
+
+
+def test_non_finite_gradient_norm_stops_before_the_loss_shows_it(make_config, monkeypatch) -> None:
+    """A NaN gradient poisons the weights at the optimizer step; the loss shows it only a step later.
+    The guard stops at the step whose gradient norm is NaN, and that step is never checkpointed."""
+    from finetune_trainer import modeling
+
+    real = modeling.load_model
+    hooked: dict[str, int] = {"calls": 0}
+
+    def load_with_nan_gradients(*args: Any, **kwargs: Any) -> Any:
+        loaded = real(*args, **kwargs)
+        trainable = next(p for p in loaded.model.parameters() if p.requires_grad)
+
+        def poison(grad: Any) -> Any:
+            hooked["calls"] += 1
+            return grad * float("nan") if hooked["calls"] >= 3 else grad
+
+        trainable.register_hook(poison)
+        return loaded
+
+    monkeypatch.setattr(modeling, "load_model", load_with_nan_gradients)
+    config = make_config(
+        name="nan-grad",
+        hyperparameters={"maxSteps": 8},
+        checkpointing={"everySteps": 1, "keep": 10},
+        evaluation={"compareBase": False, "generationMetrics": False},
+    )
+    assert run(load_config(config)) == ExitCode.LOSS_NOT_FINITE
+    summary = read_summary(config)
+    assert "gradient norm became nan at step 3" in summary["message"], summary["message"]
+    assert checkpoint_step(latest_checkpoint(output_of(config))) == 2

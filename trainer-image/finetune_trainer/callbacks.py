@@ -21,8 +21,8 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer.contract import Metric
-from finetune_trainer.distributed import cpu_group, is_multi_process
-from finetune_trainer.metrics_server import TrainerMetrics
+from finetune_trainer.distributed import cpu_group, gather_from_all, is_multi_process
+from finetune_trainer.metrics_server import TrainerMetrics, memory_in_use
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,11 @@ def _finite(value: Any) -> bool:
 
 
 class FiniteLossGuard(TrainerCallback):
-    """Stop at the first non-finite loss and keep that step out of the checkpoints.
+    """Stop at the first non-finite loss or gradient norm and keep that step out of the checkpoints.
+
+    A NaN gradient norm comes before the NaN loss: the optimizer has just written NaN into the weights,
+    and the loss only shows it a step later. (With fp16 loss scaling an infinite norm is normal: the
+    scaler skips that step.)
 
     Needs ``logging_steps=1`` and ``logging_nan_inf_filter=False``: the HF default silently replaces a
     NaN step loss by the running mean, which would hide exactly what this guard looks for.
@@ -65,8 +69,10 @@ class FiniteLossGuard(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        for key in ("loss", "eval_loss"):
+        for key in ("loss", "eval_loss", "grad_norm"):
             if logs and key in logs and not _finite(logs[key]):
+                if key == "grad_norm" and args.fp16 and not math.isnan(float(logs[key])):
+                    continue  # fp16 loss scaling: an infinite norm skips the step and lowers the scale
                 self._trip(state, control, key, logs[key])
 
     def on_evaluate(
@@ -82,7 +88,9 @@ class FiniteLossGuard(TrainerCallback):
 
     def _trip(self, state: TrainerState, control: TrainerControl, key: str, value: Any) -> None:
         if self.failure is None:
-            what = "training loss" if key == "loss" else "validation loss"
+            what = {"loss": "training loss", "eval_loss": "validation loss", "grad_norm": "gradient norm"}[
+                key
+            ]
             self.failure = (
                 f"{what} became {value} at step {state.global_step}; the learning rate "
                 "may be too high, or the data holds extreme values"
@@ -208,7 +216,6 @@ class MetricsCallback(TrainerCallback):
     ) -> None:
         self.metrics.on_step(state.global_step, state.max_steps, state.epoch or 0.0)
         self.metrics.on_tokens(state.num_input_tokens_seen)
-        self.metrics.update_memory()
 
     def on_log(
         self,
@@ -219,6 +226,8 @@ class MetricsCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         logs = logs or {}
+        # Every rank logs at the same steps, so the memory of every rank's GPU can be gathered here.
+        self.metrics.update_memory(gather_from_all(memory_in_use()))
         for key, metric in (
             ("loss", Metric.TRAIN_LOSS),
             ("learning_rate", Metric.LEARNING_RATE),

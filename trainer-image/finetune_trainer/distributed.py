@@ -252,3 +252,18 @@ def broadcast_from_rank0(
     if kind == "error":
         raise value
     return value  # type: ignore[no-any-return]
+
+
+def gather_from_all(value: T) -> list[T]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` without a world.
+
+    A collective: every rank must call it at the same point (callbacks that all ranks run, such as
+    ``on_log`` and the end of training).
+    """
+    if not is_multi_process():
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value, group=cpu_group())
+    return out

@@ -113,13 +113,25 @@ class TrainerMetrics:
             self._best_eval = loss
             self.set(Metric.BEST_EVAL_LOSS, loss)
 
-    def update_memory(self) -> None:
-        for device, used in memory_in_use().items():
+    def update_memory(self, per_rank: list[dict[str, int]] | None = None) -> None:
+        """Set the memory gauges: this process's figures, or every rank's (``gather_memory``), each
+        labelled ``rank<R>:<device>`` so the operator's maximum covers every GPU of the run."""
+        if per_rank is None or len(per_rank) == 1:
+            figures = per_rank[0] if per_rank else memory_in_use()
+        else:
+            figures = {
+                f"rank{rank}:{device}": used
+                for rank, own in enumerate(per_rank)
+                for device, used in own.items()
+            }
+        for device, used in figures.items():
             self._memory.labels(device=device).set(used)
 
 
-def memory_in_use() -> dict[str, int]:
-    """Bytes in use per device: CUDA allocator figures when torch has GPUs, else the process RSS."""
+def memory_in_use(peak: bool = False) -> dict[str, int]:
+    """Bytes in use by this process: its own GPU's allocator figure (``peak``: the maximum since the
+    start) and its resident set size. A CUDA allocator only knows its own process's memory, so in a
+    multi-GPU pod each rank reports its device and rank 0 gathers them (``gather_from_all``)."""
     out: dict[str, int] = {"cpu": _rss_bytes()}
     torch: Any
     try:
@@ -127,8 +139,9 @@ def memory_in_use() -> dict[str, int]:
     except ImportError:  # the operator side imports this module without torch
         return out
     if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            out[f"cuda:{index}"] = int(torch.cuda.memory_allocated(index))
+        index = torch.cuda.current_device()
+        read = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+        out[f"cuda:{index}"] = int(read(index))
     return out
 
 

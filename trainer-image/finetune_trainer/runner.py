@@ -400,11 +400,14 @@ def dataset_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _peak_gpu_memory() -> int | None:
-    import torch
+    """The highest peak of any rank's GPU (each allocator knows only its own process; a collective)."""
+    from finetune_trainer.distributed import gather_from_all
+    from finetune_trainer.metrics_server import memory_in_use
 
-    if not torch.cuda.is_available():
-        return None
-    return max(int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count()))
+    peaks = [
+        used for own in gather_from_all(memory_in_use(peak=True)) for d, used in own.items() if d != "cpu"
+    ]
+    return max(peaks) if peaks else None
 
 
 def output_uri(config: TrainerConfig) -> str:

@@ -1,9 +1,8 @@
 """Supervised fine-tuning of a causal LM with TRL's SFTTrainer, the loss on completions only.
 
 prompt-completion records go to TRL as they are (its completion mask excludes the prompt from the
-loss). A chat whose last turn is the assistant's becomes a conversational prompt-completion pair:
-the earlier turns are the prompt (rendered by the chat template with the generation prompt), the
-last answer is the completion. Plain text records train on every token.
+loss). Chats are tokenised here with the chat template, the loss on every assistant turn (see
+``recipes.chat``), whether or not a record ends with the assistant. Plain text trains on every token.
 """
 
 from __future__ import annotations
@@ -11,13 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_trainer.recipes.base import RecipeContext, follow_packed_length, training_arguments
+from finetune_trainer.recipes.chat import tokenize_chat
 
 
 def as_sft_records(records: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
-    if fmt == "messages":
-        if all(r["messages"] and r["messages"][-1]["role"] == "assistant" for r in records):
-            return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
-        return [{"messages": r["messages"]} for r in records]
     if fmt == "prompt-completion":
         return [{"prompt": r["prompt"], "completion": r["completion"]} for r in records]
     if fmt == "text":
@@ -31,6 +27,9 @@ class SftRecipe:
     def dataset(self, ctx: RecipeContext, records: list[dict[str, Any]]) -> Any:
         from datasets import Dataset
 
+        if ctx.data.format == "messages":
+            tokenizer, limit = ctx.model.tokenizer, ctx.spec.hyperparameters.max_sequence_length
+            return Dataset.from_list([tokenize_chat(tokenizer, r["messages"], limit) for r in records])
         return Dataset.from_list(as_sft_records(records, ctx.data.format))
 
     def arguments(self, ctx: RecipeContext) -> Any:

@@ -82,8 +82,24 @@ def _code_of(exc: BaseException) -> str | None:
     return str(status) if status is not None else None
 
 
+def _server_trouble(link: BaseException) -> bool:
+    """HTTP 429 or 5xx, or the connection itself failed: the hub's LocalEntryNotFoundError wraps
+    these when the file is not cached, and they say nothing about whether the file exists."""
+    code = _code_of(link)
+    if code is not None and code.isdigit() and (code == "429" or code.startswith("5")):
+        return True
+    return isinstance(link, (ConnectionError, TimeoutError)) or type(link).__name__ in {
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "RemoteProtocolError",
+    }
+
+
 def kind_of(exc: BaseException) -> str:
     """NOT_FOUND, ACCESS_DENIED or TRANSIENT for any exception a storage client raised."""
+    if any(_server_trouble(link) for link in _chain(exc)):
+        return TRANSIENT
     for link in _chain(exc):
         name = type(link).__name__
         code = _code_of(link)
