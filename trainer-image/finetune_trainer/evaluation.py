@@ -65,7 +65,11 @@ def evaluate(
         return {}
     spec: TrainingSpec = ctx.spec
     dataset = recipe.dataset(ctx, records)
-    raw = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+    if spec.task != "classification" and spec.objective != "dpo":
+        # Loss and perplexity per token over the whole split (see token_weighted_loss).
+        raw = {f"{prefix}_loss": token_weighted_loss(trainer, dataset)}
+    else:
+        raw = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
     out: dict[str, float] = {}
     loss = raw.get(f"{prefix}_loss")
     if loss is not None:
@@ -90,6 +94,50 @@ def evaluate(
     return out
 
 
+def token_weighted_loss(trainer: Any, dataset: Any) -> float:
+    """Mean negative log-likelihood per target token over ``dataset`` (its perplexity is exp of it).
+
+    The Trainer's eval loss averages per-batch means: a batch of short answers weighs as much as a
+    batch of long ones, and the perplexity derived from it is not the corpus perplexity. Here every
+    target token counts once. Runs on every rank (under ZeRO-3 the forward pass is a collective); the
+    sums are added across ranks.
+    """
+    import torch
+
+    from finetune_trainer.distributed import gather_from_all
+
+    prepare = getattr(trainer, "_prepare_dataset", None)  # TRL tokenises a split as SFTTrainer.evaluate does
+    if prepare is not None and not getattr(trainer, "_skip_prepare_dataset", False):
+        args = trainer.args
+        packing = args.packing if args.eval_packing is None else args.eval_packing
+        dataset = prepare(dataset, trainer.processing_class, args, packing, trainer._formatting_func, "test")
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in trainer.get_eval_dataloader(dataset):
+            batch = trainer._prepare_inputs(batch)
+            labels = batch.pop("labels")
+            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            with torch.no_grad(), trainer.autocast_smart_context_manager():
+                logits = model(**inputs).logits
+            shifted = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                shifted.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total += float(nll)
+            count += int((shifted != -100).sum())
+    finally:
+        model.train(was_training)
+    sums = gather_from_all((total, count))
+    total, count = sum(s[0] for s in sums), sum(s[1] for s in sums)
+    return total / count if count else float("nan")
+
+
 def prompts_and_references(
     records: list[dict[str, Any]], fmt: str, tokenizer: Any
 ) -> tuple[list[str], list[str]]:
@@ -112,15 +160,37 @@ def generation_scores(
     if not prompts:
         return {}
     predictions = generate(
-        model, tokenizer, prompts, spec.evaluation.max_new_tokens, spec.hyperparameters.batch_size
+        model,
+        tokenizer,
+        prompts,
+        spec.evaluation.max_new_tokens,
+        spec.hyperparameters.batch_size,
+        add_special_tokens=fmt == "prompt-completion",
     )
     return text_scores(predictions, references)
 
 
+def stop_tokens(model: Any, tokenizer: Any) -> Any:
+    """The model's own end tokens (its generation config: Llama 3 chats end with <|eot_id|>, not the
+    tokenizer's eos), the tokenizer's eos only when the model names none."""
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    return configured if configured is not None else tokenizer.eos_token_id
+
+
 def generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    add_special_tokens: bool = False,
 ) -> list[str]:
-    """Greedy completions, left-padded so that every prompt ends where generation starts."""
+    """Greedy completions, left-padded so that every prompt ends where generation starts.
+
+    ``add_special_tokens`` as in training: plain prompts were tokenised with them (a BOS in front),
+    chat prompts come rendered by the template, which writes its own.
+    """
     import torch
 
     was_training = model.training
@@ -135,7 +205,7 @@ def generate(
                 prompts[start : start + batch_size],
                 return_tensors="pt",
                 padding=True,
-                add_special_tokens=False,
+                add_special_tokens=add_special_tokens,
             ).to(device)
             with torch.no_grad():
                 generated = model.generate(
@@ -143,7 +213,7 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=stop_tokens(model, tokenizer),
                 )
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

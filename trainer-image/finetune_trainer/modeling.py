@@ -49,6 +49,8 @@ def transient_cause(exc: BaseException) -> BaseException | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if type(current).__name__ == "OfflineModeIsEnabled":  # HF_HUB_OFFLINE: not cached is final
+            return None
         if isinstance(current, (ConnectionError, TimeoutError)):
             return current
         if any(kind.__name__ in _TRANSIENT_NAMES for kind in type(current).__mro__):

@@ -104,17 +104,100 @@ def save_merged(
     output: str | Path,
     labels: list[str] | None,
 ) -> Path:
-    """Merge the adapter into a fresh 16-bit copy of the base, never into a quantized one."""
+    """Merge the adapter into a fresh 16-bit copy of the base, never into a quantized one, and check
+    the result: the merged model, and the same model loaded back from disk, give the adapter model's
+    logits on a sample (raises MergeCheckFailed otherwise, and nothing is left in ``merged/``)."""
+    import shutil
+
     from peft import PeftModel
 
     from finetune_trainer.modeling import half_dtype, load_base
 
     base = load_base(spec, base_path, labels, dtype=half_dtype(), device_map={"": "cpu"})
-    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    adapted = PeftModel.from_pretrained(base, str(adapter_path))
+    sample = tokenizer(MERGE_CHECK_TEXT, return_tensors="pt")
+    expected = _logits(adapted, sample)
+    merged = adapted.merge_and_unload()
     target = Path(output) / "merged"
-    merged.save_pretrained(str(target))
-    tokenizer.save_pretrained(str(target))
+    try:
+        _same_logits(expected, _logits(merged, sample), "after merging")
+        merged.save_pretrained(str(target))
+        tokenizer.save_pretrained(str(target))
+        reloaded = load_base(spec, str(target), labels, dtype=half_dtype(), device_map={"": "cpu"})
+        _same_logits(expected, _logits(reloaded, sample), "loaded back from disk")
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     return target
+
+
+MERGE_CHECK_TEXT = "What colour is the sky? It is blue."
+
+
+class MergeCheckFailed(Exception):
+    """The merged model does not compute what the adapter model computes."""
+
+
+def _logits(model: Any, sample: Any) -> Any:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return model(**sample).logits.float()
+
+
+def _same_logits(expected: Any, actual: Any, when: str) -> None:
+    # 16-bit weights: merging rounds W + BA once; allow that rounding, not a different model.
+    scale = float(expected.abs().max()) or 1.0
+    worst = float((expected - actual).abs().max())
+    if worst > 0.02 * scale:
+        raise MergeCheckFailed(
+            f"merged model differs {when}: max logit difference {worst:.4g} (scale {scale:.3g})"
+        )
+
+
+def merge_safely(
+    spec: TrainingSpec,
+    base_path: str,
+    adapter_path: Path,
+    output: str | Path,
+    labels: list[str] | None,
+) -> str | None:
+    """``save_merged`` in a child process (``python -m finetune_trainer.merge``); None when it worked,
+    else why it did not.
+
+    The merge loads the whole 16-bit base after training: on a tight node that is where the kernel's
+    out-of-memory killer strikes, and in the trainer's own process it would take the good adapter and
+    results down with it (exit 137, a failed run). In a child only the child dies; the run succeeds
+    with the adapter, and the summary says that the merged model is missing and why. A child, not a
+    fork: forking a process with live tokenizer and OpenMP threads can deadlock.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    request = {
+        "spec": spec.model_dump(mode="json", by_alias=True),
+        "base": base_path,
+        "adapter": str(adapter_path),
+        "output": str(output),
+        "labels": labels,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(request, handle)
+    try:
+        code = subprocess.run(
+            [sys.executable, "-m", "finetune_trainer.merge", handle.name], check=False
+        ).returncode
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    if code == 0:
+        return None
+    if code in (-9, 137):
+        return "the adapter merge ran out of memory (killed); the adapter is saved, merge it on a larger node"
+    if code == 3:
+        return "the merged model did not reproduce the adapter model's outputs; it was not kept"
+    return f"the adapter merge failed (exit {code}); the adapter is saved"
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -299,14 +299,19 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
 
     record.stage = "save"
     saved = outputs.save_model(trainer, tokenizer, output, spec)
+    merge_problem = None
     if main:
-        if spec.output.merge_adapter and spec.method != "full":
-            outputs.save_merged(spec, paths.model, saved, tokenizer, output, data.labels)
+        # The results first: the merge loads the whole base again and is where memory runs out.
         checks.write(output)
         outputs.write_json(output / "evaluation.json", record.evaluation)
         outputs.write_json(output / "training_log.json", trainer.state.log_history)
         card = outputs.model_card(config, data.report, record.evaluation, record.metrics, record.licence)
         (output / "README.md").write_text(card, encoding="utf-8")
+        if spec.output.merge_adapter and spec.method != "full":
+            record.stage = "merge"
+            merge_problem = outputs.merge_safely(spec, paths.model, saved, output, data.labels)
+            if merge_problem:
+                log.warning("%s", merge_problem)
         record.stage = "upload"
         record.output_uri = storage.publish() or record.output_uri
 
@@ -315,7 +320,7 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     )
     if gate:
         raise Failure(ExitCode.QUALITY_GATE_FAILED, gate)
-    return None
+    return f"training and evaluation finished; {merge_problem}" if merge_problem else None
 
 
 def _prepare_data_once(spec: Any, paths: Any, world: Any) -> Any:

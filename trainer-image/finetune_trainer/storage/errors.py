@@ -85,6 +85,8 @@ def _code_of(exc: BaseException) -> str | None:
 def _server_trouble(link: BaseException) -> bool:
     """HTTP 429 or 5xx, or the connection itself failed: the hub's LocalEntryNotFoundError wraps
     these when the file is not cached, and they say nothing about whether the file exists."""
+    if type(link).__name__ == "OfflineModeIsEnabled":  # a ConnectionError, but a deliberate one
+        return False
     code = _code_of(link)
     if code is not None and code.isdigit() and (code == "429" or code.startswith("5")):
         return True
