@@ -360,3 +360,20 @@ def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> No
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     assert model.get_input_embeddings().weight.shape == (config.vocab_size, config.hidden_size)
+
+
+def test_offload_optimizer_without_cpu_adam_is_a_clear_config_error(tmp_path: Path) -> None:
+    """No prebuilt CPU Adam and no compiler: refused at setup with a message, not a compiler error."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.git_version_info import installed_ops
+
+    from finetune_trainer.deepspeed_config import cpu_adam_problem
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    if installed_ops.get("cpu_adam"):
+        assert cpu_adam_problem(path=str(empty)) is None  # prebuilt: nothing to compile
+    else:
+        problem = cpu_adam_problem(path=str(empty))
+        assert problem is not None and "DS_BUILD_CPU_ADAM=1" in problem and "offloadOptimizer" in problem
+    assert cpu_adam_problem(path=os.environ.get("PATH")) is None  # this machine has c++ and ninja

@@ -110,3 +110,27 @@ def deepspeed_config(spec: TrainingSpec, precision: Precision = "auto") -> dict[
             "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
         }
     return config
+
+
+def cpu_adam_problem(path: str | None = None) -> str | None:
+    """Why DeepSpeed's CPU Adam (offloadOptimizer) cannot run in this image, or None when it can.
+
+    The trainer image prebuilds the op (``DS_BUILD_CPU_ADAM=1`` in its build stage). Without it,
+    DeepSpeed compiles the op at the first optimizer step, which needs a C++ compiler and ninja; an
+    image without them would fail there, minutes into the run, with a compiler error. ``path`` is the
+    search path for those tools (default: $PATH).
+    """
+    import shutil
+
+    from deepspeed.git_version_info import installed_ops
+
+    if installed_ops.get("cpu_adam"):
+        return None
+    missing = [tool for tool in ("c++", "ninja") if shutil.which(tool, path=path) is None]
+    if not missing:
+        return None  # compiled at first use (a minute or two, once per pod)
+    return (
+        "distributed.deepspeed.offloadOptimizer needs DeepSpeed's CPU Adam, which this trainer image has "
+        f"not prebuilt and cannot compile (no {' or '.join(missing)}); use the trainer image built with "
+        "DS_BUILD_CPU_ADAM=1 (the default), or set offloadOptimizer: false"
+    )

@@ -158,9 +158,13 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
     else:
         # TRL's configs default to bf16; autocast on a CPU is slower and uses more memory.
         args["bf16"] = args["fp16"] = False
-    if spec.method == "full" and spec.distributed_or_default().deepspeed is not None:
-        from finetune_trainer.deepspeed_config import deepspeed_config
+    ds = spec.distributed_or_default().deepspeed
+    if spec.method == "full" and ds is not None:
+        from finetune_trainer.deepspeed_config import cpu_adam_problem, deepspeed_config
 
+        problem = cpu_adam_problem() if ds.offload_optimizer else None
+        if problem:
+            raise ValueError(problem)  # stage setup: InvalidConfig, before any GPU time is spent
         args["deepspeed"] = deepspeed_config(spec)
     args.update(ctx.extra_arguments)
     if early and not any(isinstance(c, SaveEvery) for c in ctx.callbacks):
