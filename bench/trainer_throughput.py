@@ -165,8 +165,8 @@ def worker_ours(work: Path, packing: bool, epochs: float) -> dict[str, Any]:
     flags: dict[str, Any] = {}
     build = SftRecipe.build
 
-    def build_and_note(self: Any, ctx: Any) -> Any:
-        trainer = build(self, ctx)
+    def build_and_note(self: Any, ctx: Any, args: Any) -> Any:
+        trainer = build(self, ctx, args)
         flags.update(resolved_flags(trainer.args))
         return trainer
 
