@@ -228,8 +228,14 @@ def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -
                 "name": "kube-controller-manager",
                 # The default set ("*") already has job, garbage-collector, serviceaccount and
                 # serviceaccount-token; naming it keeps the requirement visible.
-                "extraArgs": [{"key": "controllers", "value": "*"}],
+                # One instance, so no leader election: with it, an API server outage longer than the
+                # renew deadline (a restart under load) makes the component exit for good.
+                "extraArgs": [
+                    {"key": "controllers", "value": "*"},
+                    {"key": "leader-elect", "value": "false"},
+                ],
             },
+            {"name": "kube-scheduler", "extraArgs": [{"key": "leader-elect", "value": "false"}]},
         ],
     }
 
