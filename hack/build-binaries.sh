@@ -20,10 +20,13 @@ user_asset() {
   if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$name" ]]; then echo "$KUBEBUILDER_ASSETS/$name"; fi
 }
 
+# build_k8s CMD... : builds those of k8s.io/kubernetes/cmd/CMD that are not built yet, from one
+# scratch module (so the real node's kubelet and kube-proxy match the control plane exactly).
 build_k8s() {
-  local dir="$CACHE/kubernetes-$K8S_VERSION" minor patch major
-  [[ -x "$dir/bin/kube-apiserver" && -x "$dir/bin/kube-controller-manager" && -x "$dir/bin/kube-scheduler" ]] && { echo "$dir/bin"; return; }
-  log "building kubernetes $K8S_VERSION (cold: tens of minutes on 2 cores)"
+  local dir="$CACHE/kubernetes-$K8S_VERSION" minor patch major cmd missing=()
+  for cmd in "$@"; do [[ -x "$dir/bin/$cmd" ]] || missing+=("$cmd"); done
+  [[ ${#missing[@]} -eq 0 ]] && { echo "$dir/bin"; return; }
+  log "building kubernetes $K8S_VERSION: ${missing[*]} (cold: tens of minutes on 2 cores)"
   mkdir -p "$dir/src" "$dir/bin"
   local v=${K8S_VERSION#v}; major=${v%%.*}; minor=$(cut -d. -f2 <<<"$v"); patch=$(cut -d. -f3 <<<"$v")
   local staging="v0.$minor.$patch"
@@ -44,7 +47,7 @@ build_k8s() {
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in "${missing[@]}"; do
     log "go build $cmd"
     go build -trimpath -ldflags "$ld" -o "$dir/bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
     mv "$dir/bin/$cmd.tmp" "$dir/bin/$cmd"
@@ -84,11 +87,17 @@ build_kwok() {
 main() {
   local out="$CACHE/bin"
   mkdir -p "$out"
-  local k8s etcd kwok
+  local k8s etcd kwok node
   link() { ln -sf "$1" "$out/$2"; }
   for pair in kube-apiserver:KUBE_APISERVER kube-controller-manager:KUBE_CONTROLLER_MANAGER kube-scheduler:KUBE_SCHEDULER; do
     name=${pair%%:*}; p=$(user_asset "$name" "${pair##*:}")
-    if [[ -z "$p" ]]; then k8s=${k8s:-$(build_k8s)}; p="$k8s/$name"; fi
+    if [[ -z "$p" ]]; then k8s=${k8s:-$(build_k8s kube-apiserver kube-controller-manager kube-scheduler)}; p="$k8s/$name"; fi
+    link "$p" "$name"
+  done
+  # The real node (hack/realnode.py): kubelet and kube-proxy of the same version.
+  for pair in kubelet:KUBELET kube-proxy:KUBE_PROXY; do
+    name=${pair%%:*}; p=$(user_asset "$name" "${pair##*:}")
+    if [[ -z "$p" ]]; then node=${node:-$(build_k8s kubelet kube-proxy)}; p="$node/$name"; fi
     link "$p" "$name"
   done
   p=$(user_asset etcd ETCD); if [[ -z "$p" ]]; then p="$(build_etcd)/etcd"; fi; link "$p" etcd

@@ -95,12 +95,35 @@ def _load_tools() -> ModuleType:
 tools = _load_tools()
 
 
+def _load(name: str) -> ModuleType:
+    """A sibling hack/ module by path (realnode, images), loaded only by clusters that use it."""
+    key = f"ftj_hack_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
 def log(msg: str) -> None:
     print(f"localcluster: {msg}", file=sys.stderr, flush=True)
 
 
 def state_dir(name: str = DEFAULT_NAME) -> Path:
     return KWOK_WORKDIR / "clusters" / name
+
+
+def node_binaries() -> dict[str, Path]:
+    """kubelet and kube-proxy for the real node, built by hack/build-binaries.sh like the rest."""
+    found = {}
+    for name in ("kubelet", "kube-proxy"):
+        path = tools.user_asset(name) or tools.bin_dir() / name
+        if not os.access(path, os.X_OK):
+            raise MissingBinariesError(f"missing real-node binary {name} (looked for {path}); {BUILD_HINT}")
+        found[name] = Path(path).resolve()
+    return found
 
 
 def find_binaries() -> dict[str, Path]:
@@ -184,10 +207,16 @@ def build_stages(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return stages
 
 
-def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -> dict[str, Any]:
-    """kwokctl options: every binary local, loopback only, real authn/authz/admission."""
+def kwokctl_config(
+    bins: dict[str, Path], kube_version: str, ports: list[int], real_node_pki: Path | None = None
+) -> dict[str, Any]:
+    """kwokctl options: every binary local, loopback only, real authn/authz/admission.
+
+    With ``real_node_pki`` (the cluster's pki dir) the apiserver also gets what a real kubelet and
+    its pods need (hack/realnode.py): kubelet client credentials, an advertised address pods reach.
+    """
     etcd, etcd_peer, apiserver, kwok, kcm, sched = ports
-    return {
+    config: dict[str, Any] = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": {
@@ -238,6 +267,21 @@ def kwokctl_config(bins: dict[str, Path], kube_version: str, ports: list[int]) -
             {"name": "kube-scheduler", "extraArgs": [{"key": "leader-elect", "value": "false"}]},
         ],
     }
+    if real_node_pki is not None:
+        realnode = _load("realnode")
+        config["options"]["kubeApiserverCertSANs"] = realnode.apiserver_cert_sans()
+        config["componentsPatches"] += [
+            {"name": "kube-apiserver", "extraArgs": realnode.apiserver_args(real_node_pki)},
+            # kwokctl runs kwok with --manage-all-nodes; it must not fake the real node's status.
+            {
+                "name": "kwok-controller",
+                "extraArgs": [
+                    {"key": "manage-all-nodes", "value": "false"},
+                    {"key": "manage-nodes-with-label-selector", "value": "type=kwok"},
+                ],
+            },
+        ]
+    return config
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -472,25 +516,43 @@ def _healthy(name: str) -> dict[str, Any] | None:
         return None
     if not is_ready(sdir) or not Path(state["kubeconfig"]).exists():
         return None
+    node = state.get("real_node")
+    if node and not all(_pid_alive(int(pid)) for pid in node.get("pids", {}).values()):
+        return None
     return state
 
 
 # --- public API ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RealNode:
+    """Ask for a real node (hack/realnode.py) with these images imported and this many fake GPUs."""
+
+    images: tuple[str, ...] = ("operator", "trainer")
+    gpus: int = 0
+
+
 def ensure_up(
-    name: str = DEFAULT_NAME, *, owner_pid: int | None = None, timeout: float = 180.0
+    name: str = DEFAULT_NAME,
+    *,
+    owner_pid: int | None = None,
+    timeout: float = 180.0,
+    real_node: RealNode | None = None,
 ) -> ClusterInfo:
     """Return a ready cluster, reusing a healthy running one of that name or starting a fresh one.
 
     With ``owner_pid`` a detached watchdog stops the cluster once that process is gone, so a test
-    run that is SIGKILLed still leaves nothing behind.
+    run that is SIGKILLed still leaves nothing behind. With ``real_node`` the cluster also has one
+    real node (kubelet + containerd) running the project's images, built first if needed.
     """
     with _lock(name):
         state = _healthy(name)
-        if state is not None:
+        if state is not None and (real_node is None or state.get("real_node")):
             return _info(name, state, started=False, seconds=None)
-        return _create(name, owner_pid=owner_pid, timeout=timeout)
+        if state is not None:
+            log(f"{name}: running without a real node; recreating it with one")
+        return _create(name, owner_pid=owner_pid, timeout=timeout, real_node=real_node)
 
 
 def down(name: str = DEFAULT_NAME) -> bool:
@@ -503,7 +565,10 @@ def _down_locked(name: str) -> bool:
     sdir = state_dir(name)
     stopped: list[int] = []
     if sdir.exists():
-        stopped = _kill(sdir)
+        node_stopped = False
+        if (sdir / "node").exists():  # containers and network first, while containerd still answers
+            node_stopped = _load("realnode").stop(_load("realnode").Paths(sdir, tools.cache_root()))
+        stopped = _kill(sdir) + ([-1] if node_stopped else [])
         shutil.rmtree(sdir, ignore_errors=True)
     if name == DEFAULT_NAME:
         ADMIN_KUBECONFIG.unlink(missing_ok=True)
@@ -553,9 +618,17 @@ def register_cleanup(name: str) -> None:
             signal.signal(sig, lambda s, f, p=prev: handler(s, f, p))
 
 
-def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
+def _create(
+    name: str, *, owner_pid: int | None, timeout: float, real_node: RealNode | None = None
+) -> ClusterInfo:
     t0 = time.monotonic()
     bins = find_binaries()
+    images: dict[str, Any] = {}
+    if real_node is not None:
+        bins |= node_binaries()
+        # Before the control plane starts: a cold trainer image takes minutes, a warm one nothing.
+        images = _load("images").ensure([*real_node.images, "pause"])
+        t0 = time.monotonic()  # the control plane's own start-up timeout starts now
     sdir = state_dir(name)
     if sdir.exists():
         log(f"{name}: removing stale state in {sdir}")
@@ -576,7 +649,8 @@ def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
     kube_version = versions["kube-apiserver"].split()[-1]
     nodes = load_nodes()
     ports = _free_ports(6)
-    docs = [kwokctl_config(bins, kube_version, ports), *build_stages(nodes)]
+    pki = sdir / "pki" if real_node is not None else None
+    docs = [kwokctl_config(bins, kube_version, ports, pki), *build_stages(nodes)]
     config_path = sdir / "ftj-input.yaml"
     config_path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     env = dict(os.environ)
@@ -625,12 +699,48 @@ def _create(name: str, *, owner_pid: int | None, timeout: float) -> ClusterInfo:
             shutil.rmtree(sdir, ignore_errors=True)
         raise
     write_kubeconfig(sdir, name, kubeconfig)
+    if real_node is not None:
+        try:
+            node = _start_real_node(sdir, bins, state, kubeconfig, images, real_node)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _kill(sdir)
+                shutil.rmtree(sdir, ignore_errors=True)
+            raise
+        state["real_node"] = {
+            "name": node.name,
+            "ip": node.ip,
+            "pids": node.pids,
+            "images": {k: v.ref for k, v in images.items()},
+            "import_seconds": node.import_seconds,
+            "start_seconds": node.start_seconds,
+        }
     state["ready"] = True
     state["start_seconds"] = round(time.monotonic() - t0, 2)
     state["pids"] = _recorded_pids(sdir)
     (sdir / STATE_FILE).write_text(json.dumps(state, indent=2))
     log(f"{name}: ready in {state['start_seconds']}s at {state['server']}")
     return _info(name, state, started=True, seconds=state["start_seconds"])
+
+
+def _start_real_node(
+    sdir: Path,
+    bins: dict[str, Path],
+    state: dict[str, Any],
+    kubeconfig: Path,
+    images: dict[str, Any],
+    real_node: RealNode,
+) -> Any:
+    return _load("realnode").start(
+        sdir,
+        tools.cache_root(),
+        bins=bins,
+        server=state["server"],
+        admin_kubeconfig=kubeconfig,
+        images={img.ref: img.archive for img in images.values()},
+        pause_ref=images["pause"].ref,
+        gpus=real_node.gpus,
+    )
 
 
 def _wait_ready(sdir: Path, bins: dict[str, Path], nodes: list[dict[str, Any]], *, deadline: float) -> None:
@@ -740,7 +850,15 @@ def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
         "server": state.get("server") if state else None,
         "versions": state.get("versions") if state else None,
         "start_seconds": state.get("start_seconds") if state else None,
+        "real_node": _real_node_status(sdir, state),
     }
+
+
+def _real_node_status(sdir: Path, state: dict[str, Any] | None) -> dict[str, Any] | None:
+    node = (state or {}).get("real_node")
+    if not node:
+        return None
+    return {**node, "rss_mib": _load("realnode").rss_mib(sdir, tools.cache_root())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -748,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     up_p = sub.add_parser("up", help="start (or reuse) the cluster and print `export KUBECONFIG=...`")
     up_p.add_argument("--name", default=DEFAULT_NAME)
+    up_p.add_argument("--real-node", action="store_true", help="add a real node running the project's images")
+    up_p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu the real node advertises")
     down_p = sub.add_parser("down", help="stop what `up` started and remove its state")
     down_p.add_argument("--name", default=DEFAULT_NAME)
     down_p.add_argument("--all", action="store_true", help="every cluster under .local/kwok")
@@ -759,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "up":
-            info = ensure_up(args.name)
+            node = RealNode(gpus=args.gpus) if args.real_node else None
+            info = ensure_up(args.name, real_node=node)
             if not info.started:
                 log(f"{info.name}: already running and ready at {info.server}")
             print(f"export KUBECONFIG={info.kubeconfig}")
@@ -773,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingBinariesError as exc:
         log(str(exc))
         return 2
-    except ClusterError as exc:
+    except RuntimeError as exc:  # ClusterError, realnode.NodeError, a failed image build
         log(str(exc))
         return 1
     return 0
@@ -787,6 +908,7 @@ __all__ = [
     "ClusterError",
     "ClusterInfo",
     "MissingBinariesError",
+    "RealNode",
     "down",
     "ensure_up",
     "find_binaries",

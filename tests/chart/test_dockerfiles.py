@@ -37,3 +37,18 @@ def test_operator_image_shape():
     for tool in ("apt-get", "gcc", "build-essential", "pip install"):
         assert tool not in final, f"{tool} in the final stage"
     assert ":latest" not in text
+
+
+def test_trainer_image_builds_from_packages_only():
+    """No Python download at build time, one Dockerfile for CPU and CUDA, a real import check."""
+    text = (REPO / "trainer-image" / "Dockerfile").read_text()
+    assert "uv python install" not in text, "Python must come from the base image or a distribution package"
+    args = {line.split("=", 1)[0].split()[1] for line in text.splitlines() if line.startswith("ARG ")}
+    assert {"BASE_IMAGE", "UV_IMAGE", "TORCH_INDEX_URL"} <= args
+    assert "FROM ${BASE_IMAGE} AS build" in text
+    check = text[text.index("import torch") :].split("\n", 1)[0]
+    for module in ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed"):
+        assert module in check, f"the build's import check misses {module}"
+    assert '".[trainer]"' not in text and "--no-deps ." in text, "only the trainer's dependencies"
+    final = text.rsplit("\nFROM ", 1)[1]
+    assert final.startswith("${BASE_IMAGE}") and "USER 65532:65532" in final
