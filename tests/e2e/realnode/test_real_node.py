@@ -283,7 +283,8 @@ def test_sigterm_checkpoints_exits_75_and_the_next_pod_resumes(
     assert ended["exitCode"] == 75, ended
     assert time.monotonic() - t0 < 120, "not within the grace period"
     assert "SIGTERM at step" in ended.get("message", ""), ended
-    saved = sorted((out.host / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # <output>/checkpoints/<run>/checkpoint-N (outputs.py): the step the deleted pod saved last.
+    saved = sorted((out.host / "checkpoints").rglob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert saved, "no checkpoint on the output volume"
     last = int(saved[-1].name.split("-")[1])
     second = wait_for(lambda: [p for p in ftj.pods() if p["metadata"]["name"] != name], 120, "the next pod")[
@@ -291,7 +292,7 @@ def test_sigterm_checkpoints_exits_75_and_the_next_pod_resumes(
     ]
     wait_for(
         lambda: re.search(
-            rf"resuming from \S+/checkpoints/checkpoint-{last}\b",
+            rf"resuming from \S+/checkpoint-{last}\b",
             rkubectl("logs", second["metadata"]["name"], "-n", restricted_namespace, check=False).stdout,
         ),
         300,
