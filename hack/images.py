@@ -327,10 +327,14 @@ def build(recipe: Recipe) -> Image:
     ensure_base()
     if "UV_IMAGE" in recipe.build_args:
         ensure_uv()
+    # What a failed or interrupted build left in our own storage (never the system's).
+    with contextlib.suppress(RuntimeError):
+        buildah("rm", "--all")
+        buildah("rmi", "--prune")
     log(f"{recipe.name}: building {ref} from {recipe.dockerfile}")
     t0 = time.monotonic()
-    # Layer caching: the trainer's multi-GB dependency layer is reused when only the sources change.
-    args = ["bud", "--layers", "--network", "host", "-f", str(REPO / recipe.dockerfile), "-t", ref]
+    # No layer cache: it would keep another multi-GB copy of the trainer's dependencies on disk.
+    args = ["bud", "--layers=false", "--network", "host", "-f", str(REPO / recipe.dockerfile), "-t", ref]
     if HOST_CA_BUNDLE.exists():  # where outgoing TLS is intercepted, the package index needs the host's CAs
         args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
     for k, v in recipe.build_args.items():
