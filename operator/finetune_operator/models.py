@@ -34,6 +34,13 @@ class RunStatus(Model):
     rerun_token: str = Field(
         default="", description="Value of the finetuning.io/rerun annotation at the start."
     )
+    generation: int | None = Field(
+        default=None,
+        description=(
+            "metadata.generation the run was started from: a new run needs the user to have changed the "
+            "spec since (a CRD upgrade or new defaults never start one)."
+        ),
+    )
     start_time: str | None = Field(default=None, description="When the run's Job was created.")
     completion_time: str | None = Field(default=None, description="When the run finished.")
 
@@ -43,6 +50,9 @@ class HistoryEntry(Model):
     job_name: str = Field(description="Job name.")
     phase: str = Field(description="Final phase (or Superseded when replaced while running).")
     reason: str | None = Field(default=None, description="Reason of the final phase.")
+    rerun_token: str | None = Field(
+        default=None, description="The rerun annotation the run was started for (never started again)."
+    )
     start_time: str | None = Field(default=None, description="Start.")
     completion_time: str | None = Field(default=None, description="End.")
     eval_loss: float | None = Field(default=None, description="Final evaluation loss.")

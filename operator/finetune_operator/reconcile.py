@@ -32,6 +32,7 @@ from finetune_operator.metrics import (
 )
 from finetune_operator.models import FineTuneJobStatus, PlanStatus, Progress, RunStatus
 from finetune_operator.naming import run_name, spec_hash
+from finetune_operator.run_identity import CurrentRun, new_run_reason, run_digest
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import (
     JobView,
@@ -153,13 +154,36 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
     except ValidationError as exc:
         _fail_without_job(ctx, body, Reason.INVALID_SPEC, format_validation(exc), spec_hash(raw_spec))
         return
-    digest = spec_hash(raw_spec)
-    token = str(((body["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
-    run = status.run
-    if run is None or run.spec_hash != digest or run.rerun_token != token:
-        start_run(ctx, body, spec, digest, token)
+    token = _rerun_token(body)
+    if new_run_reason_of(body, status, lambda: run_digest(spec)) is not None:
+        start_run(ctx, body, spec, run_digest(spec), token)
     else:
         sync_run(ctx, body, spec, status)
+
+
+def _rerun_token(obj: dict[str, Any]) -> str:
+    return str(((obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
+
+
+def new_run_reason_of(
+    obj: dict[str, Any], status: FineTuneJobStatus, digest: Callable[[], str]
+) -> str | None:
+    """Why ``obj`` needs a new run (see run_identity), or None when its current run is the one asked for."""
+    run = status.run
+    current = (
+        CurrentRun(spec_hash=run.spec_hash, rerun_token=run.rerun_token, generation=run.generation)
+        if run
+        else None
+    )
+    return new_run_reason(
+        current,
+        [h.rerun_token for h in status.history if h.rerun_token],
+        obj["metadata"].get("generation"),
+        status.observed_generation,
+        _rerun_token(obj),
+        digest,
+        lambda: spec_hash(dict(obj.get("spec") or {})),
+    )
 
 
 def format_validation(exc: ValidationError) -> str:
@@ -240,11 +264,11 @@ def _fail_without_job(
     digest: str,
     plan: PlanStatus | None = None,
 ) -> None:
-    token = str(((body["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
+    token = _rerun_token(body)
     generation = body["metadata"].get("generation")
 
     def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
-        if st.run and st.run.spec_hash == digest and st.run.rerun_token == token:
+        if new_run_reason_of(fresh, st, lambda: digest) is None:
             return False
         still_running = None
         if st.run and st.phase not in Phase.TERMINAL:
@@ -261,6 +285,7 @@ def _fail_without_job(
             job_name=run_name(fresh["metadata"]["name"], number),
             spec_hash=digest,
             rerun_token=token,
+            generation=generation,
             start_time=now,
             completion_time=now,
         )
@@ -323,7 +348,12 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
             push_history(st, "Superseded", Reason.SUPERSEDED, ctx.settings.history_limit)
         now = now_iso()
         st.run = RunStatus(
-            number=number, job_name=job_name, spec_hash=digest, rerun_token=token, start_time=now
+            number=number,
+            job_name=job_name,
+            spec_hash=digest,
+            rerun_token=token,
+            generation=generation,
+            start_time=now,
         )
         st.progress = None
         st.plan = admission.plan
@@ -403,7 +433,7 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
     def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
         if st.run is None or st.run.job_name != job_name or st.phase in Phase.TERMINAL:
             return False
-        if not _is_current(fresh, st.run):
+        if not _is_current(fresh, st):
             return False  # the spec moved on: the new run retires this Job on purpose
         now = now_iso()
         st.run.completion_time = now
@@ -436,10 +466,10 @@ def _fail_running(ctx: Context, body: dict[str, Any], job_name: str, reason: str
     ctx.kube.delete_job(body["metadata"]["namespace"], job_name)
 
 
-def _is_current(obj: dict[str, Any], run: RunStatus) -> bool:
-    """Is ``run`` the run the object's spec and rerun annotation ask for?"""
-    token = str(((obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_RERUN)) or "")
-    return run.spec_hash == spec_hash(dict(obj.get("spec") or {})) and run.rerun_token == token
+def _is_current(obj: dict[str, Any], st: FineTuneJobStatus) -> bool:
+    """Is the status' run the run the object's spec and rerun annotation ask for?"""
+    spec = dict(obj.get("spec") or {})
+    return new_run_reason_of(obj, st, lambda: run_digest(FineTuneJobSpec.model_validate(spec))) is None
 
 
 def observe(

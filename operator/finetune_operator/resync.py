@@ -18,11 +18,15 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pydantic import ValidationError
+
 from finetune_operator import constants as c
 from finetune_operator.constants import Phase
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.naming import spec_hash
 from finetune_operator.reconcile import Context, reconcile
+from finetune_operator.run_identity import current_run, new_run_reason, run_digest, used_tokens
+from finetune_trainer.spec import FineTuneJobSpec
 
 log = logging.getLogger("finetune_operator.resync")
 
@@ -31,15 +35,29 @@ HEARTBEAT = "resync"
 
 
 def needs_resync(body: dict[str, Any]) -> bool:
-    """Not finished, or finished for another spec or rerun token than the object has now."""
+    """Not finished, or finished while the object now asks for another run (see run_identity)."""
     status = body.get("status") or {}
-    run = status.get("run") or {}
-    if status.get("phase") not in Phase.TERMINAL or not run:
+    if status.get("phase") not in Phase.TERMINAL or not status.get("run"):
         return True
-    token = str(((body.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_RERUN) or "")
-    return bool(
-        run.get("specHash") != spec_hash(dict(body.get("spec") or {})) or run.get("rerunToken", "") != token
+    meta = body.get("metadata") or {}
+    spec = dict(body.get("spec") or {})
+
+    def digest() -> str:
+        try:
+            return run_digest(FineTuneJobSpec.model_validate(spec))
+        except ValidationError:
+            return ""  # an invalid spec: reconcile reports it
+
+    reason = new_run_reason(
+        current_run(status),
+        used_tokens(status),
+        meta.get("generation"),
+        status.get("observedGeneration"),
+        str((meta.get("annotations") or {}).get(c.ANNOTATION_RERUN) or ""),
+        digest,
+        lambda: spec_hash(spec),
     )
+    return reason is not None
 
 
 class ResyncLoop:

@@ -212,6 +212,7 @@ def push_history(status: FineTuneJobStatus, phase: str, reason: str | None, limi
         job_name=run.job_name,
         phase=phase,
         reason=reason,
+        rerun_token=run.rerun_token or None,
         start_time=run.start_time,
         completion_time=run.completion_time,
         eval_loss=status.metrics.eval_loss if status.metrics else None,
