@@ -54,6 +54,14 @@ REASON_DOCS: dict[str, str] = {
     c.Reason.PVC_NOT_FOUND: "A PersistentVolumeClaim named in a `source.pvc` does not exist; no Job.",
     c.Reason.CONFIGMAP_NOT_FOUND: "A ConfigMap named in a `source.configMap` does not exist; no Job.",
     c.Reason.UNKNOWN_GPU_RESOURCE: "No node advertises the GPU resource the pods would request; no Job.",
+    c.Reason.WAITING_FOR_SECRET: (
+        "A Secret the run needs does not exist yet; the job stays Pending and is re-checked with backoff "
+        "until `spec.preflightTimeoutSeconds` (default 600), then fails with SecretNotFound."
+    ),
+    c.Reason.WAITING_FOR_PVC: (
+        "Like WaitingForSecret, for a PersistentVolumeClaim (then PersistentVolumeClaimNotFound)."
+    ),
+    c.Reason.WAITING_FOR_CONFIGMAP: "Like WaitingForSecret, for a ConfigMap (then ConfigMapNotFound).",
     c.Reason.JOB_REJECTED: (
         "The API server refused the run's Job, ConfigMap or Service (invalid, forbidden, over quota); its"
         " message is in status.message and an Event. A previous run's Job keeps running until a new Job"

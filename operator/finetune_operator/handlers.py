@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from finetune_operator import constants as c
 from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
+from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.progress_loop import ProgressLoop
 from finetune_operator.reconcile import Context, on_job_event, reconcile
 from finetune_operator.resync import ResyncLoop
@@ -37,6 +38,8 @@ def _timed(name: str, fn: Callable[[], None], retry: int = 0) -> None:
         if exc.status in (0, 409, 429) or exc.status >= 500:
             raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=retry_delay(retry)) from exc
         raise kopf.PermanentError(f"API {exc.status}: {exc.reason}: {exc.body}") from exc
+    except RecheckLater as exc:
+        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         # Timeouts, refused connections, a failed-over API server: try again later.
         raise kopf.TemporaryError(f"API unreachable: {exc}", delay=retry_delay(retry)) from exc

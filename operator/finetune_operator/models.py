@@ -119,6 +119,16 @@ class PlanStatus(Model):
     )
 
 
+class PreflightWait(Model):
+    """A missing Secret, PVC or ConfigMap the run is waiting for (External Secrets, sync waves)."""
+
+    key: str = Field(description="The generation and rerun token the wait is for.")
+    since: str = Field(description="When the wait began (RFC 3339).")
+    reason: str = Field(
+        description="WaitingForSecret, WaitingForPersistentVolumeClaim or WaitingForConfigMap."
+    )
+
+
 class FineTuneJobStatus(Model):
     model_config = ConfigDict(extra="allow")
 
@@ -161,6 +171,9 @@ class FineTuneJobStatus(Model):
         default=None, description="GPU-seconds used by finished runs and the current one."
     )
     history: list[HistoryEntry] = Field(default_factory=list, description="The last runs, newest first.")
+    preflight_wait: PreflightWait | None = Field(
+        default=None, description="Set while the run waits for a Secret, PVC or ConfigMap to appear."
+    )
     plan: PlanStatus | None = Field(
         default=None, description="Memory, time and cost plan of the current run."
     )

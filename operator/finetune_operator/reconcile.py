@@ -32,6 +32,7 @@ from finetune_operator.metrics import (
 )
 from finetune_operator.models import FineTuneJobStatus, PlanStatus, Progress, RunStatus
 from finetune_operator.naming import run_name, spec_hash
+from finetune_operator.preflight_wait import WAITABLE, RecheckLater, next_wait, timeout_of, waited_seconds
 from finetune_operator.run_identity import CurrentRun, new_run_reason, run_digest
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import (
@@ -212,6 +213,10 @@ def preflight(ctx: Context, namespace: str, spec: FineTuneJobSpec) -> tuple[str,
         "spec.dataset.splits.validationSource": spec.dataset.splits.validation_source,
         "spec.dataset.splits.testSource": spec.dataset.splits.test_source,
         "spec.output.source": spec.output.source,
+        "spec.evaluation.reviewPromptsSource": spec.evaluation.review_prompts_source,
+        "spec.evaluation.regressionSet.source": (
+            spec.evaluation.regression_set.source if spec.evaluation.regression_set else None
+        ),
     }
     for where, src in sources.items():
         if src is None:
@@ -256,6 +261,33 @@ def _secret_exists(ctx: Context, namespace: str, name: str) -> bool:
         return True
 
 
+def _wait_for_preflight(
+    ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, problem: tuple[str, str], token: str
+) -> tuple[str, str]:
+    """Keep the job Pending while a missing object may still appear; the problem once the wait is over."""
+    timeout = timeout_of(spec)
+    key = f"{body['metadata'].get('generation')}:{token}"
+    waited: dict[str, float] = {}
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        now = datetime.now(UTC)
+        wait = next_wait(st.preflight_wait, key, problem[0], now)
+        waited["s"] = waited_seconds(wait, now)
+        if waited["s"] >= timeout:
+            return False
+        message = f"{problem[1]} Waiting for it up to {timeout} s (spec.preflightTimeoutSeconds)."
+        before = (st.phase, st.reason, st.message, st.preflight_wait)
+        st.preflight_wait = wait
+        apply_phase(st, Phase.PENDING, wait.reason, message, fresh["metadata"].get("generation"), now_iso())
+        return (st.phase, st.reason, st.message, st.preflight_wait) != before
+
+    if timeout > 0:
+        _write(ctx, body, mutate)
+        if waited.get("s", timeout) < timeout:
+            raise RecheckLater(problem[1])
+    return problem[0], f"{problem[1]} Waited {timeout} s (spec.preflightTimeoutSeconds)."
+
+
 def _fail_without_job(
     ctx: Context,
     body: dict[str, Any],
@@ -291,6 +323,7 @@ def _fail_without_job(
         )
         st.progress = None
         st.plan = plan
+        st.preflight_wait = None
         apply_phase(st, Phase.FAILED, reason, text, generation, now)
         st.conditions = set_condition(
             st.conditions, ConditionType.CREATED, False, reason, text, now, generation
@@ -307,7 +340,10 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     owner = Owner.from_body(body)
     status = _parse_status(body)
     admission = admit(spec, ctx.settings)
-    problem = preflight(ctx, owner.namespace, spec) or admission.refusal
+    problem = preflight(ctx, owner.namespace, spec)
+    if problem is not None and problem[0] in WAITABLE:
+        problem = _wait_for_preflight(ctx, body, spec, problem, token)
+    problem = problem or admission.refusal
     if problem is not None:
         _fail_without_job(
             ctx,
@@ -357,6 +393,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
         )
         st.progress = None
         st.plan = admission.plan
+        st.preflight_wait = None
         st.attempts = None
         st.reason = None
         for key in ("evaluation", "output", "last_checkpoint", "dataset"):
@@ -404,6 +441,8 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
     if status.phase in Phase.TERMINAL and status.run.completion_time:
         return  # finished and recorded: a restart over thousands of these costs no API call
     ns = body["metadata"]["namespace"]
+    if status.phase in Phase.TERMINAL:
+        _observe_generation(ctx, body, status)
     job = ctx.kube.get_job(ns, status.run.job_name)
     if job is None:
         if status.phase in Phase.TERMINAL:
@@ -425,6 +464,23 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
             ctx.kube.set_job_suspend(ns, status.run.job_name, False)
             job["spec"]["suspend"] = False
     observe(ctx, body, job, spec)
+
+
+def _observe_generation(ctx: Context, body: dict[str, Any], status: FineTuneJobStatus) -> None:
+    """A finished run still observes every generation (a suspend toggle, a no-op edit): GitOps tools
+    read ``observedGeneration < generation`` as "not yet processed" forever otherwise."""
+    generation = body["metadata"].get("generation")
+    if generation is None or status.observed_generation == generation:
+        return
+
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        current = fresh["metadata"].get("generation")
+        if st.phase not in Phase.TERMINAL or st.observed_generation == current:
+            return False
+        st.observed_generation = current
+        return True
+
+    _write(ctx, body, mutate)
 
 
 def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str) -> None:

@@ -24,6 +24,7 @@ from finetune_operator import constants as c
 from finetune_operator.constants import Phase
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.naming import spec_hash
+from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.reconcile import Context, reconcile
 from finetune_operator.run_identity import current_run, new_run_reason, run_digest, used_tokens
 from finetune_trainer.spec import FineTuneJobSpec
@@ -97,6 +98,8 @@ class ResyncLoop:
             async with gate:
                 try:
                     await loop.run_in_executor(self.pool, reconcile, self.ctx, body)
+                except RecheckLater:
+                    pass  # still waiting for a Secret/PVC/ConfigMap: status says so
                 except Exception as exc:  # one object's trouble never stops the sweep
                     counts["failed"] += 1
                     log.warning("resync failed: %s: %s", type(exc).__name__, str(exc)[:300])

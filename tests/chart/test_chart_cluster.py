@@ -272,7 +272,12 @@ def test_operator_with_exactly_the_charts_rbac_drives_a_finetunejob_to_succeeded
             kube_api, watched, secrets={"hubToken": {"name": "hub-token", "key": "token"}}
         )
         with_secret.wait_phase("Running", 60)
-        missing = create_ftj(kube_api, watched, secrets={"hubToken": {"name": "absent", "key": "token"}})
+        missing = create_ftj(
+            kube_api,
+            watched,
+            secrets={"hubToken": {"name": "absent", "key": "token"}},
+            preflightTimeoutSeconds=0,
+        )
         assert missing.wait_phase("Failed", 60)["reason"] == "SecretNotFound"
 
         assert API_ERRORS.search(op.metrics()) is None, op.metrics()

@@ -55,7 +55,9 @@ def operator(
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
         "metadata": {"name": "canary"},
-        "spec": deep_merge(BASE_SPEC, {"secrets": {"hubToken": {"name": "absent", "key": "t"}}}),
+        "spec": deep_merge(
+            BASE_SPEC, {"secrets": {"hubToken": {"name": "absent", "key": "t"}}, "preflightTimeoutSeconds": 0}
+        ),
     }
     client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, canary_ns, PLURAL, body)
     Ftj(kube_api, canary_ns, "canary").wait_phase("Failed", timeout=180)

@@ -197,15 +197,35 @@ def test_delete_removes_children(make_finetunejob, kube_api):
     )
 
 
-def test_missing_secret_fails_without_a_job(make_finetunejob):
-    ftj = make_finetunejob(secrets={"hubToken": {"name": "no-such-secret", "key": "token"}})
-    st = ftj.wait_phase("Failed")
+def test_missing_secret_is_waited_for_then_fails_without_a_job(make_finetunejob):
+    ftj = make_finetunejob(
+        secrets={"hubToken": {"name": "no-such-secret", "key": "token"}}, preflightTimeoutSeconds=8
+    )
+    waiting = ftj.wait_phase("Pending")
+    assert waiting["reason"] == "WaitingForSecret" and "no-such-secret" in waiting["message"]
+    st = ftj.wait_phase("Failed", timeout=90)
     assert st["reason"] == "SecretNotFound" and "no-such-secret" in st["message"]
+    assert "Waited 8 s" in st["message"] and "preflightWait" not in st
     assert ftj.jobs() == []
 
 
+def test_a_secret_that_appears_later_needs_no_rerun(make_finetunejob, kube_api):
+    from kubernetes import client
+
+    ftj = make_finetunejob(secrets={"hubToken": {"name": "late-token", "key": "token"}})
+    assert ftj.wait_phase("Pending")["reason"] == "WaitingForSecret"
+    assert ftj.jobs() == []
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        ftj.namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="late-token"), string_data={"token": "x"}),
+    )
+    st = ftj.wait_phase("Running", timeout=120)
+    assert st["run"]["number"] == 1 and "preflightWait" not in st
+    assert len(ftj.jobs()) == 1
+
+
 def test_missing_pvc_fails_without_a_job(make_finetunejob):
-    a = make_finetunejob(output={"source": {"pvc": {"claimName": "results"}}})
+    a = make_finetunejob(output={"source": {"pvc": {"claimName": "results"}}}, preflightTimeoutSeconds=0)
     assert a.wait_phase("Failed")["reason"] == "PersistentVolumeClaimNotFound"
     assert a.jobs() == []
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.naming import spec_hash
+from finetune_operator.run_identity import run_digest
+from finetune_trainer.spec import FineTuneJobSpec
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, deep_merge
 from helpers import wait_for
 
@@ -98,7 +99,7 @@ def _leave_run_one_behind(kube_api: Any, ftj: Ftj) -> None:
     spec = FineTuneJobSpec.model_validate(body["spec"])
     settings = OperatorSettings(trainer_image="registry.local/finetune-trainer:test")
     kube = Kube(kube_api)
-    for child in build_children(Owner.from_body(body), spec, 1, spec_hash(body["spec"]), settings):
+    for child in build_children(Owner.from_body(body), spec, 1, run_digest(spec), settings):
         kube.create(child)
 
 
@@ -122,7 +123,7 @@ def test_crash_after_job_creation_then_spec_edit_leaves_one_job_from_the_new_spe
     assert [j["metadata"]["name"] for j in ftj.jobs()] == ["crashy-r1"]
 
     ftj.patch({"spec": {"hyperparameters": {"epochs": 7}}})  # edited while the operator is down
-    new_hash = spec_hash(ftj.get()["spec"])
+    new_hash = run_digest(FineTuneJobSpec.model_validate(ftj.get()["spec"]))
     isolated_operator()
     st = wait_for(
         lambda: (s := ftj.status()).get("run", {}).get("specHash") == new_hash and s,

@@ -686,6 +686,15 @@ class FineTuneJobSpec(TrainingSpec):
     stall_timeout_seconds: int = Field(
         default=900, ge=30, description="Mark the run Stalled when the step has not advanced for this long."
     )
+    preflight_timeout_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a missing Secret, PersistentVolumeClaim or ConfigMap is waited for (phase Pending, "
+            "reason WaitingFor...) before the run fails; unset means 600, 0 fails at once."
+        ),
+    )
 
     def training(self) -> TrainingSpec:
         return TrainingSpec.model_validate(self.model_dump(include=set(TrainingSpec.model_fields)))

@@ -1,0 +1,125 @@
+"""Upgrades and GitOps edits never retrain: a CRD with new defaults, a restart, a suspend toggle."""
+
+from __future__ import annotations
+
+import copy
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_trainer.contract import encode_summary
+from harness import BASE_SPEC, Ftj, deep_merge
+from helpers import wait_for
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "finetuning.io_finetunejobs.yaml"
+
+
+def create(kube_api: Any, namespace: str, name: str, **over: Any) -> Ftj:
+    from kubernetes import client
+
+    body = {
+        "apiVersion": "finetuning.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": deep_merge(BASE_SPEC, over),
+    }
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        "finetuning.io", "v1alpha1", namespace, "finetunejobs", body
+    )
+    return Ftj(kube_api, namespace, name)
+
+
+def succeed(ftj: Ftj) -> dict[str, Any]:
+    ftj.wait_phase("Running", timeout=120)
+    summary = encode_summary({"phase": "Succeeded", "reason": "Succeeded", "message": "done"})
+    ftj.finish_pods(f"{ftj.name}-r1", 0, summary)
+    return ftj.wait_phase("Succeeded", timeout=120)
+
+
+def resumed(op: Any, name: str) -> bool:
+    """The operator's handler has run for ``name`` (kopf logs it once it is done: a resume, or an update
+    when the defaulted spec differs from the one kopf last handled)."""
+    return any(
+        ("Resuming is processed" in line or "Updating is processed" in line) and f'"name": "{name}"' in line
+        for line in op.log_path.read_text(errors="replace").splitlines()
+    )
+
+
+@pytest.fixture
+def crd_with_new_defaults(kubectl: Any, crd_installed: None) -> Any:
+    """Apply a later CRD version that defaults a field the current one leaves unset; restore after."""
+    original = CRD.read_text()
+
+    def apply() -> None:
+        crd = yaml.safe_load(original)
+        version = crd["spec"]["versions"][0]
+        resources = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["resources"]
+        resources["properties"]["gpuResourceName"]["default"] = "nvidia.com/gpu"
+        resources["default"] = {}
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(crd))
+
+    yield apply
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+
+
+def test_crd_upgrade_that_adds_a_default_starts_no_run(isolated_operator, kube_api, crd_with_new_defaults):
+    ns = isolated_operator.namespace
+    op = isolated_operator()
+    ftj = create(kube_api, ns, "upgraded")
+    before = succeed(ftj)
+    jobs = [j["metadata"]["name"] for j in ftj.jobs()]
+    op.kill(signal.SIGTERM)
+
+    crd_with_new_defaults()
+    wait_for(
+        lambda: ftj.get()["spec"]["resources"].get("gpuResourceName") == "nvidia.com/gpu",
+        60,
+        "the API server to default the new field on read",
+    )
+    op2 = isolated_operator()
+    wait_for(lambda: resumed(op2, "upgraded"), 60, "the restarted operator to resume the FineTuneJob")
+    after = ftj.status()
+    assert [j["metadata"]["name"] for j in ftj.jobs()] == jobs
+    assert after["run"]["number"] == 1
+    assert after == before, "a CRD upgrade must not touch a finished job's status"
+
+
+def test_suspend_toggle_on_a_finished_job_is_observed_and_starts_no_run(make_finetunejob):
+    ftj = make_finetunejob()
+    done = succeed(ftj)
+    ftj.patch({"spec": {"suspend": True}})
+    generation = ftj.get()["metadata"]["generation"]
+    st = wait_for(
+        lambda: (s := ftj.status()).get("observedGeneration") == generation and s,
+        60,
+        "observedGeneration to follow the suspend toggle",
+    )
+    assert st["phase"] == "Succeeded" and st["run"]["number"] == done["run"]["number"]
+    assert len(ftj.jobs()) == 1
+
+
+def test_rerun_token_restored_by_git_starts_nothing(make_finetunejob):
+    ftj = make_finetunejob()
+    succeed(ftj)
+    ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": "2026-11-01"}}})
+    wait_for(lambda: ftj.status()["run"]["number"] == 2, 60, "the rerun to start")
+    ftj.wait_phase("Running", timeout=120)
+    ftj.finish_pods(f"{ftj.name}-r2", 0, encode_summary({"phase": "Succeeded", "reason": "Succeeded"}))
+    ftj.wait_phase("Succeeded", timeout=120)
+    # Argo CD selfHeal removes a manual annotation, or Git brings back an older one: neither is a request.
+    ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": None}}})
+    ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": "2026-11-01"}}})
+    ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": None}}})
+    marker = copy.deepcopy(ftj.status())
+    # A generation-moving edit afterwards proves the operator has handled everything before it.
+    ftj.patch({"spec": {"suspend": True}})
+    generation = ftj.get()["metadata"]["generation"]
+    wait_for(lambda: ftj.status().get("observedGeneration") == generation, 60, "the suspend edit to be seen")
+    assert ftj.status()["run"]["number"] == marker["run"]["number"] == 2
+    assert len(ftj.jobs()) <= 2
