@@ -115,7 +115,8 @@ def _write(
         st = _parse_status(fresh)
         before["phase"] = st.phase
         before["old_reason"] = st.reason
-        if not mutate(fresh, st):
+        changed = mutate(fresh, st)
+        if not (changed | _observe_generation(fresh, st)):
             return None
         before["new"] = st.phase
         before["reason"] = st.reason
@@ -438,11 +439,12 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
 def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: FineTuneJobStatus) -> None:
     """Same run as before: follow suspend/resume and refresh the phase from the Job."""
     assert status.run is not None
-    if status.phase in Phase.TERMINAL and status.run.completion_time:
-        return  # finished and recorded: a restart over thousands of these costs no API call
-    ns = body["metadata"]["namespace"]
     if status.phase in Phase.TERMINAL:
-        _observe_generation(ctx, body, status)
+        if status.observed_generation != body["metadata"].get("generation"):
+            _write(ctx, body, lambda fresh, st: False)  # only what every write does (observedGeneration)
+        if status.run.completion_time:
+            return  # finished and recorded: a restart over thousands of these costs no API call
+    ns = body["metadata"]["namespace"]
     job = ctx.kube.get_job(ns, status.run.job_name)
     if job is None:
         if status.phase in Phase.TERMINAL:
@@ -466,21 +468,18 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
     observe(ctx, body, job, spec)
 
 
-def _observe_generation(ctx: Context, body: dict[str, Any], status: FineTuneJobStatus) -> None:
-    """A finished run still observes every generation (a suspend toggle, a no-op edit): GitOps tools
-    read ``observedGeneration < generation`` as "not yet processed" forever otherwise."""
-    generation = body["metadata"].get("generation")
-    if generation is None or status.observed_generation == generation:
-        return
-
-    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
-        current = fresh["metadata"].get("generation")
-        if st.phase not in Phase.TERMINAL or st.observed_generation == current:
-            return False
-        st.observed_generation = current
-        return True
-
-    _write(ctx, body, mutate)
+def _observe_generation(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+    """A finished run still observes every generation that asks for no new run (a suspend toggle, a
+    no-op edit): GitOps tools read ``observedGeneration < generation`` as "not yet processed" forever
+    otherwise. Part of every status write, so the race between an edit and a run finishing cannot
+    leave it behind."""
+    current = fresh["metadata"].get("generation")
+    if st.phase not in Phase.TERMINAL or current is None or st.observed_generation == current:
+        return False
+    if not _is_current(fresh, st):
+        return False  # the edit asks for a new run: the run that starts observes it
+    st.observed_generation = current
+    return True
 
 
 def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str) -> None:
@@ -498,6 +497,23 @@ def _fail_without_job_deleted(ctx: Context, body: dict[str, Any], job_name: str)
         )
         push_history(st, Phase.FAILED, Reason.JOB_DELETED, ctx.settings.history_limit)
         after_write(RUNS.labels(result="failed").inc)
+        return True
+
+    _write(ctx, body, mutate)
+
+
+def _mark_waiting(ctx: Context, body: dict[str, Any], message: str) -> None:
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+        if st.phase != Phase.PENDING or st.reason == Reason.WAITING_FOR_SECRET:
+            return False
+        apply_phase(
+            st,
+            Phase.PENDING,
+            Reason.WAITING_FOR_SECRET,
+            message,
+            fresh["metadata"].get("generation"),
+            now_iso(),
+        )
         return True
 
     _write(ctx, body, mutate)
@@ -546,6 +562,14 @@ def observe(
         secret = missing_secret(ctx.kube.job_pods(job["metadata"]["namespace"], job_name))
         if secret is not None:
             text = f"Secret {secret!r} named in spec.secrets does not exist; the pods cannot start."
+            run = _parse_status(body).run
+            timeout = timeout_of(spec)
+            if run is not None and run.start_time and _age(run.start_time) < timeout:
+                # The kubelet starts the pod as soon as the Secret appears (External Secrets, sync waves).
+                _mark_waiting(
+                    ctx, body, text + f" Waiting for it up to {timeout} s (spec.preflightTimeoutSeconds)."
+                )
+                return
             _fail_running(ctx, body, job_name, Reason.SECRET_NOT_FOUND, text)
             return
     if observed.phase in Phase.TERMINAL:

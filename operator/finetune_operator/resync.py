@@ -38,9 +38,11 @@ HEARTBEAT = "resync"
 def needs_resync(body: dict[str, Any]) -> bool:
     """Not finished, or finished while the object now asks for another run (see run_identity)."""
     status = body.get("status") or {}
+    meta = body.get("metadata") or {}
     if status.get("phase") not in Phase.TERMINAL or not status.get("run"):
         return True
-    meta = body.get("metadata") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return True
     spec = dict(body.get("spec") or {})
 
     def digest() -> str:
