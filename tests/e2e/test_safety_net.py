@@ -167,6 +167,7 @@ def test_without_secret_permission_a_missing_secret_is_read_from_the_pod(isolate
         isolated_operator.namespace,
         "nosecret",
         secrets={"hubToken": {"name": "absent", "key": "t"}},
+        preflightTimeoutSeconds=0,  # no wait for a Secret that may still appear (test_upgrades covers it)
     )
     ftj.wait_phase("Running")
     [pod] = ftj.pods("nosecret-r1")
