@@ -84,7 +84,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "unknown pii kind",
-        {"dataset": {"cleaning": {"pii": {"kinds": ["ssn"]}}}},
+        {"dataset": {"cleaning": {"pii": {"kinds": ["passport-number"]}}}},
         "spec.dataset.cleaning.pii.kinds",
     ),
     ("bad memory quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
