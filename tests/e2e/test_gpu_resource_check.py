@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, deep_merge
+from harness import Ftj, OperatorProcess, create_ftj
 
 pytestmark = pytest.mark.e2e
 
@@ -16,16 +16,7 @@ UNKNOWN_GPU = {"resources": {"gpuResourceName": "example.com/tpu"}}
 
 
 def create(kube_api: Any, namespace: str, name: str) -> Ftj:
-    from kubernetes import client
-
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": deep_merge(BASE_SPEC, UNKNOWN_GPU),
-    }
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    return Ftj(kube_api, namespace, name)
+    return create_ftj(kube_api, namespace, name, UNKNOWN_GPU)
 
 
 def test_by_default_a_job_waits_for_a_gpu_no_node_has_yet(make_finetunejob):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess
+from harness import Ftj, OperatorProcess, create_ftj
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -43,16 +43,7 @@ def chart_leader_env(namespace: str) -> dict[str, str]:
 
 
 def create(kube_api: Any, namespace: str, name: str) -> Ftj:
-    from kubernetes import client
-
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": BASE_SPEC,
-    }
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    return Ftj(kube_api, namespace, name)
+    return create_ftj(kube_api, namespace, name)
 
 
 def holder(kube_api: Any, namespace: str) -> str | None:

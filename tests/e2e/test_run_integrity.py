@@ -13,7 +13,7 @@ import pytest
 
 from finetune_operator.run_identity import run_digest
 from finetune_trainer.spec import FineTuneJobSpec
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, deep_merge
+from harness import BASE_SPEC, Ftj, create_ftj, deep_merge
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -76,16 +76,7 @@ def test_full_quota_on_spec_edit_fails_with_job_rejected_and_keeps_the_old_job(
 
 
 def _create(kube_api: Any, namespace: str, name: str, spec: dict[str, Any]) -> Ftj:
-    from kubernetes import client
-
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    return Ftj(kube_api, namespace, name)
+    return create_ftj(kube_api, namespace, name, spec)
 
 
 def _leave_run_one_behind(kube_api: Any, ftj: Ftj) -> None:

@@ -8,23 +8,14 @@ from typing import Any
 import pytest
 
 from finetune_trainer.contract import encode_summary
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj
+from harness import GROUP, PLURAL, VERSION, Ftj, create_ftj
 from helpers import load_hack, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 def _create(kube_api: Any, namespace: str, name: str, **spec: Any) -> Ftj:
-    from kubernetes import client
-
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {**BASE_SPEC, **spec},
-    }
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    return Ftj(kube_api, namespace, name)
+    return create_ftj(kube_api, namespace, name, spec)
 
 
 def _complete(job: dict[str, Any]) -> bool:

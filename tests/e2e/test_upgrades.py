@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from finetune_trainer.contract import encode_summary
-from harness import BASE_SPEC, Ftj, deep_merge
+from harness import Ftj, create_ftj
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -21,18 +21,7 @@ CRD = REPO / "crds" / "finetuning.io_finetunejobs.yaml"
 
 
 def create(kube_api: Any, namespace: str, name: str, **over: Any) -> Ftj:
-    from kubernetes import client
-
-    body = {
-        "apiVersion": "finetuning.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": deep_merge(BASE_SPEC, over),
-    }
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-        "finetuning.io", "v1alpha1", namespace, "finetunejobs", body
-    )
-    return Ftj(kube_api, namespace, name)
+    return create_ftj(kube_api, namespace, name, over)
 
 
 def succeed(ftj: Ftj) -> dict[str, Any]:
