@@ -24,9 +24,18 @@ def apply_progress(
     generation: int | None,
 ) -> None:
     """Fold one scrape into status; the Stalled condition flips when the step stops advancing."""
+    prev = status.progress or Progress()
+    if Metric.STEP not in values:
+        # A failed or empty scrape keeps the last good numbers (the PROGRESS column must not flap);
+        # the Stalled check below still runs on the last heartbeat.
+        values = {
+            **{k: float(v) for k, v in ((Metric.STEP, prev.step), (Metric.TOTAL_STEPS, prev.total_steps))
+               if v is not None},
+            **{k: float(v) for k, v in ((Metric.EPOCH, prev.epoch), (Metric.ETA_SECONDS, prev.eta_seconds))
+               if v is not None},
+        }  # fmt: skip
     step = int(values[Metric.STEP]) if Metric.STEP in values else None
     total = int(values[Metric.TOTAL_STEPS]) if values.get(Metric.TOTAL_STEPS) else None
-    prev = status.progress or Progress()
     heartbeat = prev.last_heartbeat
     stamp = values.get(Metric.LAST_STEP_TIMESTAMP_SECONDS)
     if stamp:

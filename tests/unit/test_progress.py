@@ -43,3 +43,16 @@ def test_progress_and_stall():
     moved = TEXT.replace(f"{metric_name(Metric.STEP)} 50", f"{metric_name(Metric.STEP)} 51")
     apply_progress(st, parse_metrics(moved), now + timedelta(seconds=950), 900, 1)
     assert condition(st, "Stalled").status == "False"
+
+
+def test_a_failed_scrape_keeps_the_last_good_progress_and_still_stalls():
+    """One failed scrape used to blank status.progress, so the PROGRESS column flapped."""
+    st = FineTuneJobStatus()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    apply_progress(st, parse_metrics(TEXT), now, 900, 1)
+    good = st.progress.model_copy()
+    apply_progress(st, {}, now + timedelta(seconds=30), 900, 1)
+    assert st.progress == good and st.progress.summary == "50/200"
+    assert condition(st, "Stalled") is None
+    apply_progress(st, {}, now + timedelta(seconds=901), 900, 1)
+    assert st.progress.summary == "50/200" and condition(st, "Stalled").status == "True"
