@@ -70,7 +70,7 @@ def test_failure_message_carries_reason_and_message(lua_health):
 
 def test_running_shows_progress(lua_health):
     hs = lua_health(ftj({"phase": "Running", "progress": {"summary": "10/40"}, "conditions": []}))
-    assert hs == {"status": "Progressing", "message": "Running (10/40)"}
+    assert hs == {"status": "Progressing", "message": "Running (step 10/40)"}
 
 
 def test_stalled_run_is_degraded(lua_health):
@@ -97,3 +97,16 @@ def test_script_uses_only_what_argo_cd_offers():
     source = (CHART / "argocd" / "health.lua").read_text()
     for forbidden in ("require", "io.", "os.", 'string.format("%q'):
         assert forbidden not in source
+
+
+def test_running_message_shows_the_step_next_to_the_operators_message(lua_health):
+    """status.message is always set while running, and it used to hide the step entirely."""
+    status = {
+        "phase": "Running",
+        "observedGeneration": 1,
+        "reason": "PodsRunning",
+        "message": "Trainer pods are running.",
+        "progress": {"summary": "120/400"},
+    }
+    hs = lua_health(ftj(status))
+    assert hs == {"status": "Progressing", "message": "PodsRunning: Trainer pods are running. (step 120/400)"}

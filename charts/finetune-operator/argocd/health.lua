@@ -57,11 +57,10 @@ elseif phase == "Pending" or phase == "Queued" or phase == "Running" then
     hs.message = "Stalled: " .. (stalled.message or "no training step for a while")
   else
     hs.status = "Progressing"
-    local text = phase
+    hs.message = describe(status, phase)
     if status.progress ~= nil and status.progress.summary ~= nil then
-      text = text .. " (" .. status.progress.summary .. ")"
+      hs.message = hs.message .. " (step " .. status.progress.summary .. ")"
     end
-    hs.message = describe(status, text)
   end
 else
   hs.status = "Unknown"
