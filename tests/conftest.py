@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import load_hack, wait_for
+from helpers import kubectl_runner, load_hack, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -112,20 +112,7 @@ def s3_bucket(objectstore: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="session")
 def kubectl(cluster: Any) -> Kubectl:
     """Run the cached kubectl against the session's cluster."""
-    binary = str(load_hack("tools").ensure_tools() / "kubectl")
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-
-    def run(
-        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [binary, *args], input=input, env=env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-        return res
-
-    return run
+    return kubectl_runner(cluster.kubeconfig)
 
 
 @pytest.fixture(scope="session")

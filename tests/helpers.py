@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -51,3 +53,21 @@ def load_hack(name: str) -> ModuleType:
         sys.modules[key] = module
         spec.loader.exec_module(module)
     return sys.modules[key]
+
+
+def kubectl_runner(kubeconfig: str | Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(*args, input=None, check=True, timeout=60)``: the cached kubectl against one cluster."""
+    binary = str(load_hack("tools").ensure_tools() / "kubectl")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [binary, *args], input=input, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+        return res
+
+    return run

@@ -121,6 +121,15 @@ class Ftj:
     def patch(self, body: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, body)
 
+    def event_reasons(self) -> list[str]:
+        """Reasons of the Events about this FineTuneJob, oldest first."""
+        from kubernetes import client
+
+        found = client.CoreV1Api(self.api).list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={self.name}"
+        )
+        return [e.reason for e in found.items if e.reason]
+
     def wait_phase(self, phase: str, timeout: float = 60) -> dict[str, Any]:
         return wait_for(
             lambda: (s := self.status()).get("phase") == phase and s,

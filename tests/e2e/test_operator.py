@@ -67,22 +67,7 @@ def test_success_fills_status_from_the_termination_message(make_finetunejob, kub
     out = kubectl("get", "ftj", ftj.name, "-n", ftj.namespace).stdout
     assert "Succeeded" in out and "org/tiny-llama" in out and "0.51" in out
     events = wait_for(
-        lambda: (
-            (
-                e := kubectl(
-                    "get",
-                    "events",
-                    "-n",
-                    ftj.namespace,
-                    "--field-selector",
-                    f"involvedObject.name={ftj.name}",
-                    "-o",
-                    "jsonpath={.items[*].reason}",
-                ).stdout.split()
-            )
-            and "Succeeded" in e
-            and e
-        ),
+        lambda: "Succeeded" in (e := ftj.event_reasons()) and e,
         30,
         "a Succeeded event on the FineTuneJob",
     )

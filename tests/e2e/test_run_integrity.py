@@ -23,20 +23,6 @@ def alive_jobs(ftj: Ftj) -> list[dict[str, Any]]:
     return [j for j in ftj.jobs() if not j["metadata"].get("deletionTimestamp")]
 
 
-def event_reasons(kubectl: Any, ftj: Ftj) -> list[str]:
-    out = kubectl(
-        "get",
-        "events",
-        "-n",
-        ftj.namespace,
-        "--field-selector",
-        f"involvedObject.name={ftj.name}",
-        "-o",
-        "jsonpath={.items[*].reason}",
-    ).stdout
-    return out.split()
-
-
 def test_full_quota_on_spec_edit_fails_with_job_rejected_and_keeps_the_old_job(
     make_finetunejob, kube_api, kubectl, namespace
 ):
@@ -64,7 +50,7 @@ def test_full_quota_on_spec_edit_fails_with_job_rejected_and_keeps_the_old_job(
     assert "exceeded quota" in st["message"] and "count/jobs.batch" in st["message"], st["message"]
     assert f"{ftj.name}-r1 keeps running" in st["message"]
     assert [j["metadata"]["name"] for j in alive_jobs(ftj)] == [f"{ftj.name}-r1"], "the old Job must stay"
-    wait_for(lambda: "JobRejected" in event_reasons(kubectl, ftj), 30, "a JobRejected Event")
+    wait_for(lambda: "JobRejected" in ftj.event_reasons(), 30, "a JobRejected Event")
 
     # Once the cause is fixed, a rerun replaces the old Job, and only then is the old one deleted.
     core.delete_namespaced_resource_quota("one-job", namespace)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from realenv import RESTRICTED, ChartOperator, RealCluster, Volume
 
-from helpers import load_hack, wait_for
+from helpers import kubectl_runner, load_hack, wait_for
 
 OPERATOR_NAMESPACE = "finetune-system"  # the chart's documented namespace, as in `make demo`
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -58,20 +58,7 @@ def real_cluster() -> Iterator[RealCluster]:
 
 @pytest.fixture(scope="session")
 def rkubectl(real_cluster: RealCluster) -> Kubectl:
-    binary = str(load_hack("tools").ensure_tools() / "kubectl")
-    env = {**os.environ, "KUBECONFIG": str(real_cluster.info.kubeconfig)}
-
-    def run(
-        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [binary, *args], input=input, env=env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-        return res
-
-    return run
+    return kubectl_runner(real_cluster.info.kubeconfig)
 
 
 @pytest.fixture(scope="session")
