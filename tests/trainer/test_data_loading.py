@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -55,8 +56,8 @@ def test_json_file_that_is_really_jsonl(tmp_path: Path) -> None:
 
 
 def test_parquet_rows_with_nested_messages(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = importlib.import_module("pyarrow")
+    pq = importlib.import_module("pyarrow.parquet")
     path = tmp_path / "d.parquet"
     messages = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
     pq.write_table(pa.table({"messages": messages}), path)

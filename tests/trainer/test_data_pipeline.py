@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ def test_csv_end_to_end_with_line_numbered_errors(tmp_path: Path) -> None:
 
 
 def test_parquet_end_to_end(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = importlib.import_module("pyarrow")
+    pq = importlib.import_module("pyarrow.parquet")
     path = tmp_path / "d.parquet"
     prompts = [f"Question {i}: what is {i} squared?" for i in range(10)]
     pq.write_table(pa.table({"prompt": prompts, "completion": [str(i * i) for i in range(10)]}), path)
@@ -118,7 +119,6 @@ def test_token_stats() -> None:
     assert percentile([], 0.5) == 0.0
 
 
-@pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/data/customer-feedback.jsonl not written yet")
 def test_customer_feedback_example_duplicates_and_pii_are_found() -> None:
     spec = make_spec("classification")
     data = prepare_data(spec, Paths(model="m", dataset=str(EXAMPLE), output="."))

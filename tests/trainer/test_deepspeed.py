@@ -156,7 +156,6 @@ def test_deepspeed_accepts_config(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("deepspeed")
     monkeypatch.setenv("DS_ACCELERATOR", os.environ.get("DS_ACCELERATOR", "cpu"))
     from deepspeed.runtime.config import DeepSpeedConfig
     from transformers import TrainingArguments
@@ -207,8 +206,6 @@ def _worker_module() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("deepspeed")
-    pytest.importorskip("transformers")
     directory = tmp_path_factory.mktemp("ds-tiny-llama")
     _worker_module().build(directory)
     return directory
@@ -315,7 +312,6 @@ def test_without_the_workaround_deepspeed_sees_a_world_of_one(tiny_model: Path, 
 
 @pytest.mark.trainer
 def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> None:
-    pytest.importorskip("deepspeed")
     from runs import output_of, read_summary, trainer_env
 
     path = make_config(
@@ -364,7 +360,6 @@ def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> No
 
 def test_offload_optimizer_without_cpu_adam_is_a_clear_config_error(tmp_path: Path) -> None:
     """No prebuilt CPU Adam and no compiler: refused at setup with a message, not a compiler error."""
-    pytest.importorskip("deepspeed")
     from deepspeed.git_version_info import installed_ops
 
     from finetune_trainer.deepspeed_config import cpu_adam_problem
