@@ -16,11 +16,11 @@ from typing import Any, cast
 import kopf
 
 from finetune_operator import constants as c
+from finetune_operator.context import Context
 from finetune_operator.handlers import register
 from finetune_operator.kube import Kube, load_api_client
 from finetune_operator.leader import ApiLeaseLock, LeaderElector, LeaseSettings, run_as_leader
 from finetune_operator.metrics import LEADER, PhaseBook, serve
-from finetune_operator.reconcile import Context
 from finetune_operator.sanitize import clean_text
 from finetune_operator.settings import OperatorSettings
 

@@ -13,11 +13,12 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
+from finetune_operator.context import Context
 from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.progress_loop import ProgressLoop
-from finetune_operator.reconcile import Context, on_job_event, reconcile
+from finetune_operator.reconcile import on_job_event, reconcile
 from finetune_operator.resync import ResyncLoop
 from finetune_operator.settings import OperatorSettings
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from finetune_operator.constants import Reason
-from finetune_operator.models import FineTuneJobSpec, PreflightWait
-from finetune_operator.status import parse_time
+from finetune_operator.constants import Phase, Reason
+from finetune_operator.models import FineTuneJobSpec, FineTuneJobStatus, PreflightWait
+from finetune_operator.status import apply_phase, now_iso, parse_time
 
 DEFAULT_TIMEOUT_SECONDS = 600
 WAITABLE: dict[str, str] = {
@@ -40,3 +40,24 @@ def next_wait(current: PreflightWait | None, key: str, reason: str, now: datetim
 
 def waited_seconds(wait: PreflightWait, now: datetime) -> float:
     return max((now - parse_time(wait.since)).total_seconds(), 0.0)
+
+
+def hold_pending(
+    st: FineTuneJobStatus,
+    key: str,
+    problem: tuple[str, str],
+    timeout: int,
+    now: datetime,
+    generation: int | None,
+) -> tuple[bool, float]:
+    """Keep ``st`` Pending with a ``WaitingFor…`` reason while the wait lasts: (changed, seconds waited).
+    Once ``timeout`` has passed nothing changes and the caller fails the run."""
+    wait = next_wait(st.preflight_wait, key, problem[0], now)
+    waited = waited_seconds(wait, now)
+    if waited >= timeout:
+        return False, waited
+    message = f"{problem[1]} Waiting for it up to {timeout} s (spec.preflightTimeoutSeconds)."
+    before = (st.phase, st.reason, st.message, st.preflight_wait)
+    st.preflight_wait = wait
+    apply_phase(st, Phase.PENDING, wait.reason, message, generation, now_iso(now))
+    return (st.phase, st.reason, st.message, st.preflight_wait) != before, waited

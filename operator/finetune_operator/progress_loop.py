@@ -25,11 +25,12 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
 from finetune_operator.constants import Phase
+from finetune_operator.context import Context, write
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.models import FineTuneJobStatus
 from finetune_operator.progress import apply_progress
-from finetune_operator.reconcile import Context, _write
 from finetune_operator.scrape import Endpoint, ScrapeError, endpoint_of, fetch, parse_metrics, rank0_pod
+from finetune_operator.transitions import UNCHANGED, Change
 
 log = logging.getLogger("finetune_operator.progress")
 
@@ -164,16 +165,16 @@ def write_progress(ctx: Context, body: dict[str, Any], values: dict[str, float])
     stall_timeout = int((body.get("spec") or {}).get("stallTimeoutSeconds") or DEFAULT_STALL_TIMEOUT)
     generation = body["metadata"].get("generation")
 
-    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> bool:
+    def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> Change:
         if st.run is None or st.run.job_name != job_name or st.phase != Phase.RUNNING:
-            return False
+            return UNCHANGED
         if not values and st.progress is None:
-            return False  # nothing scraped yet and nothing to flag
+            return UNCHANGED  # nothing scraped yet and nothing to flag
         before = st.wire()
         apply_progress(st, values, datetime.now(UTC), stall_timeout, generation)
-        return st.wire() != before
+        return Change(st.wire() != before)
 
-    _write(ctx, body, mutate)
+    write(ctx, body, mutate)
 
 
 def remove_finalizers(ctx: Context, body: dict[str, Any], names: Iterable[str]) -> None:

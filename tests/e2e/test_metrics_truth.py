@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from finetune_operator.context import Context
 from finetune_operator.kube import Kube, load_api_client
 from finetune_operator.metrics import REGISTRY, PhaseBook
-from finetune_operator.reconcile import Context, reconcile
+from finetune_operator.reconcile import reconcile
 from finetune_operator.settings import OperatorSettings
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj
 from helpers import wait_for
