@@ -11,11 +11,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
+COPY api/ api/
 COPY operator/ operator/
-COPY trainer-image/finetune_trainer/ trainer-image/finetune_trainer/
-# Only the operator's dependencies (no [trainer] extra): the shared contract module is torch-free.
+# Only finetune_api and finetune_operator, with the operator's dependencies (no [trainer] extra): the
+# trainer package is not in this image.
 RUN /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/python -c "import finetune_operator.__main__"
+    && /opt/venv/bin/python -c "import finetune_operator.__main__" \
+    && ! /opt/venv/bin/python -c "import finetune_trainer" 2>/dev/null
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="finetune-operator" \

@@ -102,8 +102,9 @@ def spec_dict(method: str, lr: float, seed: int) -> dict[str, Any]:
 
 def prepare_splits(work: Path) -> dict[str, Any]:
     """Clean and split once with the trainer's pipeline; write the splits as JSONL files."""
+    from finetune_api.spec import Paths
+    from finetune_api.training import TrainingSpec
     from finetune_trainer.data.pipeline import prepare_data
-    from finetune_trainer.spec import Paths, TrainingSpec
 
     spec = TrainingSpec.model_validate(spec_dict("lora", 1e-3, 0))
     data = prepare_data(spec, Paths(model=str(model_dir()), dataset=str(DATA), output=str(work / "prep")))
@@ -172,8 +173,8 @@ def freeze(model: Any, trainable: str) -> tuple[int, int]:
 
 def run_one(work: Path, train: list[dict[str, Any]], method: str, n: int, seed: int) -> dict[str, Any]:
     import finetune_trainer.modeling as modeling
+    from finetune_api.spec import TrainerConfig
     from finetune_trainer.runner import run
-    from finetune_trainer.spec import TrainerConfig
 
     setup = METHODS[method]
     records = subset(train, n, seed)

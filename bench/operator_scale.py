@@ -427,10 +427,10 @@ def wait_until(
 def build_direct_children(name: str, namespace: str, harness: ModuleType) -> list[dict[str, Any]]:
     """The ConfigMap and Job the operator would create for ``name``, built by its own builders, without
     an owner (an owner that does not exist would make the garbage collector delete them)."""
+    from finetune_api.spec import FineTuneJobSpec
     from finetune_operator.builders import Owner, build_children
     from finetune_operator.naming import spec_hash
     from finetune_operator.settings import OperatorSettings
-    from finetune_trainer.spec import FineTuneJobSpec
 
     raw = ftj_body(name, harness)["spec"]
     settings = OperatorSettings(trainer_image="registry.local/finetune-trainer:test")

@@ -158,9 +158,9 @@ def peak_rss_mib() -> float:
 
 
 def worker_ours(work: Path, packing: bool, epochs: float) -> dict[str, Any]:
+    from finetune_api.spec import TrainerConfig
     from finetune_trainer.recipes.sft import SftRecipe
     from finetune_trainer.runner import run
-    from finetune_trainer.spec import TrainerConfig
 
     flags: dict[str, Any] = {}
     build = SftRecipe.build

@@ -26,21 +26,21 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api import wellknown
+
 log = logging.getLogger("devruntime")
-TERMINATION_LOG = "/dev/termination-log"
 ANNOTATION_METRICS_ENDPOINT = "finetuning.io/metrics-endpoint"
 MESSAGE_LIMIT = 4096
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return wellknown.timestamp()
 
 
 def free_port() -> int:
@@ -175,7 +175,7 @@ class DevRuntime:
     def _volumes(self, pod: client.V1Pod, container: client.V1Container, root: Path) -> PathMap:
         volumes = {v.name: v for v in pod.spec.volumes or []}
         paths = PathMap()
-        paths.add(TERMINATION_LOG, root / "termination-log")
+        paths.add(wellknown.TERMINATION_LOG, root / "termination-log")
         for mount in container.volume_mounts or []:
             vol = volumes.get(mount.name)
             if vol is None:

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 # not rebuild a multi-GB trainer image.
 SOURCES = (
     "pyproject.toml",
+    "api",
     "operator",
     "trainer-image/finetune_trainer",
     "trainer-image/requirements-s3.txt",

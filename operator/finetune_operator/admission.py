@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from finetune_operator.constants import Reason
-from finetune_operator.models import FineTuneJobSpec, PlanStatus
+from finetune_api.conditions import Reason
+from finetune_api.planning import architecture, gpus, make_plan
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import PlanStatus
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.planning import architecture, gpus, make_plan
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 

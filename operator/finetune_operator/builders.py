@@ -6,18 +6,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api import wellknown
+from finetune_api.exitcodes import NON_RETRIABLE_EXIT_CODES
+from finetune_api.launch import launch_command
+from finetune_api.spec import FineTuneJobSpec, JobRef, TrainerConfig
 from finetune_operator import constants as c
 from finetune_operator.naming import label_value, run_name
 from finetune_operator.pod_paths import resolve
 from finetune_operator.pod_storage import storage_parts
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES
-from finetune_trainer.launch import launch_command
-from finetune_trainer.spec import (
-    FineTuneJobSpec,
-    JobRef,
-    TrainerConfig,
-)
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ def trainer_config(
         job=JobRef(name=owner.name, namespace=owner.namespace, uid=owner.uid, run=run),
         spec=spec.training(),
         paths=resolve(spec).paths,
-        metrics_port=c.METRICS_PORT,
+        metrics_port=wellknown.METRICS_PORT,
         allowed_licences=list(allowed_licences),
     )
 
@@ -85,7 +82,7 @@ def build_configmap(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, run, run_name(owner.name, run), spec_hash),
-        "data": {c.CONFIG_KEY: json.dumps(config.wire(), indent=2, sort_keys=True)},
+        "data": {wellknown.CONFIG_FILE: json.dumps(config.wire(), indent=2, sort_keys=True)},
     }
 
 
@@ -100,7 +97,13 @@ def build_service(owner: Owner, run: int, spec_hash: str) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": {c.LABEL_JOB_NAME: name},
-            "ports": [{"name": "rendezvous", "port": c.RENDEZVOUS_PORT, "targetPort": c.RENDEZVOUS_PORT}],
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": wellknown.RENDEZVOUS_PORT,
+                    "targetPort": wellknown.RENDEZVOUS_PORT,
+                }
+            ],
         },
     }
 
@@ -116,8 +119,8 @@ def trainer_command(spec: FineTuneJobSpec, job_name: str) -> list[str]:
         nodes=dist.nodes,
         procs_per_node=max(dist.gpus_per_node, 1),
         rdzv_host=f"{job_name}-0.{job_name}",
-        rdzv_port=c.RENDEZVOUS_PORT,
-        config=f"{c.CONFIG_MOUNT}/{c.CONFIG_KEY}",
+        rdzv_port=wellknown.RENDEZVOUS_PORT,
+        config=wellknown.CONFIG_PATH,
     )
 
 
@@ -193,7 +196,7 @@ def build_job(
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": c.CONFIG_MOUNT, "readOnly": True},
+        {"name": "config", "mountPath": wellknown.CONFIG_DIR, "readOnly": True},
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -216,10 +219,10 @@ def build_job(
         "imagePullPolicy": "IfNotPresent",
         "command": trainer_command(spec, name),
         "env": _env(spec, owner, run, settings),
-        "ports": [{"name": "metrics", "containerPort": c.METRICS_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "metrics", "containerPort": wellknown.METRICS_PORT, "protocol": "TCP"}],
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": wellknown.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -21,12 +21,12 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator import constants as c
 from finetune_operator.builders import Owner, build_children
 from finetune_operator.kube import Kube
 from finetune_operator.naming import label_value, run_name
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.spec import FineTuneJobSpec
 
 log = logging.getLogger("finetune_operator")
 

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator.constants import Phase
+from finetune_api.conditions import Phase
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator.health import Heartbeats
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import RUNS, PhaseBook
-from finetune_operator.models import FineTuneJobSpec, FineTuneJobStatus
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.transitions import Change, observe_generation
 

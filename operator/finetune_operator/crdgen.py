@@ -16,9 +16,9 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel
 
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator import constants as c
-from finetune_operator.models import FineTuneJobStatus
-from finetune_trainer.spec import FineTuneJobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = f"{c.GROUP}_{c.PLURAL}.yaml"

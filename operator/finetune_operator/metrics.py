@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from finetune_operator.constants import Phase
+from finetune_api.conditions import Phase
 
 if TYPE_CHECKING:
-    from finetune_operator.models import PlanStatus
+    from finetune_api.status import PlanStatus
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

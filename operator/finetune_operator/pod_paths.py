@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api.sources import Source
+from finetune_api.spec import FineTuneJobSpec, Paths
 from finetune_operator import constants as c
 from finetune_operator.naming import volume_name
-from finetune_trainer.spec import FineTuneJobSpec, Paths, Source
 
 
 @dataclass(frozen=True)

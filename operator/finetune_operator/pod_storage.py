@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_api.sources import Source
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator import constants as c
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.spec import FineTuneJobSpec, Source
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "hf://")
 

@@ -9,10 +9,11 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.conditions import Reason
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator.builders import gpu_resource
-from finetune_operator.constants import Reason
 from finetune_operator.context import Context, write
-from finetune_operator.models import FineTuneJobSpec, FineTuneJobStatus
 from finetune_operator.preflight_wait import RecheckLater, hold_pending, timeout_of
 from finetune_operator.transitions import Change
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from finetune_operator.constants import Phase, Reason
-from finetune_operator.models import FineTuneJobSpec, FineTuneJobStatus, PreflightWait
-from finetune_operator.status import apply_phase, now_iso, parse_time
+from finetune_api.conditions import Phase, Reason
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import FineTuneJobStatus, PreflightWait
+from finetune_api.wellknown import timestamp
+from finetune_operator.status import apply_phase, parse_time
 
 DEFAULT_TIMEOUT_SECONDS = 600
 WAITABLE: dict[str, str] = {
@@ -35,7 +37,7 @@ def next_wait(current: PreflightWait | None, key: str, reason: str, now: datetim
     waiting = WAITABLE[reason]
     if current is not None and current.key == key:
         return current.model_copy(update={"reason": waiting})
-    return PreflightWait(key=key, since=now.strftime("%Y-%m-%dT%H:%M:%SZ"), reason=waiting)
+    return PreflightWait(key=key, since=timestamp(now), reason=waiting)
 
 
 def waited_seconds(wait: PreflightWait, now: datetime) -> float:
@@ -59,5 +61,5 @@ def hold_pending(
     message = f"{problem[1]} Waiting for it up to {timeout} s (spec.preflightTimeoutSeconds)."
     before = (st.phase, st.reason, st.message, st.preflight_wait)
     st.preflight_wait = wait
-    apply_phase(st, Phase.PENDING, wait.reason, message, generation, now_iso(now))
+    apply_phase(st, Phase.PENDING, wait.reason, message, generation, timestamp(now))
     return (st.phase, st.reason, st.message, st.preflight_wait) != before, waited

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from finetune_operator.constants import ConditionType, Reason
-from finetune_operator.models import FineTuneJobStatus, Metrics, Progress
+from finetune_api.conditions import ConditionType, Reason
+from finetune_api.metrics import Metric
+from finetune_api.status import FineTuneJobStatus, Metrics, Progress
+from finetune_api.wellknown import timestamp
 from finetune_operator.status import condition, parse_time, set_condition
-from finetune_trainer.contract import Metric
 
 
 def _finite(value: float | None) -> float | None:
@@ -39,9 +40,9 @@ def apply_progress(
     heartbeat = prev.last_heartbeat
     stamp = values.get(Metric.LAST_STEP_TIMESTAMP_SECONDS)
     if stamp:
-        heartbeat = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        heartbeat = timestamp(datetime.fromtimestamp(stamp, UTC))
     elif step is not None and step != prev.step:
-        heartbeat = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        heartbeat = timestamp(now)
     percent = int(100 * step / total) if step is not None and total else None
     status.progress = Progress(
         step=step,
@@ -74,7 +75,7 @@ def apply_progress(
     if heartbeat:
         last = parse_time(heartbeat)
         stalled = (now - last).total_seconds() > stall_timeout_seconds
-    now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    now_s = timestamp(now)
     current = condition(status, ConditionType.STALLED)
     if stalled or current is not None:
         status.conditions = set_condition(

@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.conditions import Phase
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator import constants as c
-from finetune_operator.constants import Phase
 from finetune_operator.context import Context, write
 from finetune_operator.metrics import HANDLER_DURATION
-from finetune_operator.models import FineTuneJobStatus
 from finetune_operator.progress import apply_progress
 from finetune_operator.scrape import Endpoint, ScrapeError, endpoint_of, fetch, parse_metrics, rank0_pod
 from finetune_operator.transitions import UNCHANGED, Change

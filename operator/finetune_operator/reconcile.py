@@ -13,14 +13,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from finetune_api.conditions import Phase, Reason
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import FineTuneJobStatus, PlanStatus
+from finetune_api.validation import format_errors
+from finetune_api.wellknown import timestamp
 from finetune_operator import constants as c
 from finetune_operator.admission import admit
 from finetune_operator.builders import Owner
 from finetune_operator.children import ChildRejected, create_run, retire_other_jobs
-from finetune_operator.constants import Phase, Reason
 from finetune_operator.context import Context, parse_status, write
 from finetune_operator.metrics import JOB_CREATED_LATENCY, STATUS_LATENCY, record_estimated_cost
-from finetune_operator.models import FineTuneJobSpec, FineTuneJobStatus, PlanStatus
 from finetune_operator.naming import spec_hash
 from finetune_operator.preflight import preflight, wait_for_preflight
 from finetune_operator.preflight_wait import WAITABLE, timeout_of
@@ -29,7 +32,6 @@ from finetune_operator.status import (
     JobView,
     final_job_from_events,
     missing_secret,
-    now_iso,
     observe_job,
     outcome,
     parse_time,
@@ -61,7 +63,7 @@ def apply(ctx: Context, body: dict[str, Any], event: Event) -> Change | None:
     generation = body["metadata"].get("generation")
 
     def transition(fresh: dict[str, Any], st: FineTuneJobStatus) -> Change:
-        facts = Facts(fresh, generation, now_iso(), ctx.settings.history_limit)
+        facts = Facts(fresh, generation, timestamp(), ctx.settings.history_limit)
         return next_phase(st, event, facts)
 
     return write(ctx, body, transition)
@@ -76,7 +78,7 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
         spec = ctx.parse_spec(body)
     except ValidationError as exc:
         refused = RunRefused(
-            Reason.INVALID_SPEC, format_validation(exc), spec_hash(raw_spec), rerun_token(body)
+            Reason.INVALID_SPEC, format_errors(exc, "spec", limit=5), spec_hash(raw_spec), rerun_token(body)
         )
         apply(ctx, body, refused)
         return
@@ -84,14 +86,6 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
         start_run(ctx, body, spec, run_digest(spec), rerun_token(body))
     else:
         sync_run(ctx, body, spec, status)
-
-
-def format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = "spec." + ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _refuse(

@@ -21,8 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from finetune_api.conditions import Phase
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator import constants as c
-from finetune_operator.constants import Phase
 from finetune_operator.context import Context
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.naming import spec_hash
@@ -30,7 +31,6 @@ from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.reconcile import reconcile
 from finetune_operator.run_identity import current_run, new_run_reason, run_digest, used_tokens
 from finetune_operator.status import parse_time
-from finetune_trainer.spec import FineTuneJobSpec
 
 log = logging.getLogger("finetune_operator.resync")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_trainer.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec
 
 FIRST_RUN = "first run"
 RERUN = "rerun requested"

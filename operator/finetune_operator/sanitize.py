@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from finetune_trainer.contract import EXIT_MEANINGS, meaning_of
+from finetune_api.exitcodes import EXIT_MEANINGS, meaning_of
 
 TEXT_LIMIT = 1024
 KEY_LIMIT = 64

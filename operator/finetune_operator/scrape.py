@@ -20,9 +20,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from finetune_api import wellknown
+from finetune_api.metrics import METRICS_PREFIX, Metric
 from finetune_operator import constants as c
 from finetune_operator.sanitize import clean_text
-from finetune_trainer.contract import METRICS_PREFIX, Metric
 
 BODY_LIMIT = 1024 * 1024
 HEAD_LIMIT = 16 * 1024
@@ -89,7 +90,7 @@ def _declared_port(pod: dict[str, Any]) -> int:
             number = port.get("containerPort")
             if port.get("name") == "metrics" and isinstance(number, int) and 0 < number < 65536:
                 return number
-    return c.METRICS_PORT
+    return wellknown.METRICS_PORT
 
 
 def _loopback_endpoint(value: Any) -> Endpoint | None:

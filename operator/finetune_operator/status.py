@@ -9,16 +9,14 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from finetune_operator.constants import ConditionType, Phase, Reason
-from finetune_operator.models import Condition, FineTuneJobStatus, HistoryEntry, Metrics
+from finetune_api.conditions import ConditionType, Phase, Reason
+from finetune_api.exitcodes import meaning_of
+from finetune_api.status import Condition, FineTuneJobStatus, HistoryEntry, Metrics
+from finetune_api.summary import SummaryError, decode_summary
+from finetune_api.wellknown import timestamp
 from finetune_operator.sanitize import clean_summary, clean_text, trainer_reason
-from finetune_trainer.contract import SummaryError, decode_summary, meaning_of
 
 MESSAGE_LIMIT = 1024
-
-
-def now_iso(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(
@@ -39,7 +37,7 @@ def set_condition(
         status=value,
         reason=reason,
         message=message[:MESSAGE_LIMIT],
-        last_transition_time=current.last_transition_time if current and unchanged else (now or now_iso()),
+        last_transition_time=current.last_transition_time if current and unchanged else (now or timestamp()),
         observed_generation=generation,
     )
     if current is None:
@@ -293,7 +291,6 @@ __all__ = [
     "apply_summary",
     "condition",
     "gpu_seconds",
-    "now_iso",
     "observe_job",
     "outcome",
     "push_history",
@@ -370,7 +367,7 @@ def final_job_from_events(
     if not found:
         return None
     when, reason, message = max(found)
-    at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = timestamp(when)
     if reason == "Completed":
         condition = {"type": "Complete", "status": "True", "lastTransitionTime": at}
         status: dict[str, Any] = {"conditions": [condition], "completionTime": at}

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_operator.constants import ANNOTATION_RERUN, ConditionType, Phase, Reason
-from finetune_operator.models import FineTuneJobSpec, FineTuneJobStatus, PlanStatus, Progress, RunStatus
+from finetune_api.conditions import ConditionType, Phase, Reason
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import FineTuneJobStatus, PlanStatus, Progress, RunStatus
+from finetune_operator.constants import ANNOTATION_RERUN
 from finetune_operator.naming import run_name, spec_hash
 from finetune_operator.run_identity import CurrentRun, new_run_reason, run_digest
 from finetune_operator.status import (

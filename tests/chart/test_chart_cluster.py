@@ -14,7 +14,7 @@ import pytest
 import yaml
 from chartlib import CHART, SCENARIOS, Helm
 
-from finetune_trainer.contract import encode_summary
+from finetune_api.summary import encode_summary
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess
 from helpers import wait_for
 

@@ -23,7 +23,8 @@ import pytest
 import yaml
 from chartlib import CHART, Helm, find
 
-from finetune_trainer.contract import Metric, encode_summary
+from finetune_api.metrics import Metric
+from finetune_api.summary import encode_summary
 from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, free_port
 from helpers import wait_for

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.contract import Metric, metric_name
+from finetune_api.metrics import Metric, metric_name
 from harness import GROUP, PLURAL, VERSION, Ftj, create_ftj
 from helpers import wait_for
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.contract import Metric, encode_summary, metric_name
+from finetune_api.metrics import Metric, metric_name
+from finetune_api.summary import encode_summary
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.run_identity import run_digest
-from finetune_trainer.spec import FineTuneJobSpec
 from harness import BASE_SPEC, Ftj, create_ftj, deep_merge
 from helpers import wait_for
 
@@ -67,10 +67,10 @@ def _create(kube_api: Any, namespace: str, name: str, spec: dict[str, Any]) -> F
 
 def _leave_run_one_behind(kube_api: Any, ftj: Ftj) -> None:
     """What a crash right after Job creation leaves: run 1's children exist, status says nothing."""
+    from finetune_api.spec import FineTuneJobSpec
     from finetune_operator.builders import Owner, build_children
     from finetune_operator.kube import Kube
     from finetune_operator.settings import OperatorSettings
-    from finetune_trainer.spec import FineTuneJobSpec
 
     body = ftj.get()
     spec = FineTuneJobSpec.model_validate(body["spec"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.contract import encode_summary
+from finetune_api.summary import encode_summary
 from harness import GROUP, PLURAL, VERSION, Ftj, create_ftj
 from helpers import load_hack, wait_for
 

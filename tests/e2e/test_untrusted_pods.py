@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from finetune_trainer.contract import Metric, metric_name
+from finetune_api.metrics import Metric, metric_name
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e

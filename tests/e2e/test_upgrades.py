@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_trainer.contract import encode_summary
+from finetune_api.summary import encode_summary
 from harness import Ftj, create_ftj
 from helpers import wait_for
 

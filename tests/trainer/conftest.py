@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny
 from runs import REPO  # noqa: F401
 
-from finetune_trainer.spec import TrainerConfig
+from finetune_api.spec import TrainerConfig
 
 # Two shared cores: more threads only fight over them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -108,9 +108,9 @@ def _checksum(model: Any, zero3: bool) -> tuple[str, list[dict[str, int]]]:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     # The order matters: process group (through deepspeed.comm) before TrainingArguments, and
     # TrainingArguments before the model so that from_pretrained builds it under zero.Init for ZeRO-3.
+    from finetune_api.training import TrainingSpec
     from finetune_trainer.deepspeed_config import deepspeed_config
     from finetune_trainer.distributed import init_distributed, training_arguments_overrides, world_info
-    from finetune_trainer.spec import TrainingSpec
 
     use_cuda = False
     if args.no_fix:

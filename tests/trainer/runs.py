@@ -18,7 +18,7 @@ def free_port() -> int:
 
 
 def read_summary(config_path: Path) -> dict[str, Any]:
-    from finetune_trainer.contract import decode_summary
+    from finetune_api.summary import decode_summary
 
     config = json.loads(config_path.read_text())
     return decode_summary(Path(config["terminationLog"]).read_text())

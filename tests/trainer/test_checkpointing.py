@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from runs import output_of
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.runner import load_config, run
 
 pytestmark = pytest.mark.trainer

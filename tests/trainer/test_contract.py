@@ -15,7 +15,9 @@ import tiny
 import yaml
 from runs import free_port, read_summary
 
-from finetune_trainer.contract import SUMMARY_MAX_BYTES, ExitCode, Metric, decode_summary, metric_name
+from finetune_api.exitcodes import ExitCode
+from finetune_api.metrics import Metric, metric_name
+from finetune_api.summary import SUMMARY_MAX_BYTES, decode_summary
 from finetune_trainer.runner import RunRecord, load_config, run, run_config_file, write_summary
 
 pytestmark = pytest.mark.trainer

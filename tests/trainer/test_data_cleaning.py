@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.data import prepare_data
 from finetune_trainer.data.dedup import find_duplicates
 from finetune_trainer.data.markup import strip_markup
 from finetune_trainer.data.pii import iban_ok, luhn_ok, redact
-from finetune_trainer.spec import Paths, TrainingSpec
 
 
 def prepare(tmp_path: Path, records: list[dict[str, Any]], objective: str = "sft", **dataset: Any) -> Any:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.data import DataError, prepare_data
-from finetune_trainer.spec import Paths, TrainingSpec
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.data.report import percentile, token_stats
-from finetune_trainer.spec import Paths, TrainingSpec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data" / "customer-feedback.jsonl"
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.data import DataError, prepare_data
 from finetune_trainer.data.splitting import held_out_sizes, split_records
-from finetune_trainer.spec import Paths, TrainingSpec
 
 WORDS = [
     "alpha",

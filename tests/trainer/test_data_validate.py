@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.validate_cmd import main, validate_command
 
 

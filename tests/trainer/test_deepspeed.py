@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from finetune_api.training import TrainingSpec
 from finetune_trainer.deepspeed_config import deepspeed_config
 from finetune_trainer.distributed import WorldInfo, training_arguments_overrides, world_info
-from finetune_trainer.spec import TrainingSpec
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from runs import REPO, output_of, read_summary, trainer_env
 
-from finetune_trainer.contract import ExitCode
-from finetune_trainer.launch import exit_code_of, launch_command, torchrun_args
+from finetune_api.exitcodes import ExitCode
+from finetune_api.launch import launch_command
+from finetune_trainer.launch import exit_code_of, torchrun_args
 
 # Two ranks on two shared cores: a run takes 20-60 s; the deadline only catches a hang.
 RUN_TIMEOUT_S = 300

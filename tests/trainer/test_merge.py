@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from runs import output_of, read_summary
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.runner import load_config, run
 
 pytestmark = pytest.mark.trainer

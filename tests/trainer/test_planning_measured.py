@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from finetune_trainer.planning import architecture
-from finetune_trainer.planning.memory import estimate, lora_parameters
-from finetune_trainer.spec import TrainingSpec
+from finetune_api.planning import architecture
+from finetune_api.planning.memory import estimate, lora_parameters
+from finetune_api.training import TrainingSpec
 
 pytestmark = pytest.mark.trainer
 

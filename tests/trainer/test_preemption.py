@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from runs import read_summary, trainer_env
 
-from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES, ExitCode
+from finetune_api.exitcodes import NON_RETRIABLE_EXIT_CODES, ExitCode
 from finetune_trainer.runner import run_config_file
 
 pytestmark = pytest.mark.trainer

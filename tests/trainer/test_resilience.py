@@ -15,7 +15,7 @@ import pytest
 from runs import output_of, read_summary, trainer_env
 from safetensors.torch import load_file
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.outputs import checkpoint_step, latest_checkpoint
 from finetune_trainer.runner import load_config, run
 

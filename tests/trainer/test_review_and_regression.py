@@ -11,7 +11,7 @@ import pytest
 import tiny
 from runs import output_of, read_summary
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.review import DEFAULT_REVIEW_PROMPTS, REVIEW_FILE
 from finetune_trainer.runner import load_config, run
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.contract import ExitCode, Metric, metric_name
+from finetune_api.exitcodes import ExitCode
+from finetune_api.metrics import Metric, metric_name
 from finetune_trainer.metrics_server import TrainerMetrics
 from finetune_trainer.outputs import latest_checkpoint
 from finetune_trainer.runner import Failure, classify

@@ -13,7 +13,7 @@ import pytest
 import tiny
 from runs import read_summary, trainer_env
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 
 pytestmark = pytest.mark.trainer
 

@@ -17,7 +17,8 @@ import tiny
 import yaml
 from runs import read_summary, trainer_env
 
-from finetune_trainer.contract import ExitCode, decode_summary
+from finetune_api.exitcodes import ExitCode
+from finetune_api.summary import decode_summary
 from finetune_trainer.runner import run_config_file
 
 pytestmark = pytest.mark.trainer

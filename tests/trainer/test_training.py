@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from runs import output_of, read_summary
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.runner import load_config, run
 
 pytestmark = pytest.mark.trainer
@@ -76,8 +76,8 @@ def test_trains_and_loss_falls(make_config, fmt: str, case: str, overrides: dict
 
 
 def test_qlora_really_quantizes(llama_dir) -> None:
+    from finetune_api.training import TrainingSpec
     from finetune_trainer.modeling import count_4bit_layers, load_model, load_tokenizer
-    from finetune_trainer.spec import TrainingSpec
 
     spec = TrainingSpec.model_validate(
         {"method": "qlora", "model": {"name": "tiny"}, "dataset": {"source": {"uri": "file:///x"}}}

@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.builders import Owner
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.spec import FineTuneJobSpec
 
 
 @pytest.fixture

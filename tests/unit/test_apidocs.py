@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune_api.conditions import ConditionType, Reason
+from finetune_api.exitcodes import EXIT_MEANINGS
 from finetune_operator import apidocs, crdgen
-from finetune_operator import constants as c
-from finetune_trainer.contract import EXIT_MEANINGS
 
 
 def page() -> str:
@@ -81,8 +81,8 @@ def _public(cls: type) -> set[str]:
 
 
 def test_every_condition_type_and_reason_has_a_line():
-    assert set(apidocs.CONDITION_DOCS) == _public(c.ConditionType)
-    assert set(apidocs.REASON_DOCS) == _public(c.Reason)
+    assert set(apidocs.CONDITION_DOCS) == _public(ConditionType)
+    assert set(apidocs.REASON_DOCS) == _public(Reason)
     text = page()
     for name in [*apidocs.CONDITION_DOCS, *apidocs.REASON_DOCS]:
         assert f"| `{name}` |" in text

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 
+from finetune_api.exitcodes import ExitCode
+from finetune_api.spec import TrainerConfig
 from finetune_operator import constants as c
 from finetune_operator.builders import build_children, build_configmap, build_job, trainer_command
-from finetune_trainer.contract import ExitCode
-from finetune_trainer.spec import TrainerConfig
 
 
 def container(job):

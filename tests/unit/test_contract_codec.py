@@ -6,15 +6,8 @@ import sys
 
 import pytest
 
-from finetune_trainer.contract import (
-    NON_RETRIABLE_EXIT_CODES,
-    SUMMARY_MAX_BYTES,
-    ExitCode,
-    SummaryError,
-    decode_summary,
-    encode_summary,
-    meaning_of,
-)
+from finetune_api.exitcodes import NON_RETRIABLE_EXIT_CODES, ExitCode, meaning_of
+from finetune_api.summary import SUMMARY_MAX_BYTES, SummaryError, decode_summary, encode_summary
 
 
 def test_exit_code_classes():

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from finetune_api.training import TrainingSpec
 from finetune_operator import crdgen
-from finetune_trainer.spec import TrainingSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,9 +27,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from finetune_api.inputs import Columns
+from finetune_api.spec import FineTuneJobSpec, Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.data.formats import FORMATS, candidate_formats, common_keys
 from finetune_trainer.data.pipeline import prepare_data
-from finetune_trainer.spec import Columns, FineTuneJobSpec, Paths, TrainingSpec
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

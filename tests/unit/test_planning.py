@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
+from finetune_api.conditions import Reason
+from finetune_api.planning import architecture, gpus, make_plan
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.admission import admit
-from finetune_operator.constants import Reason
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.plan_cmd import plan_command
-from finetune_trainer.planning import architecture, gpus, make_plan
-from finetune_trainer.spec import FineTuneJobSpec
 
 GIB = 1024**3
 

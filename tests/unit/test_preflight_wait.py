@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from finetune_operator.constants import Phase, Reason
-from finetune_operator.models import FineTuneJobStatus
+from finetune_api.conditions import Phase, Reason
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator.preflight_wait import hold_pending
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from finetune_operator.models import FineTuneJobStatus
+from finetune_api.metrics import Metric, metric_name
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator.progress import apply_progress
 from finetune_operator.scrape import parse_metrics
 from finetune_operator.status import condition
-from finetune_trainer.contract import Metric, metric_name
 
 TEXT = "\n".join(
     [

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from finetune_api.wellknown import timestamp
 from finetune_operator.resync import needs_resync
 
 
 def _body(age_seconds: float, status: dict | None = None) -> dict:
-    created = (datetime.now(UTC) - timedelta(seconds=age_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = timestamp(datetime.now(UTC) - timedelta(seconds=age_seconds))
     return {"metadata": {"creationTimestamp": created}, "spec": {}, "status": status or {}}
 
 

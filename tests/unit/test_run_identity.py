@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.run_identity import (
     FIRST_RUN,
     RERUN,
@@ -14,7 +15,6 @@ from finetune_operator.run_identity import (
     new_run_reason,
     run_digest,
 )
-from finetune_trainer.spec import FineTuneJobSpec
 
 
 def never() -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from finetune_operator.constants import Phase
-from finetune_operator.models import FineTuneJobStatus
+from finetune_api.conditions import Phase
+from finetune_api.status import FineTuneJobStatus
 from finetune_operator.sanitize import clean_summary, clean_text, trainer_reason
 from finetune_operator.status import Observed, apply_summary, outcome
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.metrics import Metric, metric_name
 from finetune_operator.scrape import BODY_LIMIT, Endpoint, ScrapeError, endpoint_of, fetch, parse_metrics
-from finetune_trainer.contract import Metric, metric_name
 
 ANNOTATION = "finetuning.io/metrics-endpoint"
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.reconcile import format_validation
-from finetune_trainer.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.validation import format_errors
 from spec_cases import NAME_CASES, merge
 
 BASE: dict[str, Any] = {"model": {"name": "org/m"}, "dataset": {"source": {"uri": "s3://b/train.jsonl"}}}
@@ -19,4 +19,4 @@ def test_model_refuses_what_the_crd_refuses_naming_the_field(what, patch, expect
     with pytest.raises(ValidationError) as info:
         FineTuneJobSpec.model_validate(merge(BASE, patch))
     field = expected.removeprefix("spec.").split("[")[0].split(".")[-1]
-    assert field in format_validation(info.value), f"{what}: {format_validation(info.value)}"
+    assert field in format_errors(info.value, "spec"), f"{what}: {format_errors(info.value, 'spec')}"

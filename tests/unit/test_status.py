@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from finetune_operator.constants import ConditionType, Phase, Reason
-from finetune_operator.models import FineTuneJobStatus, RunStatus
+from finetune_api.conditions import ConditionType, Phase, Reason
+from finetune_api.exitcodes import meaning_of
+from finetune_api.status import FineTuneJobStatus, RunStatus
+from finetune_api.summary import encode_summary
 from finetune_operator.status import (
     JobView,
     apply_phase,
@@ -13,7 +15,6 @@ from finetune_operator.status import (
     set_condition,
     termination_of,
 )
-from finetune_trainer.contract import encode_summary, meaning_of
 
 
 def job(spec=None, status=None):
@@ -183,7 +184,7 @@ def test_missing_secret_is_read_from_the_kubelets_waiting_reason():
 
 
 def test_a_run_whose_pods_are_gone_says_its_summary_was_lost():
-    from finetune_operator.constants import Phase, Reason
+    from finetune_api.conditions import Phase, Reason
     from finetune_operator.status import Observed, outcome, summary_lost
 
     ok = summary_lost(outcome(Observed(Phase.SUCCEEDED, Reason.SUCCEEDED, "done"), None, None))

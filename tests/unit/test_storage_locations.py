@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from finetune_trainer.contract import ExitCode
-from finetune_trainer.spec import Source
+from finetune_api.exitcodes import ExitCode
+from finetune_api.sources import Source
 from finetune_trainer.storage import exit_code_of, hub
 from finetune_trainer.storage.errors import (
     ACCESS_DENIED,

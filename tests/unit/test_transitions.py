@@ -11,8 +11,8 @@ from typing import Any, get_args
 
 import pytest
 
-from finetune_operator.constants import ConditionType, Phase, Reason
-from finetune_operator.models import FineTuneJobStatus, HistoryEntry, RunStatus
+from finetune_api.conditions import ConditionType, Phase, Reason
+from finetune_api.status import FineTuneJobStatus, HistoryEntry, RunStatus
 from finetune_operator.status import JobView, Observed, apply_phase, condition, observe_job, outcome
 from finetune_operator.transitions import (
     UNCHANGED,
@@ -257,7 +257,7 @@ def test_observe_generation_follows_edits_that_ask_for_no_run(phase: str, genera
 
 
 def _digest_of_base() -> str:
-    from finetune_operator.models import FineTuneJobSpec
+    from finetune_api.spec import FineTuneJobSpec
     from finetune_operator.run_identity import run_digest
 
     return run_digest(FineTuneJobSpec.model_validate(obj()["spec"]))

@@ -11,9 +11,8 @@ import logging
 import os
 import sys
 
-from finetune_trainer.contract import ExitCode
-
-DEFAULT_CONFIG = "/etc/finetune/config.json"
+from finetune_api import wellknown
+from finetune_api.exitcodes import ExitCode
 
 
 def configure_logging() -> None:
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_trainer", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config",
-        default=os.environ.get("FTJ_CONFIG", DEFAULT_CONFIG),
+        default=os.environ.get("FTJ_CONFIG", wellknown.CONFIG_PATH),
         help="trainer config JSON (default: $FTJ_CONFIG or %(default)s)",
     )
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from finetune_trainer.contract import Metric
+from finetune_api.metrics import Metric
 from finetune_trainer.distributed import cpu_group, gather_from_all, is_multi_process
 from finetune_trainer.metrics_server import TrainerMetrics, memory_in_use
 

@@ -12,8 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune_trainer.contract import ExitCode, decode_summary
-from finetune_trainer.spec import FineTuneJobSpec, JobRef, Source, TrainerConfig
+from finetune_api.exitcodes import ExitCode
+from finetune_api.sources import Source
+from finetune_api.spec import FineTuneJobSpec, JobRef, TrainerConfig
+from finetune_api.summary import decode_summary
 
 
 def local_source(source: Source | None, base_dir: Path, field: str) -> str | None:

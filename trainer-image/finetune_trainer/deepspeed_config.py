@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from finetune_trainer.spec import DeepSpeedSpec, TrainingSpec
+from finetune_api.training import DeepSpeedSpec, TrainingSpec
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 

@@ -16,7 +16,7 @@ import logging
 import math
 from typing import Any
 
-from finetune_trainer.spec import QualityGate, TrainingSpec
+from finetune_api.training import QualityGate, TrainingSpec
 
 log = logging.getLogger(__name__)
 

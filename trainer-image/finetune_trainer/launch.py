@@ -11,7 +11,8 @@ forwards it to the workers, which agree on a step, save one checkpoint and exit 
 pod's ``terminationGracePeriodSeconds`` lets it (the kubelet kills the container at its end), because a
 checkpoint of a large model takes longer than 30 seconds to write.
 
-Import-light: the operator imports :func:`launch_command`; torch is imported only to launch.
+The command line itself (what the operator renders) is ``finetune_api.launch``; torch is imported only
+to launch.
 """
 
 from __future__ import annotations
@@ -22,43 +23,20 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
-from finetune_trainer.contract import NON_RETRIABLE_EXIT_CODES, ExitCode
+from finetune_api import wellknown
+from finetune_api.exitcodes import NON_RETRIABLE_EXIT_CODES, ExitCode
+from finetune_api.launch import MODULE, check_world
 
-MODULE = "finetune_trainer.launch"
-DEFAULT_RDZV_PORT = 29500
 # The pod's grace period is the real limit (the kubelet SIGKILLs at its end); outside a pod a day is
 # long enough for any checkpoint and still ends a hung worker eventually.
 DEFAULT_SHUTDOWN_TIMEOUT_S = 24 * 3600
-
-
-def launch_command(
-    *,
-    nodes: int,
-    procs_per_node: int,
-    config: str,
-    rdzv_host: str = "",
-    rdzv_port: int = DEFAULT_RDZV_PORT,
-    python: str = "python",
-) -> list[str]:
-    """The container command for ``nodes`` pods x ``procs_per_node`` processes (what the operator renders).
-
-    Each pod's node rank is its Indexed Job completion index (``JOB_COMPLETION_INDEX``, read by the
-    launcher), so the command is the same for every pod.
-    """
-    torchrun_args(nodes, procs_per_node, rdzv_host or "-", rdzv_port)  # refuses impossible values here
-    cmd = [python, "-m", MODULE]
-    if nodes > 1 or procs_per_node > 1:
-        cmd += [f"--nnodes={nodes}", f"--nproc-per-node={procs_per_node}"]
-    if nodes > 1:
-        cmd += [f"--master-addr={rdzv_host}", f"--master-port={rdzv_port}"]
-    return [*cmd, "--config", config]
 
 
 def torchrun_args(
     nodes: int,
     procs_per_node: int,
     rdzv_host: str,
-    rdzv_port: int = DEFAULT_RDZV_PORT,
+    rdzv_port: int = wellknown.RENDEZVOUS_PORT,
     node_rank: int = 0,
     shutdown_timeout_s: int = DEFAULT_SHUTDOWN_TIMEOUT_S,
 ) -> list[str]:
@@ -70,14 +48,7 @@ def torchrun_args(
     progress from rank 0 and expects it on the index-0 pod. No torchrun restarts: a failed worker ends
     the pod, and the Job's podFailurePolicy decides whether to retry.
     """
-    if nodes < 1:
-        raise ValueError(f"nodes must be at least 1, got {nodes}")
-    if procs_per_node < 1:
-        raise ValueError(f"procs_per_node must be at least 1, got {procs_per_node}")
-    if not 0 <= node_rank < nodes:
-        raise ValueError(f"node_rank must be in [0, {nodes}), got {node_rank}")
-    if not 0 < rdzv_port < 65536:
-        raise ValueError(f"rdzv_port must be a TCP port, got {rdzv_port}")
+    check_world(nodes, procs_per_node, rdzv_host, rdzv_port, node_rank)
     common = [
         "--nproc-per-node",
         str(procs_per_node),
@@ -88,8 +59,6 @@ def torchrun_args(
     ]
     if nodes == 1:
         return ["--standalone", "--nnodes", "1", *common]
-    if not rdzv_host:
-        raise ValueError("rdzv_host is required for more than one node")
     return [
         "--nnodes",
         str(nodes),
@@ -144,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         "--node-rank", type=int, default=None, help="this pod's index (default: $JOB_COMPLETION_INDEX or 0)"
     )
     parser.add_argument("--master-addr", default="", help="the index-0 pod's DNS name (several nodes)")
-    parser.add_argument("--master-port", type=int, default=DEFAULT_RDZV_PORT)
+    parser.add_argument("--master-port", type=int, default=wellknown.RENDEZVOUS_PORT)
     parser.add_argument(
         "--shutdown-timeout",
         type=int,

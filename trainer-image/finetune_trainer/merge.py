@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from transformers import AutoTokenizer
 
+        from finetune_api.training import TrainingSpec
         from finetune_trainer.outputs import MergeCheckFailed, save_merged
-        from finetune_trainer.spec import TrainingSpec
 
         spec = TrainingSpec.model_validate(request["spec"])
         tokenizer = AutoTokenizer.from_pretrained(request["adapter"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from finetune_trainer.contract import Metric, metric_name
+from finetune_api.metrics import Metric, metric_name
 
 _HELP: dict[str, str] = {
     Metric.STEP: "Optimizer steps done.",

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.spec import TrainingSpec
+from finetune_api.training import TrainingSpec
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.spec import TrainerConfig, TrainingSpec
+from finetune_api.spec import TrainerConfig
+from finetune_api.training import TrainingSpec
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from finetune_trainer.contract import ExitCode
-from finetune_trainer.planning import DataSize, Plan, architecture, gpus, make_plan
-from finetune_trainer.spec import FineTuneJobSpec
+from finetune_api.exitcodes import ExitCode
+from finetune_api.planning import DataSize, Plan, architecture, gpus, make_plan
+from finetune_api.spec import FineTuneJobSpec
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CHARS_PER_TOKEN = 4.0

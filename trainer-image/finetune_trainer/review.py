@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.spec import Paths, RegressionSet, TrainingSpec
+from finetune_api.spec import Paths
+from finetune_api.training import RegressionSet, TrainingSpec
 
 REVIEW_FILE = "review_samples.jsonl"
 DEFAULT_REVIEW_PROMPTS: tuple[str, ...] = (

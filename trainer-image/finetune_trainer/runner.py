@@ -19,12 +19,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_trainer.contract import ExitCode, encode_summary, meaning_of
-from finetune_trainer.spec import TrainerConfig
+from finetune_api import wellknown
+from finetune_api.exitcodes import ExitCode, meaning_of
+from finetune_api.spec import TrainerConfig
+from finetune_api.summary import encode_summary
+from finetune_api.validation import format_errors
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
 class Failure(Exception):
@@ -62,9 +63,7 @@ def load_config(path: str | Path) -> TrainerConfig:
     try:
         return TrainerConfig.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()[:10]
-        )
+        problems = format_errors(exc, limit=10)
         raise Failure(ExitCode.INVALID_CONFIG, f"invalid trainer config {path}: {problems}") from exc
 
 
@@ -73,9 +72,9 @@ def termination_log_of(path: str | Path) -> str:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         value = raw.get("terminationLog") or raw.get("termination_log")
-        return str(value) if value else DEFAULT_TERMINATION_LOG
+        return str(value) if value else wellknown.TERMINATION_LOG
     except (OSError, ValueError, AttributeError):
-        return DEFAULT_TERMINATION_LOG
+        return wellknown.TERMINATION_LOG
 
 
 def run_config_file(path: str | Path) -> int:

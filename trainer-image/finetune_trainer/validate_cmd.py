@@ -16,8 +16,10 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from finetune_trainer.contract import ExitCode, meaning_of
-from finetune_trainer.spec import FineTuneJobSpec, Paths, Source
+from finetune_api.exitcodes import ExitCode, meaning_of
+from finetune_api.sources import Source
+from finetune_api.spec import FineTuneJobSpec, Paths
+from finetune_api.validation import field_errors
 from finetune_trainer.storage import StorageError, exit_code_of
 
 API_VERSION = "finetuning.io/v1alpha1"
@@ -61,18 +63,9 @@ def load_manifest(manifest_path: str | Path) -> tuple[str, FineTuneJobSpec]:
     try:
         return name, FineTuneJobSpec.model_validate(spec)
     except ValidationError as exc:
-        raise ManifestError([f"{path}: invalid spec", *_field_errors(exc)]) from exc
-
-
-def _field_errors(exc: ValidationError) -> list[str]:
-    """One line per problem, naming the field as written in YAML: ``spec.dataset.splits.test: ...``."""
-    lines = []
-    for error in exc.errors():
-        where = "spec"
-        for part in error["loc"]:
-            where += f"[{part}]" if isinstance(part, int) else f".{part}"
-        lines.append(f"  {where}: {error['msg']}")
-    return lines
+        raise ManifestError(
+            [f"{path}: invalid spec", *(f"  {line}" for line in field_errors(exc, "spec"))]
+        ) from exc
 
 
 def local_file(source: Source | None, base_dir: Path, field: str) -> str | None:

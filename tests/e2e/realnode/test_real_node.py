@@ -183,9 +183,9 @@ def test_trainer_image_runs_as_its_own_user_on_a_read_only_root_without_a_token(
     """The operator's own pod spec (from a Job it created) with the command swapped for a probe."""
     from kubernetes import client
 
+    from finetune_api.spec import FineTuneJobSpec
     from finetune_operator.builders import Owner, build_job
     from finetune_operator.settings import OperatorSettings
-    from finetune_trainer.spec import FineTuneJobSpec
 
     spec = FineTuneJobSpec.model_validate(ftj_spec("unused"))
     settings = OperatorSettings(trainer_image=real_cluster.images["trainer"])

@@ -15,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_api.inputs import Cleaning
 from finetune_trainer.data.dedup import find_duplicates, join_fields
 from finetune_trainer.data.formats import map_texts, texts_of
 from finetune_trainer.data.loading import Row
 from finetune_trainer.data.markup import strip_markup
 from finetune_trainer.data.pii import PII_KINDS, Redactor
-from finetune_trainer.spec import Cleaning
 
 
 @dataclass

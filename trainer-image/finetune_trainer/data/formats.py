@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from finetune_trainer.spec import Columns
+from finetune_api.inputs import Columns
 
 FORMATS = ("prompt-completion", "messages", "preference", "text-label", "text")
 ROLES = ("system", "user", "assistant", "tool")

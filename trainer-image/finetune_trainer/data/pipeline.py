@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api.spec import Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.data.cleaning import CleaningStats, Item, clean, dedup_text
 from finetune_trainer.data.formats import (
     FORMATS,
@@ -23,7 +25,6 @@ from finetune_trainer.data.formats import (
 from finetune_trainer.data.loading import Loaded, LoadError, load_file
 from finetune_trainer.data.report import REPORT_VERSION, label_distribution
 from finetune_trainer.data.splitting import Split, check_leakage, split_records
-from finetune_trainer.spec import Paths, TrainingSpec
 
 log = logging.getLogger(__name__)
 

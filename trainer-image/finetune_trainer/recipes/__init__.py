@@ -6,8 +6,8 @@ trainer; everything shared (arguments, callbacks, checkpoints, evaluation) lives
 
 from __future__ import annotations
 
+from finetune_api.training import TrainingSpec
 from finetune_trainer.recipes.base import Recipe, RecipeContext
-from finetune_trainer.spec import TrainingSpec
 
 
 def recipe_for(spec: TrainingSpec) -> Recipe:

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 import torch
 
+from finetune_api.training import TrainingSpec
 from finetune_trainer.callbacks import SaveEvery
 from finetune_trainer.data.pipeline import PreparedData
 from finetune_trainer.modeling import LoadedModel, half_dtype
-from finetune_trainer.spec import TrainingSpec
 
 
 @dataclass

@@ -8,7 +8,7 @@ gs://, az:// through fsspec) and the Hugging Face Hub (hf:// through huggingface
 
 from __future__ import annotations
 
-from finetune_trainer.contract import ExitCode
+from finetune_api.exitcodes import ExitCode
 from finetune_trainer.storage.errors import ACCESS_DENIED, NOT_FOUND, StorageError, UploadFailed
 
 __all__ = ["StorageError", "UploadFailed", "exit_code_of"]

@@ -13,7 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from finetune_trainer.spec import Paths, TrainingSpec
+from finetune_api.spec import Paths
+from finetune_api.training import TrainingSpec
 from finetune_trainer.storage import hub, objects
 from finetune_trainer.storage.errors import NOT_FOUND, StorageError
 from finetune_trainer.storage.locations import (

@@ -19,7 +19,7 @@ import re
 import uuid
 from pathlib import Path
 
-from finetune_trainer.spec import TrainerConfig
+from finetune_api.spec import TrainerConfig
 from finetune_trainer.storage import objects
 from finetune_trainer.storage.errors import StorageError, UploadFailed, with_retries
 from finetune_trainer.storage.locations import HUB_SCHEME, is_remote, join, parse_hub, scheme_of

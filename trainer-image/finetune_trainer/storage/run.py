@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from finetune_api.spec import Paths, TrainerConfig
 from finetune_trainer.outputs import checkpoint_dir, checkpoint_step, latest_checkpoint
-from finetune_trainer.spec import Paths, TrainerConfig
 from finetune_trainer.storage.inputs import stage_inputs
 from finetune_trainer.storage.remote import RemoteOutput, remote_output_of, run_key
 

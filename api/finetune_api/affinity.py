@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from finetune_trainer.specbase import LABEL_VALUE, QUALIFIED_NAME, Model
+from finetune_api.specbase import LABEL_VALUE, QUALIFIED_NAME, Model
 
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 # Kubernetes name syntax (k8s.io/apimachinery/pkg/util/validation), in RE2 for the CRD and CEL.
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -26,9 +27,9 @@ CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
 CONFIG_KEY_RULE = "self.key != '.' && !self.key.startsWith('..')"
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     """One CEL rule for ``x-kubernetes-validations`` (fieldPath makes the error name the field)."""
-    out = {"rule": rule, "message": message}
+    out: JsonDict = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out
@@ -48,25 +49,35 @@ class Model(BaseModel):
     @model_validator(mode="after")
     def _cel_rules(self) -> Model:
         """Evaluate the CRD's own CEL rules, so `ftj validate` refuses what the API server refuses."""
-        extra = type(self).model_config.get("json_schema_extra")
-        rules = extra.get("x-kubernetes-validations", []) if isinstance(extra, dict) else []
+        rules = _rules_of(type(self).model_config.get("json_schema_extra"))
         if rules:
             wire = self.wire()
-            for rule in rules:
-                if not _cel_program(rule["rule"])(wire):
-                    where = rule.get("fieldPath", "").lstrip(".")
-                    raise ValueError(f"{where}: {rule['message']}" if where else rule["message"])
+            for rule, message, field_path in rules:
+                if not _cel_program(rule)(wire):
+                    where = field_path.lstrip(".")
+                    raise ValueError(f"{where}: {message}" if where else message)
         return self
+
+
+def _rules_of(extra: object) -> list[tuple[str, str, str]]:
+    """The (rule, message, fieldPath) of each ``cel`` rule in a model's ``json_schema_extra``."""
+    rules = extra.get("x-kubernetes-validations") if isinstance(extra, dict) else None
+    if not isinstance(rules, list):
+        return []
+    return [
+        (str(r["rule"]), str(r["message"]), str(r.get("fieldPath", ""))) for r in rules if isinstance(r, dict)
+    ]
 
 
 @cache
 def _cel_program(rule: str) -> Any:
     import celpy  # pure Python; imported on first use
+    from celpy.adapter import json_to_cel
 
     env = celpy.Environment()
     program = env.program(env.compile(rule))
 
     def check(obj: dict[str, Any]) -> bool:
-        return bool(program.evaluate({"self": celpy.json_to_cel(obj)}))
+        return bool(program.evaluate({"self": json_to_cel(obj)}))
 
     return check

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from finetune_trainer.planning.architecture import Architecture
-from finetune_trainer.planning.gpus import GIB, GpuProduct
-from finetune_trainer.planning.memory import MemoryEstimate, estimate
-from finetune_trainer.spec import TrainingSpec
+from finetune_api.planning.architecture import Architecture
+from finetune_api.planning.gpus import GIB, GpuProduct
+from finetune_api.planning.memory import MemoryEstimate, estimate
+from finetune_api.training import TrainingSpec
 
 Verdict = Literal["Fits", "Tight", "DoesNotFit", "Unknown"]
 TIGHT_FRACTION = 0.85  # above this share of GPU memory, fragmentation and spikes can still OOM

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from finetune_trainer.spec import FineTuneJobSpec
-from finetune_trainer.specbase import Model
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.specbase import Model
 
 __all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "PlanStatus", "RunStatus"]
 

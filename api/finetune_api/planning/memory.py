@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune_trainer.planning.architecture import Architecture
-from finetune_trainer.spec import TrainingSpec
+from finetune_api.planning.architecture import Architecture
+from finetune_api.training import TrainingSpec
 
 GIB = 1024**3
 RUNTIME_BYTES = int(1.5 * GIB)  # CUDA context, cuBLAS workspaces, allocator slack
