@@ -1,4 +1,4 @@
-"""Typed status of a FineTuneJob; the spec models live in ``finetune_trainer.spec``."""
+"""Typed status of a FineTuneJob; the spec models live in ``finetune_api.spec``."""
 
 from __future__ import annotations
 

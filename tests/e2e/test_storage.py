@@ -41,7 +41,7 @@ def devruntime(cluster: Any, tmp_path: Path) -> Any:
             "--env",
             "OMP_NUM_THREADS=2",
             "--env",
-            f"PYTHONPATH={REPO / 'trainer-image'}{os.pathsep}{REPO / 'operator'}",
+            f"PYTHONPATH={os.pathsep.join(str(REPO / d) for d in ('api', 'trainer-image', 'operator'))}",
             "--env",
             "FTJ_STORAGE_ATTEMPTS=2",
         ],

@@ -214,7 +214,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "trainer-image"), env.get("PYTHONPATH", "")) if p
+        p for p in (str(REPO / "api"), str(REPO / "trainer-image"), env.get("PYTHONPATH", "")) if p
     )
     env["OMP_NUM_THREADS"] = "1"  # two ranks on a shared 2-core machine: no oversubscription
     env.pop("ACCELERATE_USE_CPU", None)  # it would switch DeepSpeed off inside accelerate
