@@ -57,6 +57,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	PYTHONPATH=$(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/trainer-image $(VENV)/bin/lint-imports --no-cache
 
 test: system-packages venv binaries objectstore tools images
 	$(VPY) -m pytest -p no:cacheprovider -ra
