@@ -31,7 +31,12 @@ def output_of(config_path: Path) -> Path:
 def trainer_env() -> dict[str, str]:
     """Environment for a trainer subprocess: the repo's packages importable, no GPU, 2 threads."""
     env = dict(os.environ)
-    paths = [str(REPO / "api"), str(REPO / "trainer-image"), str(REPO / "operator"), env.get("PYTHONPATH", "")]
+    paths = [
+        str(REPO / "api"),
+        str(REPO / "trainer-image"),
+        str(REPO / "operator"),
+        env.get("PYTHONPATH", ""),
+    ]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["CUDA_VISIBLE_DEVICES"] = ""
     env["OMP_NUM_THREADS"] = "2"
