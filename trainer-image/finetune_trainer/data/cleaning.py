@@ -77,7 +77,7 @@ def dedup_text(record: dict[str, Any], fmt: str) -> str:
     if fmt == "messages":
         turns = [m for m in record["messages"] if m["role"] != "system"]
         return join_fields([f"{m['role']}: {m['content']}" for m in turns])
-    return join_fields(texts_of(record, fmt))
+    return join_fields(texts_of(record, fmt, skip_system=True))
 
 
 def clean(items: list[Item], fmt: str, config: Cleaning) -> tuple[list[Item], CleaningStats]:

@@ -4,7 +4,7 @@ The trainer codes against the normalised shapes only, whatever the column names 
 
 - prompt-completion: ``{"prompt", "completion"}``
 - messages: ``{"messages": [{"role", "content"}, ...]}``
-- preference: ``{"prompt", "chosen", "rejected"}``
+- preference: ``{"prompt", "chosen", "rejected"}``, each a string, or each a list of messages (a chat)
 - text-label: ``{"text", "label"}`` (label always a str)
 - text: ``{"text"}``
 """
@@ -86,13 +86,7 @@ def normalise(
             "completion": _text(record, columns.completion, errors),
         }
     elif fmt == "preference":
-        out = {
-            "prompt": _text(record, columns.prompt, errors),
-            "chosen": _text(record, columns.chosen, errors),
-            "rejected": _text(record, columns.rejected, errors),
-        }
-        if not errors and out["chosen"].strip() == out["rejected"].strip():
-            errors.append(f'fields "{columns.chosen}" and "{columns.rejected}" are identical')
+        out = _preference(record, columns, errors)
     elif fmt == "messages":
         out = {"messages": _messages(record, columns.messages, errors)}
     elif fmt == "text-label":
@@ -168,7 +162,48 @@ def _label(record: dict[str, Any], name: str, labels: Sequence[str] | None, erro
     return label
 
 
-def _messages(record: dict[str, Any], name: str, errors: list[str]) -> list[dict[str, str]]:
+def _preference(record: dict[str, Any], columns: Columns, errors: list[str]) -> dict[str, Any]:
+    """Strings (``prompt`` text, ``chosen``/``rejected`` answers), or a chat: ``prompt`` the messages
+    before the answer (at least one user turn), ``chosen``/``rejected`` the assistant turn(s) that follow,
+    as TRL's conversational preference format has it; the chat template renders them for training."""
+    names = (columns.prompt, columns.chosen, columns.rejected)
+    chat = [_is_message_list(record.get(name)) for name in names]
+    if any(chat) and not all(chat):
+        shown = ", ".join(f'"{n}"' for n in names[:-1]) + f' and "{names[-1]}"'
+        errors.append(f"fields {shown} must all be strings or all be arrays of messages")
+        return {}
+    if not all(chat):
+        out: dict[str, Any] = {
+            "prompt": _text(record, columns.prompt, errors),
+            "chosen": _text(record, columns.chosen, errors),
+            "rejected": _text(record, columns.rejected, errors),
+        }
+        if not errors and out["chosen"].strip() == out["rejected"].strip():
+            errors.append(f'fields "{columns.chosen}" and "{columns.rejected}" are identical')
+        return out
+    before = len(errors)
+    out = {
+        "prompt": _messages(record, columns.prompt, errors, needs="user"),
+        "chosen": _messages(record, columns.chosen, errors, only="assistant"),
+        "rejected": _messages(record, columns.rejected, errors, only="assistant"),
+    }
+    if len(errors) == before and texts_of_messages(out["chosen"]) == texts_of_messages(out["rejected"]):
+        errors.append(f'fields "{columns.chosen}" and "{columns.rejected}" are identical')
+    return out
+
+
+def _is_message_list(value: Any) -> bool:
+    return isinstance(value, list) or (isinstance(value, str) and value.lstrip().startswith("[{"))
+
+
+def texts_of_messages(messages: list[dict[str, str]]) -> list[str]:
+    return [m["content"].strip() for m in messages]
+
+
+def _messages(
+    record: dict[str, Any], name: str, errors: list[str], needs: str = "assistant", only: str | None = None
+) -> list[dict[str, str]]:
+    """A list of role/content messages; ``needs``: a role that must occur, ``only``: the one role allowed."""
     if name not in record or record[name] is None:
         errors.append(f'field "{name}" is missing')
         return []
@@ -194,7 +229,9 @@ def _messages(record: dict[str, Any], name: str, errors: list[str]) -> list[dict
             continue
         role = message.get("role")
         content = message.get("content")
-        if role not in ROLES:
+        if only is not None and role != only:
+            errors.append(f"{where}.role must be {only}")
+        elif role not in ROLES:
             errors.append(f"{where}.role must be one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             errors.append(f"{where}.content must be a string, got {_type_name(content)}")
@@ -202,16 +239,25 @@ def _messages(record: dict[str, Any], name: str, errors: list[str]) -> list[dict
             errors.append(f"{where}.content is empty")
         if isinstance(role, str) and isinstance(content, str):
             out.append({"role": role, "content": content})
-    if len(errors) == before and not any(m["role"] == "assistant" for m in out):
-        errors.append(f'field "{name}" has no assistant message to learn from')
+    if len(errors) == before and not any(m["role"] == needs for m in out):
+        what = "assistant message to learn from" if needs == "assistant" else f"{needs} message"
+        errors.append(f'field "{name}" has no {what}')
     return out
 
 
-def texts_of(record: dict[str, Any], fmt: str) -> list[str]:
-    """The free-text fields of a normalised record, in a fixed order (cleaning and dedup work on these)."""
+def texts_of(record: dict[str, Any], fmt: str, *, skip_system: bool = False) -> list[str]:
+    """The free-text fields of a normalised record, in a fixed order (cleaning and dedup work on these);
+    a chat's messages one by one (``skip_system``: without system prompts)."""
     if fmt == "messages":
-        return [m["content"] for m in record["messages"]]
-    return [record[key] for key in text_fields(fmt)]
+        return [m["content"] for m in record["messages"] if not (skip_system and m["role"] == "system")]
+    out: list[str] = []
+    for key in text_fields(fmt):
+        value = record[key]
+        if isinstance(value, str):
+            out.append(value)
+        else:
+            out += [m["content"] for m in value if not (skip_system and m["role"] == "system")]
+    return out
 
 
 def text_fields(fmt: str) -> tuple[str, ...]:
@@ -261,7 +307,11 @@ def map_texts(
         }
     out = dict(record)
     for key in INPUT_FIELDS[fmt] if inputs_only else text_fields(fmt):
-        out[key] = change(record[key])
+        value = record[key]
+        if isinstance(value, str):
+            out[key] = change(value)
+        else:  # a chat preference record: every message of a field
+            out[key] = [{**m, "content": change(m["content"])} for m in value]
     return out
 
 
