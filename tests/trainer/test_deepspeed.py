@@ -314,6 +314,8 @@ def test_without_the_workaround_deepspeed_sees_a_world_of_one(tiny_model: Path, 
 def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> None:
     from runs import output_of, read_summary, trainer_env
 
+    from finetune_trainer.runner import run_config_file
+
     path = make_config(
         "prompt-completion",
         name="full-zero3",
@@ -348,6 +350,21 @@ def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> No
     assert set(held) == {0, 1}, output
     for part, whole in held.values():
         assert 0.45 * whole <= part <= 0.55 * whole, held
+
+    # The base is measured under ZeRO-3 too (it was skipped), through the same sharded engine as the
+    # tuned model, and agrees with the base measured without DeepSpeed in one process.
+    evaluated = summary["evaluation"]
+    assert set(evaluated) >= {"test", "base", "delta"}, evaluated
+    assert evaluated["review"]["with_base"] is True, evaluated
+    reference = make_config(
+        "prompt-completion", name="full-plain", method="full", hyperparameters={"maxSteps": 1, "batchSize": 4}
+    )
+    run_config_file(reference)
+    plain = read_summary(reference)
+    assert plain["phase"] == "Succeeded", plain
+    for key in ("loss", "perplexity"):
+        assert evaluated["base"][key] == pytest.approx(plain["evaluation"]["base"][key], rel=1e-4), key
+    assert evaluated["test"]["loss"] < evaluated["base"]["loss"], evaluated
 
     # ZeRO-3 gathered the shards on save: a normal checkpoint with full-size weights.
     from transformers import AutoConfig, AutoModelForCausalLM

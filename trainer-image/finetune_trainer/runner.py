@@ -8,6 +8,7 @@ out, success or not, because it is the only thing the operator reads after the p
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -176,7 +177,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -> str | None:
     from transformers import EarlyStoppingCallback, set_seed
 
-    from finetune_trainer import evaluation, licence, outputs, review
+    from finetune_trainer import base_model, evaluation, licence, outputs, review
     from finetune_trainer.callbacks import (
         FiniteLossGuard,
         LossNotFinite,
@@ -262,12 +263,14 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     tests = evaluation.test_records(spec, data.test)
     checks = review.AfterTrainingChecks.prepare(spec, paths, data, tokenizer)
     base: dict[str, float] = {}
-    if not use_deepspeed:  # the base is measured before training; ZeRO shards it (issue: base under DS)
+    measure_base = functools.partial(base_model.measure, trainer, recipe, ctx, tests, checks)
+    at_train_begin = None
+    if use_deepspeed:  # measured once the engine exists: see base_model
+        at_train_begin = base_model.MeasureBaseAtTrainBegin(measure_base)
+        trainer.callback_handler.callbacks.insert(0, at_train_begin)  # before MetricsCallback's clock
+    else:
         record.stage = "evaluate-base"
-        if spec.evaluation.compare_base and tests:
-            base = evaluation.evaluate(trainer, recipe, ctx, tests, "base")
-            log.info("base model on the test split: %s", _rounded(base))
-        checks.measure(trainer, recipe, ctx, "base")
+        base = base_model.apply(measure_base(), checks)
 
     if spec.early_stopping.enabled and data.validation:
         # Added after the base evaluation, which reports no eval_loss for it to judge.
@@ -280,7 +283,10 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
     if resume is not None:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    record.metrics = run_metrics(trainer, result)
+    if at_train_begin is not None:
+        base = base_model.apply(at_train_begin.result, checks)
+    excluded = at_train_begin.seconds if at_train_begin else 0.0
+    record.metrics = run_metrics(trainer, result, excluded_seconds=excluded)
     if guard.failure:
         raise LossNotFinite(guard.failure)
     if stop.agreed:
@@ -349,8 +355,9 @@ def _log_parameters_held(model: Any, rank: int) -> None:
     log.info("rank %d holds %d of the model's %d parameters after loading", rank, held, total)
 
 
-def run_metrics(trainer: Any, result: Any) -> dict[str, Any]:
-    """Final training figures for the summary, from the trainer state and its log history."""
+def run_metrics(trainer: Any, result: Any, excluded_seconds: float = 0.0) -> dict[str, Any]:
+    """Final training figures for the summary, from the trainer state and its log history
+    (``excluded_seconds``: time inside ``train()`` that was not training, e.g. the base measurement)."""
     state = trainer.state
     out: dict[str, Any] = {
         "step": state.global_step,
@@ -373,6 +380,7 @@ def run_metrics(trainer: Any, result: Any) -> dict[str, Any]:
         out["learning_rate"] = rates[-1]
     runtime = (result.metrics or {}).get("train_runtime") if result is not None else None
     if runtime:
+        runtime = max(runtime - excluded_seconds, 1e-9)
         out["train_runtime_seconds"] = round(runtime, 3)
         out["tokens_per_second"] = round(state.num_input_tokens_seen / runtime, 2)
     peak = _peak_gpu_memory()
