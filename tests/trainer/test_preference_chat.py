@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.inputs import Columns
 from finetune_trainer.data.formats import map_texts, normalise, texts_of
-from finetune_trainer.spec import Columns
 
 pytestmark = pytest.mark.trainer
 
