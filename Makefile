@@ -5,7 +5,15 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml trainer-image/requirements-s3.txt | sha256sum | cut -c1-12)
 
-.PHONY: venv system-packages binaries objectstore tools images cluster-up cluster-down test test-unit test-e2e test-trainer test-chart lint generate demo bench
+.PHONY: venv system-packages binaries objectstore tools images test-deps cluster-up cluster-down test test-unit test-e2e test-trainer test-chart lint generate demo bench
+
+# One goal (`make test`, `make demo`, ...) builds its building blocks side by side: the Go builds keep the
+# CPU busy while the venv and the images mostly wait on the network and the disk (cold, this saves the
+# shorter of the two, 10-15 minutes). Several goals on one command line keep their order
+# (`make cluster-down cluster-up`). `make -j1 test` builds one thing at a time.
+ifeq ($(words $(MAKECMDGOALS)),1)
+MAKEFLAGS += --jobs=4
+endif
 
 $(STAMP): pyproject.toml trainer-image/requirements-s3.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -36,8 +44,10 @@ objectstore:
 
 # The operator and CPU trainer images, built with buildah from the Dockerfiles (no Docker, no registry),
 # cached by content hash in ~/.cache/finetune-operator/images (cold: ~10 minutes, warm: seconds).
-images: system-packages venv
-	$(VPY) hack/images.py build
+# hack/images.py needs only the standard library: it runs with $(PY), so the images build while the
+# venv installs.
+images: system-packages
+	$(PY) hack/images.py build
 
 tools: venv
 	@$(VPY) hack/tools.py > /dev/null
@@ -59,7 +69,10 @@ lint: venv
 	$(VENV)/bin/mypy
 	PYTHONPATH=$(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/trainer-image $(VENV)/bin/lint-imports --no-cache
 
-test: system-packages venv binaries objectstore tools images
+# Everything `make test` needs before pytest starts (.ci/run builds it while `make lint` runs).
+test-deps: system-packages venv binaries objectstore tools images
+
+test: test-deps
 	$(VPY) -m pytest -p no:cacheprovider -ra
 
 test-unit: venv

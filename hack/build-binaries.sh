@@ -47,11 +47,14 @@ build_k8s() {
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  for cmd in "${missing[@]}"; do
-    log "go build $cmd"
-    go build -trimpath -ldflags "$ld" -o "$dir/bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
-    mv "$dir/bin/$cmd.tmp" "$dir/bin/$cmd"
-  done
+  # One `go build` for all of them: one pass over the shared packages, and the links overlap the compiles.
+  local out="$dir/bin/.tmp" pkgs=()
+  for cmd in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+  rm -rf "$out" && mkdir -p "$out"
+  log "go build ${missing[*]}"
+  go build -trimpath -ldflags "$ld" -o "$out/" "${pkgs[@]}"
+  for cmd in "${missing[@]}"; do mv "$out/$cmd" "$dir/bin/$cmd"; done
+  rmdir "$out"
   echo "$dir/bin"
 }
 
@@ -77,29 +80,29 @@ build_kwok() {
   cd "$dir/src"
   printf 'module ftjscratch/kwok\n\ngo 1.25\n\nrequire sigs.k8s.io/kwok %s\n' "$KWOK_VERSION" > go.mod
   local ld="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
-  for cmd in kwok kwokctl; do
-    go build -trimpath -ldflags "$ld" -o "$dir/bin/$cmd.tmp" "sigs.k8s.io/kwok/cmd/$cmd"
-    mv "$dir/bin/$cmd.tmp" "$dir/bin/$cmd"
-  done
+  rm -rf "$dir/bin/.tmp" && mkdir -p "$dir/bin/.tmp"
+  go build -trimpath -ldflags "$ld" -o "$dir/bin/.tmp/" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  mv "$dir/bin/.tmp/kwok" "$dir/bin/.tmp/kwokctl" "$dir/bin/" && rmdir "$dir/bin/.tmp"
   echo "$dir/bin"
 }
 
 main() {
   local out="$CACHE/bin"
   mkdir -p "$out"
-  local k8s etcd kwok node
+  local k8s etcd kwok pair name p wanted=() found=()
   link() { ln -sf "$1" "$out/$2"; }
-  for pair in kube-apiserver:KUBE_APISERVER kube-controller-manager:KUBE_CONTROLLER_MANAGER kube-scheduler:KUBE_SCHEDULER; do
+  # The control plane, and the real node's (hack/realnode.py) kubelet and kube-proxy of the same version,
+  # all in one build.
+  for pair in kube-apiserver:KUBE_APISERVER kube-controller-manager:KUBE_CONTROLLER_MANAGER \
+      kube-scheduler:KUBE_SCHEDULER kubelet:KUBELET kube-proxy:KUBE_PROXY; do
     name=${pair%%:*}; p=$(user_asset "$name" "${pair##*:}")
-    if [[ -z "$p" ]]; then k8s=${k8s:-$(build_k8s kube-apiserver kube-controller-manager kube-scheduler)}; p="$k8s/$name"; fi
-    link "$p" "$name"
+    if [[ -n "$p" ]]; then found+=("$p:$name"); else wanted+=("$name"); fi
   done
-  # The real node (hack/realnode.py): kubelet and kube-proxy of the same version.
-  for pair in kubelet:KUBELET kube-proxy:KUBE_PROXY; do
-    name=${pair%%:*}; p=$(user_asset "$name" "${pair##*:}")
-    if [[ -z "$p" ]]; then node=${node:-$(build_k8s kubelet kube-proxy)}; p="$node/$name"; fi
-    link "$p" "$name"
-  done
+  if [[ ${#wanted[@]} -gt 0 ]]; then
+    k8s=$(build_k8s "${wanted[@]}")
+    for name in "${wanted[@]}"; do link "$k8s/$name" "$name"; done
+  fi
+  for pair in "${found[@]}"; do link "${pair%:*}" "${pair##*:}"; done
   p=$(user_asset etcd ETCD); if [[ -z "$p" ]]; then p="$(build_etcd)/etcd"; fi; link "$p" etcd
   p=$(user_asset kwok KWOK); if [[ -z "$p" ]]; then kwok=$(build_kwok); p="$kwok/kwok"; fi; link "$p" kwok
   p=$(user_asset kwokctl KWOKCTL); if [[ -z "$p" ]]; then kwok=${kwok:-$(build_kwok)}; p="$kwok/kwokctl"; fi; link "$p" kwokctl

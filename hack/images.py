@@ -244,6 +244,17 @@ def uv_version() -> str:
     return m[1]
 
 
+def _pip(scratch: Path) -> list[str]:
+    """A pip for this Python: its own, else one in a throwaway venv under ``scratch``. `make images` runs
+    with the system's python3 (so the images build while the project's venv installs), and Debian's has
+    no pip module unless python3-pip is installed; python3-venv, which the venv needs anyway, brings one."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    venv = scratch / "pip-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
+    return [str(venv / "bin" / "python"), "-m", "pip"]
+
+
 def ensure_uv() -> str:
     """``localhost/uv:<version>``: the uv binary from its PyPI wheel (the Dockerfile's UV_IMAGE)."""
     version = uv_version()
@@ -252,8 +263,8 @@ def ensure_uv() -> str:
         return ref
     with tempfile.TemporaryDirectory(dir=_env()["TMPDIR"]) as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--dest", tmp, f"uv=={version}"],
+            [*_pip(Path(tmp)), "download", "-q", "--no-deps", "--only-binary=:all:", "--dest", tmp,
+             f"uv=={version}"],
             check=True, timeout=600,
         )  # fmt: skip
         wheel = next(Path(tmp).glob("uv-*.whl"))
