@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml trainer-image/requirement
 .PHONY: venv system-packages binaries objectstore tools images test-deps cluster-up cluster-down test test-unit test-e2e test-trainer test-chart lint generate demo bench
 
 # One goal (`make test`, `make demo`, ...) builds its building blocks side by side: the Go builds keep the
-# CPU busy while the venv and the images mostly wait on the network and the disk (cold, this saves the
-# shorter of the two, 10-15 minutes). Several goals on one command line keep their order
+# CPU busy while the venv and the images mostly wait on the network and the disk, so a cold start takes
+# the longest of them rather than their sum. Several goals on one command line keep their order
 # (`make cluster-down cluster-up`). `make -j1 test` builds one thing at a time.
 ifeq ($(words $(MAKECMDGOALS)),1)
 MAKEFLAGS += --jobs=4
