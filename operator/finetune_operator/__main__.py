@@ -24,6 +24,9 @@ from finetune_operator.metrics import LEADER, PhaseBook, serve
 from finetune_operator.sanitize import clean_text
 from finetune_operator.settings import OperatorSettings
 
+# The ``source`` of the Events the operator posts itself (kopf's own default, so all read the same).
+EVENT_COMPONENT = "kopf"
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the extra fields handlers attach."""
@@ -96,9 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube(api)
 
     def post_event(obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        kopf.event(
-            cast(kopf.Body, obj), type=kind, reason=clean_text(reason, 128), message=clean_text(message)
-        )
+        reason, message = clean_text(reason, 128), clean_text(message)
+        try:
+            kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=message)
+        except LookupError:
+            # Outside a kopf handler (the progress and resync loops' threads) kopf's poster and its
+            # queue are not in context: post it ourselves (it used to be lost after the status write).
+            kube.post_event(obj, kind, reason, message, EVENT_COMPONENT)
 
     clusterwide = args.all_namespaces or not namespaces
     fixed = not clusterwide and not any(ch in n for n in namespaces for ch in "*?![")

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import urllib3
@@ -221,6 +222,39 @@ class Kube:
                 API_ERRORS.labels(operation="update_status").inc()
                 raise  # conflicts exhausted too: the caller retries, nothing is reported as written
         raise ValueError("update_status needs at least one attempt")
+
+    # -- Events -----------------------------------------------------------------------------------
+    def post_event(self, obj: dict[str, Any], kind: str, reason: str, message: str, component: str) -> None:
+        """A core/v1 Event about ``obj``, as kopf posts them (same fields, same ``source``); for code
+        that runs outside a kopf handler, where kopf's own poster is out of reach."""
+        meta = obj.get("metadata") or {}
+        now = datetime.now(UTC).isoformat()
+        body: dict[str, Any] = {
+            "metadata": {"namespace": meta["namespace"], "generateName": "kopf-event-"},
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "action": "Action?",
+            "reportingComponent": component,
+            "reportingInstance": "dev",
+            "source": {"component": component},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": now,
+        }
+        self._call(
+            lambda: self.core.create_namespaced_event(
+                meta["namespace"], cast(Any, body), _preload_content=False
+            ),
+            "post_event",
+        )
 
     # -- pre-flight checks ------------------------------------------------------------------------
     def exists_metadata_only(self, path: str, operation: str) -> bool:
