@@ -4,7 +4,8 @@
 Prints one JSON object. What it does, in order:
 
 1. Uses ``--kubeconfig``'s cluster, or starts its own (hack/localcluster.py, named ``ftj-bench``) and
-   stops it at the end. In its own cluster it raises cpu-node-0's pod capacity so all N pods fit.
+   stops it at the end. In its own cluster it raises cpu-node-0's capacity (pods, CPU, memory and
+   ephemeral storage: each trainer pod requests 20Gi of disk) so all N pods run at once.
 2. Installs the CRD, makes a fresh namespace and starts the operator as a subprocess
    (tests/e2e/harness.py's ``OperatorProcess``) watching only that namespace, with the production
    progress interval (15 s) unless told otherwise.
@@ -12,11 +13,16 @@ Prints one JSON object. What it does, in order:
    (monotonic clock; server timestamps have one-second resolution).
 4. Creates N FineTuneJobs in a burst from a thread pool. The FineTuneJobs ask for no GPU
    (``distributed.gpusPerNode: 0``, no ``resources``) so every pod can schedule on the CPU node.
-5. Waits for every FineTuneJob to be Running, then annotates each Running pod with
+5. Waits for every FineTuneJob to be Running. Unless ``--progress-sweeps 0``, it then points every
+   Running pod at a fake trainer /metrics served by this process (the dev-mode
+   ``finetuning.io/metrics-endpoint`` annotation; the step advances on every scrape, as for a fleet
+   that is training) and measures the progress loop over that many sweeps with all N Running: sweep
+   time against the interval, operator CPU and RSS, API requests and status writes per sweep.
+6. Annotates each Running pod with
    ``finetuning.io/test-exit-code: "0"`` (kwok then ends it) - pods that only become Running later,
    when capacity frees up in a shared cluster, are annotated as they appear - and waits for every
    FineTuneJob to be Succeeded.
-6. Waits for the cluster to settle and counts API writes over an idle window.
+7. Waits for the cluster to settle and counts API writes over an idle window.
 
 Latencies: create->Job-created is from the create call returning to the Job's ADDED event;
 Job-finished->status is from the Job's ``Complete`` condition event to the FineTuneJob's
@@ -389,6 +395,171 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
+# --- the progress loop with N Running ---------------------------------------------------------------
+
+
+class FakeTrainers:
+    """One loopback HTTP server standing in for every trainer's /metrics (``/metrics/<ftj>``).
+
+    Each scrape of a path answers the next step, so every sweep finds progress to write, as for a
+    fleet that is training. Counts scrapes per FineTuneJob."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.lock = threading.Lock()
+        self.scrapes: Counter[str] = Counter()
+        trainers = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[-1]
+                with trainers.lock:
+                    trainers.scrapes[name] += 1
+                    step = trainers.scrapes[name]
+                body = (
+                    f"finetune_trainer_step {step}\nfinetune_trainer_total_steps 1000000\n"
+                    f"finetune_trainer_epoch {step / 1000000:.6f}\nfinetune_trainer_train_loss 0.5\n"
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, ftj: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/metrics/{ftj}"
+
+    def scraped(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.scrapes)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sweep_count(metrics_text: str) -> int:
+    m = re.search(
+        r'^finetune_operator_handler_duration_seconds_count\{handler="progress_sweep"\} (\S+)$',
+        metrics_text,
+        re.M,
+    )
+    return int(float(m.group(1))) if m else 0
+
+
+def sweep_seconds_sum(metrics_text: str) -> float:
+    m = re.search(
+        r'^finetune_operator_handler_duration_seconds_sum\{handler="progress_sweep"\} (\S+)$',
+        metrics_text,
+        re.M,
+    )
+    return float(m.group(1)) if m else 0.0
+
+
+def measure_progress_loop(
+    *,
+    api: Any,
+    core: Any,
+    namespace: str,
+    op: Any,
+    sampler: ProcSampler,
+    trainers: FakeTrainers,
+    running: int,
+    sweeps: int,
+    interval: float,
+    threads: int,
+) -> dict[str, Any]:
+    """Point every Running pod at the fake trainers, let the loop find them all (warm-up: one pod
+    LIST per job, then the endpoint is cached), then measure ``sweeps`` whole sweeps."""
+    from kubernetes import client
+
+    resp = core.list_namespaced_pod(
+        namespace, label_selector=LABEL_JOB, field_selector="status.phase=Running", _preload_content=False
+    )
+    pods = [
+        (p["metadata"]["name"], p["metadata"]["labels"][LABEL_JOB])
+        for p in json.loads(resp.data).get("items") or []
+    ]
+
+    def point(pod: str, ftj: str) -> None:
+        body = {"metadata": {"annotations": {"finetuning.io/metrics-endpoint": trainers.url(ftj)}}}
+        with contextlib.suppress(client.ApiException):
+            core.patch_namespaced_pod(pod, namespace, body)
+
+    say(f"progress loop: pointing {len(pods)} Running pods at the fake trainers")
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda p: point(*p), pods))
+    warm = wait_until(
+        lambda: len(trainers.scraped()) >= len(pods),
+        3 * interval + 60,
+        lambda: f"every trainer scraped once ({len(trainers.scraped())}/{len(pods)})",
+    )
+    # Measure whole sweeps: from the end of one to the end of the sweeps-th after it.
+    first = sweep_count(op.metrics())
+    wait_until(lambda: sweep_count(op.metrics()) > first, 2 * interval + 60, "a sweep boundary")
+    text = op.metrics()
+    start_sweeps, start_sum = sweep_count(text), sweep_seconds_sum(text)
+    server_before = ApiServerMetrics(api)
+    scrapes_before = sum(trainers.scraped().values())
+    rss_before, cpu_before = sampler.snapshot()
+    peak_before = sampler.peak_rss
+    sampler.peak_rss = rss_before  # the peak inside the window
+    t0 = time.monotonic()
+    done = wait_until(
+        lambda: sweep_count(op.metrics()) >= start_sweeps + sweeps,
+        sweeps * (2 * interval + 30),
+        f"{sweeps} progress sweeps",
+    )
+    seconds = time.monotonic() - t0
+    text = op.metrics()
+    server_after = ApiServerMetrics(api)
+    rss_after, cpu_after = sampler.snapshot()
+    peak_window = sampler.peak_rss
+    sampler.peak_rss = max(peak_before, peak_window)
+    n_sweeps = max(sweep_count(text) - start_sweeps, 1)
+    sweep_mean = (sweep_seconds_sum(text) - start_sum) / n_sweeps
+    requests: dict[str, float] = {}
+    for key, n in server_after.requests.items():
+        d = n - server_before.requests.get(key, 0)
+        if d and key[0] in (*OPERATOR_RESOURCES, "pods", "events"):
+            requests[f"{key[1]} {key[0]}"] = round(d / n_sweeps, 1)
+    status_writes = sum(
+        server_after.requests.get(("finetunejobs/status", v), 0)
+        - server_before.requests.get(("finetunejobs/status", v), 0)
+        for v in ("PUT", "PATCH")
+    )
+    mib = 1024 * 1024
+    return {
+        "complete": warm and done,
+        "running": running,
+        "pods_pointed": len(pods),
+        "interval_s": interval,
+        "sweeps": n_sweeps,
+        "window_seconds": round(seconds, 1),
+        "sweep_seconds_mean": round(sweep_mean, 2),
+        "sweep_to_interval": round(sweep_mean / interval, 3),
+        "scrapes_per_sweep": round((sum(trainers.scraped().values()) - scrapes_before) / n_sweeps, 1),
+        "status_writes_per_sweep": round(status_writes / n_sweeps, 1),
+        "status_writes_per_running_per_sweep": round(status_writes / n_sweeps / max(running, 1), 3),
+        "api_requests_per_sweep": dict(sorted(requests.items())),
+        "operator_cpu_seconds_per_sweep": round((cpu_after - cpu_before) / n_sweeps, 2),
+        "operator_cpu_fraction": round((cpu_after - cpu_before) / max(seconds, 1e-9), 3),
+        "rss_mib": {
+            "window_start": round(rss_before / mib, 1),
+            "window_peak": round(peak_window / mib, 1),
+            "window_end": round(rss_after / mib, 1),
+        },
+    }
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -558,6 +729,12 @@ def main() -> int:
     p.add_argument("--py-spy", metavar="PATH", help="profile the operator with this py-spy (adds overhead)")
     p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
     p.add_argument("--unrelated-jobs", type=int, default=0, help="unrelated Jobs in the namespace first")
+    p.add_argument(
+        "--progress-sweeps",
+        type=int,
+        default=3,
+        help="progress-loop sweeps to measure with N Running (0: skip)",
+    )
     p.add_argument("--no-cold-start", action="store_true", help="skip the restart over the finished jobs")
     args = p.parse_args()
     QUIET = args.json_only
@@ -586,6 +763,7 @@ def main() -> int:
     namespace = f"bench-{os.getpid()}"
     stop = threading.Event()
     op: Any = None
+    trainers: FakeTrainers | None = None
     report: dict[str, Any] = {"count": args.count, "load_average_start": list(os.getloadavg())}
     try:
         kubectl = str(tools.ensure_tools() / "kubectl")
@@ -600,13 +778,9 @@ def main() -> int:
             lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)), 60, "SA"
         )
 
+        if own:
+            make_room(core, args.count)
         capacity = _pod_capacity(core, namespace)
-        if own and capacity < args.count:
-            want = str(args.count + 120)
-            core.patch_node_status(
-                "cpu-node-0", {"status": {"capacity": {"pods": want}, "allocatable": {"pods": want}}}
-            )
-            capacity = _pod_capacity(core, namespace)
         report["pod_capacity_for_bench"] = capacity
 
         if not args.no_direct:
@@ -619,9 +793,11 @@ def main() -> int:
             }
 
         # As in production: no dev endpoints (the harness turns them on for the e2e tests).
+        # The progress measurement points pods at loopback trainers, which only dev mode scrapes
+        # (the operator runs outside the cluster, where pod IPs are not routable).
         op_env = {
             "FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}",
-            "FTJ_DEV_METRICS_ENDPOINTS": "false",
+            "FTJ_DEV_METRICS_ENDPOINTS": "true" if args.progress_sweeps else "false",
         }
         if args.max_workers:
             op_env["FTJ_MAX_WORKERS"] = str(args.max_workers)
@@ -693,6 +869,20 @@ def main() -> int:
         t_running = time.monotonic()
         if not running_ok:
             say(f"{rec.count('Running')} of {args.count} reached Running; finishing the rest as they start")
+        if args.progress_sweeps:
+            trainers = FakeTrainers()
+            report["progress_loop"] = measure_progress_loop(
+                api=api,
+                core=core,
+                namespace=namespace,
+                op=op,
+                sampler=sampler,
+                trainers=trainers,
+                running=rec.in_phase("Running"),
+                sweeps=args.progress_sweeps,
+                interval=args.progress_interval,
+                threads=args.threads,
+            )
 
         patch_pool = ThreadPoolExecutor(args.threads)
         pending_patches: set[str] = set()
@@ -918,6 +1108,8 @@ def main() -> int:
         stop.set()
         if op is not None:
             op.kill(signal.SIGTERM)
+        if trainers is not None:
+            trainers.close()
         if own:
             say(f"stopping cluster {CLUSTER_NAME}")
             lc.down(CLUSTER_NAME)
@@ -941,21 +1133,44 @@ def _exists(fn: Callable[[], Any]) -> bool:
         return False
 
 
-def _pod_capacity(core: Any, namespace: str) -> int:
-    """Free pod slots on untainted kwok nodes (where a no-GPU trainer pod can go)."""
+def make_room(core: Any, count: int) -> None:
+    """Raise cpu-node-0's capacity so ``count`` trainer pods run at once: each asks for 20Gi of
+    ephemeral storage (the operator's download default), so its 500Gi held 25 pods, not 110."""
+    room = {"pods": str(count + 120), "cpu": str(32 + count), "memory": f"{128 + count}Gi"}
+    room["ephemeral-storage"] = f"{500 + 25 * count}Gi"
+    core.patch_node_status("cpu-node-0", {"status": {"capacity": room, "allocatable": room}})
+
+
+def _quantity(value: str) -> int:
+    from kubernetes.utils import parse_quantity
+
+    return int(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def _pod_capacity(core: Any, namespace: str, per_pod_storage: str = "20Gi") -> int:
+    """Trainer pods that still fit on untainted kwok nodes: free pod slots, and free ephemeral storage
+    for ``per_pod_storage`` each (what a trainer pod without a model cache requests)."""
     nodes = json.loads(core.list_node(_preload_content=False).data).get("items") or []
     pods = json.loads(core.list_pod_for_all_namespaces(_preload_content=False).data).get("items") or []
-    used: Counter[str] = Counter(
-        p["spec"].get("nodeName")
-        for p in pods
-        if p["spec"].get("nodeName") and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    )
+    used: Counter[str] = Counter()
+    disk: Counter[str] = Counter()
+    for p in pods:
+        node = p["spec"].get("nodeName")
+        if not node or (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        used[node] += 1
+        for ctr in p["spec"].get("containers") or []:
+            asked = ((ctr.get("resources") or {}).get("requests") or {}).get("ephemeral-storage")
+            disk[node] += _quantity(asked) if asked else 0
     free = 0
     for node in nodes:
         if node["spec"].get("taints"):
             continue
-        cap = int((node.get("status") or {}).get("allocatable", {}).get("pods", "0"))
-        free += max(cap - used[node["metadata"]["name"]], 0)
+        alloc = (node.get("status") or {}).get("allocatable", {})
+        name = node["metadata"]["name"]
+        slots = max(int(alloc.get("pods", "0")) - used[name], 0)
+        storage = max(_quantity(alloc.get("ephemeral-storage", "0")) - disk[name], 0)
+        free += min(slots, storage // _quantity(per_pod_storage))
     return free
 
 
