@@ -17,6 +17,7 @@ from typing import Any
 from finetune_api.conditions import Phase
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus
+from finetune_operator.event_policy import phase_event
 from finetune_operator.health import Heartbeats
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import RUNS, PhaseBook
@@ -94,10 +95,10 @@ def write(ctx: Context, obj: dict[str, Any], transition: Transition) -> Change |
     if change.counted:
         RUNS.labels(result=change.counted).inc()
     ctx.phases.set(f"{meta['namespace']}/{meta['name']}", st.phase)
-    failed_anew = st.phase == Phase.FAILED and st.reason != attempt.reason
-    if st.phase != attempt.phase or failed_anew:
-        kind = "Warning" if st.phase == Phase.FAILED else "Normal"
+    kind = phase_event(attempt.phase, st.phase, attempt.reason, st.reason)
+    if kind is not None:
         ctx.post_event(result, kind, st.reason or st.phase, st.message or "")
+    if st.phase != attempt.phase:
         log.info(
             "phase change",
             extra={"ftj": f"{meta['namespace']}/{meta['name']}", "from": attempt.phase, "to": st.phase},
