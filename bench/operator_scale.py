@@ -1043,6 +1043,11 @@ def main() -> int:
                 "operator_create_to_job_p50_s": stats(created_to_job).get("p50"),
                 "operator_create_to_job_p99_s": stats(created_to_job).get("p99"),
                 "operator_writes_per_job": round((op_total + op_events) / n, 2),
+                # A FineTuneJob's create handler should run once (twice meant a second Job GET,
+                # status write and kopf PATCH per object).
+                "reconciles_per_job": round(
+                    (op_metrics["handler_seconds"].get("reconcile") or {}).get("count", 0) / n, 2
+                ),
                 "rss_peak_mib": round(rss_peak_run / mib, 1),
                 "cold_start": cold,
                 "load_average_end": [round(x, 2) for x in os.getloadavg()],

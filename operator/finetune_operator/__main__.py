@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             prefix=f"kopf.{c.GROUP}", key="last-handled-configuration"
         )
         settings.execution.max_workers = config.max_workers
+        # After its own PATCH (the last-handled configuration) kopf skips an object's older events until
+        # the patched version arrives, but only for 5 s by default. In a burst the watch lags longer,
+        # so the event of the operator's own status write, which lacks the annotation, was taken for a
+        # new object and created again (every FineTuneJob reconciled twice at N=500: a second Job GET,
+        # status write and PATCH each). Normal waits end when the version arrives; this caps the rest.
+        settings.persistence.consistency_timeout = 60.0
         settings.posting.enabled = True
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300

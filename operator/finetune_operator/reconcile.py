@@ -122,7 +122,8 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
         _refuse(ctx, body, (Reason.JOB_REJECTED, str(exc)), digest, token, admission.plan)
         return
     number, job_name = started.number, started.job["metadata"]["name"]
-    retire_other_jobs(ctx.kube, owner, keep=job_name)
+    if number > 1:  # run 1 has no earlier run to retire: no LIST of Jobs per new FineTuneJob
+        retire_other_jobs(ctx.kube, owner, keep=job_name)
     if number == 1:
         created = parse_time(meta["creationTimestamp"])
         JOB_CREATED_LATENCY.observe(max((datetime.now(UTC) - created).total_seconds(), 0.0))
