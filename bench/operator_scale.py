@@ -741,7 +741,6 @@ def main() -> int:
     phase_timeout = args.timeout or 120 + 1.2 * args.count
 
     lc = _load_hack("localcluster")
-    tools = _load_hack("tools")
     harness = _load_harness()
     from kubernetes import client, config
 
@@ -766,13 +765,7 @@ def main() -> int:
     trainers: FakeTrainers | None = None
     report: dict[str, Any] = {"count": args.count, "load_average_start": list(os.getloadavg())}
     try:
-        kubectl = str(tools.ensure_tools() / "kubectl")
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-        for cmd in (
-            ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")],
-            ["wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"],
-        ):
-            subprocess.run([kubectl, *cmd], env=env, check=True, capture_output=True, text=True, timeout=90)
+        install_crd(kubeconfig)
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
         wait_until(
             lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)), 60, "SA"
@@ -1150,6 +1143,17 @@ def _exists(fn: Callable[[], Any]) -> bool:
         return True
     except Exception:
         return False
+
+
+def install_crd(kubeconfig: Path) -> None:
+    """The repository's CRD, applied and Established."""
+    kubectl = str(_load_hack("tools").ensure_tools() / "kubectl")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    for cmd in (
+        ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")],
+        ["wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"],
+    ):
+        subprocess.run([kubectl, *cmd], env=env, check=True, capture_output=True, text=True, timeout=90)
 
 
 def make_room(core: Any, count: int) -> None:
