@@ -735,6 +735,9 @@ def main() -> int:
         default=3,
         help="progress-loop sweeps to measure with N Running (0: skip)",
     )
+    p.add_argument(
+        "--operator-env", action="append", default=[], metavar="KEY=VALUE", help="extra operator environment"
+    )
     p.add_argument("--no-cold-start", action="store_true", help="skip the restart over the finished jobs")
     args = p.parse_args()
     QUIET = args.json_only
@@ -794,6 +797,7 @@ def main() -> int:
         }
         if args.max_workers:
             op_env["FTJ_MAX_WORKERS"] = str(args.max_workers)
+        op_env.update(kv.split("=", 1) for kv in args.operator_env)
         log_path = workdir / "operator.log"
         op = harness.OperatorProcess(kubeconfig, [namespace], log_path, op_env).start()
         sampler = ProcSampler(op.proc.pid)
