@@ -93,5 +93,6 @@ demo: system-packages venv binaries tools images
 bench: system-packages venv binaries objectstore tools
 	$(VPY) bench/control_plane.py
 	$(VPY) bench/operator_scale.py
+	$(VPY) bench/operator_chaos.py
 	$(VPY) bench/trainer_throughput.py
 	$(VPY) bench/objectstore_throughput.py
