@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_api.conditions import Phase
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus
 from finetune_operator.event_policy import phase_event
