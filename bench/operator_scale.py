@@ -794,6 +794,7 @@ def main() -> int:
         op_env = {
             "FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}",
             "FTJ_DEV_METRICS_ENDPOINTS": "true" if args.progress_sweeps else "false",
+            "MALLOC_ARENA_MAX": "2",  # as the operator image sets it (Dockerfile)
         }
         if args.max_workers:
             op_env["FTJ_MAX_WORKERS"] = str(args.max_workers)
