@@ -39,6 +39,7 @@ class Reason:
     RESUMED: Final = "Resumed"
     PROGRESSING: Final = "Progressing"
     NO_PROGRESS: Final = "NoProgress"
+    NOT_TRAINING: Final = "NotTraining"  # Stalled=False: evaluating, merging, uploading … expect no steps
     SUCCEEDED: Final = "Succeeded"
     RETRYING: Final = "Retrying"
     BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"

@@ -20,6 +20,7 @@ class Metric:
     MEMORY_BYTES = "memory_bytes"
     ETA_SECONDS = "eta_seconds"
     LAST_STEP_TIMESTAMP_SECONDS = "last_step_timestamp_seconds"
+    STAGE = "stage"  # labelled {stage=<Stage>}: 1 for the current stage, 0 for the others
 
     ALL: tuple[str, ...] = (
         STEP,
@@ -36,7 +37,27 @@ class Metric:
         MEMORY_BYTES,
         ETA_SECONDS,
         LAST_STEP_TIMESTAMP_SECONDS,
+        STAGE,
     )
+
+
+class Stage:
+    """What the trainer is doing (the ``stage`` label of ``finetune_trainer_stage``).
+
+    Training steps are expected only in ``TRAINING``: the operator's Stalled condition and the
+    FineTuneJobStalled alert judge the step heartbeat in that stage alone, so a long final
+    evaluation, merge or upload is not a stall.
+    """
+
+    LOADING = "loading"  # configuration, inputs fetched, model and tokenizer loaded, trainer set up
+    DATA = "data"  # the dataset loaded, validated, cleaned and split
+    TRAINING = "training"  # optimizer steps (a checkpoint save between steps included)
+    EVALUATING = "evaluating"  # evaluation rounds during training, the base and the final evaluation
+    SAVING = "saving"  # the adapter or model, reports and the model card written
+    MERGING = "merging"  # the adapter merged into the base model
+    UPLOADING = "uploading"  # results uploaded to the output location and verified
+
+    ALL: tuple[str, ...] = (LOADING, DATA, TRAINING, EVALUATING, SAVING, MERGING, UPLOADING)
 
 
 def metric_name(short: str) -> str:

@@ -66,6 +66,16 @@ class Progress(Model):
     epoch: float | None = Field(default=None, description="Fractional epoch.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds left.")
     last_heartbeat: str | None = Field(default=None, description="When the trainer last completed a step.")
+    stage: str | None = Field(
+        default=None,
+        description=(
+            "What the trainer is doing: loading, data, training, evaluating, saving, merging or uploading "
+            "(Stalled is judged only in training)."
+        ),
+    )
+    stage_since: str | None = Field(
+        default=None, description="When the operator first saw the current stage."
+    )
 
 
 class Metrics(Model):

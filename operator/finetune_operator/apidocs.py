@@ -44,7 +44,11 @@ REASON_DOCS: dict[str, str] = {
     Reason.SUSPENDED_BY_USER: "`spec.suspend` is true.",
     Reason.RESUMED: "Reserved: not set by this version (a resumed run goes back to WaitingForPods).",
     Reason.PROGRESSING: "Stalled=False: the step advances again.",
-    Reason.NO_PROGRESS: "Stalled=True: no step finished within `spec.stallTimeoutSeconds`.",
+    Reason.NO_PROGRESS: "Stalled=True: no step finished within `spec.stallTimeoutSeconds` of training.",
+    Reason.NOT_TRAINING: (
+        "Stalled=False: the trainer is evaluating, saving, merging or uploading (`status.progress.stage`), "
+        "where no training step is expected."
+    ),
     Reason.SUCCEEDED: "The trainer exited 0.",
     Reason.RETRYING: "A pod failed with a retriable error; the Job starts another, which resumes.",
     Reason.BACKOFF_LIMIT_EXCEEDED: "The Job's reason: more retriable failures than `spec.backoffLimit`.",

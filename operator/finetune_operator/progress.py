@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from finetune_api.conditions import ConditionType, Reason
-from finetune_api.metrics import Metric
+from finetune_api.metrics import Metric, Stage
 from finetune_api.status import FineTuneJobStatus, Metrics, Progress
 from finetune_api.wellknown import timestamp
+from finetune_operator.scrape import stage_name
 from finetune_operator.status import condition, parse_time, set_condition
 
 
@@ -26,7 +27,8 @@ def apply_progress(
 ) -> None:
     """Fold one scrape into status; the Stalled condition flips when the step stops advancing."""
     prev = status.progress or Progress()
-    if Metric.STEP not in values:
+    scraped = Metric.STEP in values
+    if not scraped:
         # A failed or empty scrape keeps the last good numbers (the PROGRESS column must not flap);
         # the Stalled check below still runs on the last heartbeat.
         values = {
@@ -39,10 +41,18 @@ def apply_progress(
     total = int(values[Metric.TOTAL_STEPS]) if values.get(Metric.TOTAL_STEPS) else None
     heartbeat = prev.last_heartbeat
     stamp = values.get(Metric.LAST_STEP_TIMESTAMP_SECONDS)
+    now_s = timestamp(now)
     if stamp:
         heartbeat = timestamp(datetime.fromtimestamp(stamp, UTC))
     elif step is not None and step != prev.step:
-        heartbeat = timestamp(now)
+        heartbeat = now_s
+    stage = stage_name(values) if scraped else prev.stage
+    stage_since = prev.stage_since
+    if stage != prev.stage:
+        # First sight of training: its latest step is the best known start (a trainer an hour past
+        # its last step is stalled now, not 15 minutes from now); a change of stage starts now.
+        first_training = prev.stage is None and stage == Stage.TRAINING and heartbeat
+        stage_since = (heartbeat if first_training else now_s) if stage else None
     percent = int(100 * step / total) if step is not None and total else None
     status.progress = Progress(
         step=step,
@@ -52,6 +62,8 @@ def apply_progress(
         epoch=_round(values.get(Metric.EPOCH)),
         eta_seconds=_round(values.get(Metric.ETA_SECONDS), 0),
         last_heartbeat=heartbeat,
+        stage=stage,
+        stage_since=stage_since,
     )
     old = status.metrics or Metrics()
     status.metrics = Metrics.model_validate(
@@ -71,22 +83,42 @@ def apply_progress(
             },
         }
     )
-    stalled = False
-    if heartbeat:
-        last = parse_time(heartbeat)
-        stalled = (now - last).total_seconds() > stall_timeout_seconds
-    now_s = timestamp(now)
+    _judge_stall(status, stage, stage_since, heartbeat, now, stall_timeout_seconds, generation)
+
+
+def _judge_stall(
+    status: FineTuneJobStatus,
+    stage: str | None,
+    stage_since: str | None,
+    heartbeat: str | None,
+    now: datetime,
+    timeout: int,
+    generation: int | None,
+) -> None:
+    """Stalled: no step for ``timeout`` seconds of training. The clock starts at the latest step, or
+    when training (re)started after another stage; a trainer that exports no stage is judged from
+    its steps alone. Outside training (evaluating, merging, uploading ...) no step is expected."""
+    training = stage in (None, Stage.TRAINING)
+    since = max((parse_time(t) for t in (heartbeat, stage_since if stage else None) if t), default=None)
+    stalled = training and since is not None and (now - since).total_seconds() > timeout
     current = condition(status, ConditionType.STALLED)
-    if stalled or current is not None:
-        status.conditions = set_condition(
-            status.conditions,
-            ConditionType.STALLED,
-            stalled,
-            Reason.NO_PROGRESS if stalled else Reason.PROGRESSING,
-            f"No step completed since {heartbeat}." if stalled else "",
-            now_s,
-            generation,
-        )
+    if not stalled and current is None:
+        return
+    if stalled:
+        reason, message = Reason.NO_PROGRESS, f"No step completed since {timestamp(since)}."
+    elif not training:
+        reason, message = Reason.NOT_TRAINING, f"The trainer is {stage}; no training step is expected."
+    else:
+        reason, message = Reason.PROGRESSING, ""
+    status.conditions = set_condition(
+        status.conditions,
+        ConditionType.STALLED,
+        stalled,
+        reason,
+        message,
+        timestamp(now),
+        generation,
+    )
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

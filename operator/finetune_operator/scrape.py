@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from finetune_api import wellknown
-from finetune_api.metrics import METRICS_PREFIX, Metric
+from finetune_api.metrics import METRICS_PREFIX, Metric, Stage
 from finetune_operator import constants as c
 from finetune_operator.sanitize import clean_text
 
@@ -154,7 +154,8 @@ def _check_head(endpoint: Endpoint, head: bytes, limit: int) -> None:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Contract metrics by short name, finite and in range only; memory_bytes is the largest device."""
+    """Contract metrics by short name, finite and in range only; memory_bytes is the largest device;
+    ``stage`` is the current stage's position in ``Stage.ALL`` (``stage_name`` turns it back)."""
     values: dict[str, float] = {}
     wanted = set(Metric.ALL)
     try:
@@ -167,6 +168,10 @@ def parse_metrics(text: str) -> dict[str, float]:
             if not name.startswith(METRICS_PREFIX):
                 continue
             short = name[len(METRICS_PREFIX) :]
+            if short == Metric.STAGE:
+                if sample.value == 1 and sample.labels.get("stage") in Stage.ALL:
+                    values[short] = float(Stage.ALL.index(sample.labels["stage"]))
+                continue
             if short.endswith("_total") and short not in wanted:
                 short = short.removesuffix("_total")
             value = _usable(short, sample.value) if short in wanted else None
@@ -196,3 +201,9 @@ def _usable(short: str, raw: Any) -> float | None:
     if short in _INTEGRAL and value > MAX_INT:
         return None
     return value
+
+
+def stage_name(values: dict[str, float]) -> str | None:
+    """The trainer's stage from ``parse_metrics``' values, or None when it exports none."""
+    code = values.get(Metric.STAGE)
+    return Stage.ALL[int(code)] if code is not None and 0 <= code < len(Stage.ALL) else None

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from finetune_api.metrics import Metric, metric_name
+from finetune_api.metrics import Metric, Stage, metric_name
 
 _HELP: dict[str, str] = {
     Metric.STEP: "Optimizer steps done.",
@@ -32,7 +32,29 @@ _HELP: dict[str, str] = {
     Metric.MEMORY_BYTES: "Memory in use per device (cuda:N allocated, or cpu resident set size).",
     Metric.ETA_SECONDS: "Estimated seconds until the last step, from the recent step rate.",
     Metric.LAST_STEP_TIMESTAMP_SECONDS: "Unix time of the latest finished step (a heartbeat).",
+    Metric.STAGE: "1 for the stage the trainer is in (loading, data, training, evaluating, ...), else 0.",
 }
+
+# The runner's stages (RunRecord.stage) by the contract's coarser names.
+_RUNNER_STAGES: dict[str, str] = {
+    "config": Stage.LOADING,
+    "launch": Stage.LOADING,
+    "fetch": Stage.LOADING,
+    "data": Stage.DATA,
+    "model": Stage.LOADING,
+    "setup": Stage.LOADING,
+    "evaluate-base": Stage.EVALUATING,
+    "train": Stage.TRAINING,
+    "evaluate": Stage.EVALUATING,
+    "save": Stage.SAVING,
+    "merge": Stage.MERGING,
+    "upload": Stage.UPLOADING,
+}
+
+
+def stage_of(runner_stage: str) -> str:
+    """The contract stage of one of the runner's stages (unknown ones count as loading)."""
+    return _RUNNER_STAGES.get(runner_stage, Stage.LOADING)
 
 
 @dataclass
@@ -62,7 +84,7 @@ class TrainerMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._gauges: dict[str, Gauge] = {}
         for short in Metric.ALL:
-            if short in (Metric.TOKENS_TOTAL, Metric.MEMORY_BYTES):
+            if short in (Metric.TOKENS_TOTAL, Metric.MEMORY_BYTES, Metric.STAGE):
                 continue
             self._gauges[short] = Gauge(metric_name(short), _HELP[short], registry=self.registry)
         # prometheus_client appends ``_total`` to counters itself.
@@ -71,6 +93,11 @@ class TrainerMetrics:
         self._memory = Gauge(
             metric_name(Metric.MEMORY_BYTES), _HELP[Metric.MEMORY_BYTES], ["device"], registry=self.registry
         )
+        self._stages = Gauge(
+            metric_name(Metric.STAGE), _HELP[Metric.STAGE], ["stage"], registry=self.registry
+        )
+        self.stage = ""
+        self.set_stage(Stage.LOADING)
         self._tokens_seen = 0
         self._rate = _Rate()
         self._lock = threading.Lock()
@@ -79,6 +106,16 @@ class TrainerMetrics:
 
     def set(self, short: str, value: float) -> None:
         self._gauges[short].set(value)
+
+    def set_stage(self, stage: str) -> None:
+        """Enter ``stage`` (one of ``Stage.ALL``): its series reads 1, every other stage's 0."""
+        if stage not in Stage.ALL:
+            raise ValueError(f"unknown stage {stage!r}")
+        if stage == self.stage:
+            return
+        for name in Stage.ALL:
+            self._stages.labels(stage=name).set(1 if name == stage else 0)
+        self.stage = stage
 
     def value(self, short: str) -> float:
         """The current value (for tests and the summary); reads the sample the endpoint would serve."""
