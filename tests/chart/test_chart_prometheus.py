@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -23,7 +24,7 @@ import pytest
 import yaml
 from chartlib import CHART, Helm, find
 
-from finetune_api.metrics import Metric
+from finetune_api.metrics import Metric, Stage
 from finetune_api.summary import encode_summary
 from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, free_port
@@ -135,7 +136,10 @@ def test_prometheus_scrapes_operator_and_trainer_and_runs_the_charts_rules(
     ns = iso_namespaces("prom")
     op = OperatorProcess(Path(cluster.kubeconfig), [ns], tmp_path / "operator.log").start()
     trainer, trainer_port = trainer_endpoint
-    trainer.on_step(12, 40, 0.3)
+    # Stopped early at step 12 of 40 an hour ago, now uploading: no step is expected, no stall.
+    trainer.set_stage(Stage.TRAINING)
+    trainer.on_step(12, 40, 0.3, when=time.time() - 3600)
+    trainer.set_stage(Stage.UPLOADING)
     trainer.set(Metric.TRAIN_LOSS, 1.25)
     trainer.on_eval_loss(1.5)
     trainer.set(Metric.TOKENS_PER_SECOND, 2048)
@@ -226,7 +230,9 @@ def test_prometheus_scrapes_operator_and_trainer_and_runs_the_charts_rules(
         )
         wait_for(lambda: rules_state()["FineTuneJobFailed"][1] == "firing", 30, "FineTuneJobFailed to fire")
         assert rules_state()["FineTuneOperatorDown"][1] == "inactive"
-        assert rules_state()["FineTuneJobStalled"][1] == "inactive"
+        assert rules_state()["FineTuneJobStalled"][1] == "inactive", "FineTuneJobStalled during an upload"
+        trainer.set_stage(Stage.TRAINING)  # the same hour without a step, in training: a stall
+        wait_for(lambda: rules_state()["FineTuneJobStalled"][1] == "firing", 30, "FineTuneJobStalled to fire")
 
         # The dashboard's queries are valid PromQL and the core panels have data.
         variables = {"$__rate_interval": "1m", "$__range": "5m", "$namespace": ".*"}

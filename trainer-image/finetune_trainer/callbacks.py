@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from finetune_api.metrics import Metric
+from finetune_api.metrics import Metric, Stage
 from finetune_trainer.distributed import cpu_group, gather_from_all, is_multi_process
 from finetune_trainer.metrics_server import TrainerMetrics, memory_in_use
 
@@ -195,7 +195,9 @@ class SaveEvery(TrainerCallback):
 
 
 class MetricsCallback(TrainerCallback):
-    """Prometheus gauges from trainer events; rates are measured between logging steps."""
+    """Prometheus gauges from trainer events; rates are measured between logging steps. The stage
+    reads ``evaluating`` while an evaluation round runs between training steps (no step is expected
+    then), ``training`` again from the next step on."""
 
     def __init__(self, metrics: TrainerMetrics, samples_per_step: int) -> None:
         self.metrics = metrics
@@ -205,11 +207,23 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        self.metrics.set_stage(Stage.TRAINING)
         self.metrics.set(Metric.TOTAL_STEPS, state.max_steps)
         self.metrics.set(Metric.STEP, state.global_step)
         self._last = (time.time(), state.global_step, state.num_input_tokens_seen)
         if state.best_metric is not None:
             self.metrics.on_eval_loss(state.best_metric)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.metrics.set_stage(Stage.TRAINING)
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.metrics.stage == Stage.TRAINING:
+            self.metrics.set_stage(Stage.EVALUATING)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
