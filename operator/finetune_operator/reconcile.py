@@ -112,8 +112,6 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     if problem is not None:
         _refuse(ctx, body, problem, digest, token, admission.plan)
         return
-    for warning in admission.warnings:
-        ctx.post_event(body, "Warning", "AdmissionWarning", warning)
     number = status.run.number + 1 if status.run else 1
     try:
         started = create_run(ctx.kube, owner, spec, number, digest, ctx.settings)
@@ -124,13 +122,17 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     number, job_name = started.number, started.job["metadata"]["name"]
     if number > 1:  # run 1 has no earlier run to retire: no LIST of Jobs per new FineTuneJob
         retire_other_jobs(ctx.kube, owner, keep=job_name)
+    queue = bool(spec.scheduling.queue_name)
+    event = RunStarted(number, job_name, digest, token, admission.plan, spec.suspend, queue)
+    change = apply(ctx, body, event)
+    if change is None or not change.changed:
+        return  # recorded already (a retried handler): counted and announced then
+    record_estimated_cost(owner.namespace, owner.name, admission.plan)
     if number == 1:
         created = parse_time(meta["creationTimestamp"])
         JOB_CREATED_LATENCY.observe(max((datetime.now(UTC) - created).total_seconds(), 0.0))
-    queue = bool(spec.scheduling.queue_name)
-    event = RunStarted(number, job_name, digest, token, admission.plan, spec.suspend, queue)
-    if apply(ctx, body, event):
-        record_estimated_cost(owner.namespace, owner.name, admission.plan)
+    for warning in admission.warnings:
+        ctx.post_event(body, "Warning", "AdmissionWarning", warning)
 
 
 def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: FineTuneJobStatus) -> None:
