@@ -8,8 +8,13 @@ from finetune_api.conditions import ConditionType, Reason
 from finetune_api.metrics import Metric, Stage
 from finetune_api.status import FineTuneJobStatus, Metrics, Progress
 from finetune_api.wellknown import timestamp
-from finetune_operator.scrape import stage_name
 from finetune_operator.status import condition, parse_time, set_condition
+
+
+def stage_name(values: dict[str, float]) -> str | None:
+    """The trainer's stage from ``scrape.parse_metrics``' values, or None when it exports none."""
+    code = values.get(Metric.STAGE)
+    return Stage.ALL[int(code)] if code is not None and 0 <= code < len(Stage.ALL) else None
 
 
 def _finite(value: float | None) -> float | None:

@@ -155,7 +155,7 @@ def _check_head(endpoint: Endpoint, head: bytes, limit: int) -> None:
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Contract metrics by short name, finite and in range only; memory_bytes is the largest device;
-    ``stage`` is the current stage's position in ``Stage.ALL`` (``stage_name`` turns it back)."""
+    ``stage`` is the current stage's position in ``Stage.ALL`` (``progress.stage_name`` turns it back)."""
     values: dict[str, float] = {}
     wanted = set(Metric.ALL)
     try:
@@ -201,9 +201,3 @@ def _usable(short: str, raw: Any) -> float | None:
     if short in _INTEGRAL and value > MAX_INT:
         return None
     return value
-
-
-def stage_name(values: dict[str, float]) -> str | None:
-    """The trainer's stage from ``parse_metrics``' values, or None when it exports none."""
-    code = values.get(Metric.STAGE)
-    return Stage.ALL[int(code)] if code is not None and 0 <= code < len(Stage.ALL) else None

@@ -7,8 +7,8 @@ import pytest
 from finetune_api.conditions import Reason
 from finetune_api.metrics import Metric, Stage, metric_name
 from finetune_api.status import FineTuneJobStatus
-from finetune_operator.progress import apply_progress
-from finetune_operator.scrape import parse_metrics, stage_name
+from finetune_operator.progress import apply_progress, stage_name
+from finetune_operator.scrape import parse_metrics
 from finetune_operator.status import condition
 
 TEXT = "\n".join(
