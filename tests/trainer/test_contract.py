@@ -16,7 +16,7 @@ import yaml
 from runs import free_port, read_summary
 
 from finetune_api.exitcodes import ExitCode
-from finetune_api.metrics import Metric, metric_name
+from finetune_api.metrics import Metric, Stage, metric_name
 from finetune_api.summary import SUMMARY_MAX_BYTES, decode_summary
 from finetune_trainer.runner import RunRecord, load_config, run, run_config_file, write_summary
 
@@ -32,6 +32,7 @@ class Scraper(threading.Thread):
         self.stop = threading.Event()
         self.page: str | None = None
         self.scrapes = 0
+        self.stages: list[str] = []  # the stages the endpoint reported, in order
 
     def run(self) -> None:
         while not self.stop.wait(0.05):
@@ -43,6 +44,9 @@ class Scraper(threading.Thread):
             self.scrapes += 1
             if f"{metric_name(Metric.STEP)} 0.0" not in page:
                 self.page = page
+            stage = next((st for st in Stage.ALL if f'{{stage="{st}"}} 1.0' in page), None)
+            if stage and (not self.stages or self.stages[-1] != stage):
+                self.stages.append(stage)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,7 @@ def ftj_run(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> dict[s
         "out": root / "out",
         "page": scraper.page,
         "scrapes": scraper.scrapes,
+        "stages": scraper.stages,
         "manifest": path,
     }
 
@@ -164,6 +169,16 @@ def test_metrics_endpoint_serves_every_contract_metric(ftj_run: dict[str, Any]) 
     assert values[metric_name(Metric.TOTAL_STEPS)] == 16
     assert values[metric_name(Metric.STEP)] >= 1
     assert values[metric_name(Metric.TOKENS_TOTAL)] > 0
+
+
+def test_metrics_endpoint_reports_the_stage_and_training_only_while_steps_run(
+    ftj_run: dict[str, Any],
+) -> None:
+    """The operator judges a stall only in ``training``: after the last step the stage must leave it."""
+    stages = ftj_run["stages"]
+    assert stages[0] == Stage.LOADING and Stage.TRAINING in stages, stages
+    assert stages[-1] != Stage.TRAINING, f"still 'training' after the last step: {stages}"
+    assert set(stages) <= set(Stage.ALL)
 
 
 def test_summary_fits_4_kib_with_a_huge_message(tmp_path: Path) -> None:

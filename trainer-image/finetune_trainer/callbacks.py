@@ -196,8 +196,8 @@ class SaveEvery(TrainerCallback):
 
 class MetricsCallback(TrainerCallback):
     """Prometheus gauges from trainer events; rates are measured between logging steps. The stage
-    reads ``evaluating`` while an evaluation round runs between training steps (no step is expected
-    then), ``training`` again from the next step on."""
+    reads ``training`` from the first step, ``evaluating`` while an evaluation round runs between
+    steps and once training ended (the final evaluation comes next): no step is expected then."""
 
     def __init__(self, metrics: TrainerMetrics, samples_per_step: int) -> None:
         self.metrics = metrics
@@ -224,6 +224,11 @@ class MetricsCallback(TrainerCallback):
     ) -> None:
         if self.metrics.stage == Stage.TRAINING:
             self.metrics.set_stage(Stage.EVALUATING)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.metrics.set_stage(Stage.EVALUATING)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
