@@ -15,6 +15,7 @@ import torch
 from finetune_api.planning import architecture
 from finetune_api.planning.memory import estimate, lora_parameters
 from finetune_api.training import TrainingSpec
+from finetune_trainer.plan_at_run import state_bytes
 
 pytestmark = pytest.mark.trainer
 
@@ -86,14 +87,18 @@ def test_parameter_gradient_and_optimizer_bytes_match_torch(name: str) -> None:
         for key, t in state.items()
         if key != "step" and isinstance(t, torch.Tensor)
     )
+    weights = sum(p.numel() * p.element_size() for p in params)
+    # The trainer's own count (what its summary reports) is this independent one.
+    assert state_bytes(model, optimizer) == {"weights": weights, "gradients": grads, "optimizer": states}
     est = estimate(full_spec(), arch)
     assert within(est.gradients, grads), (est.gradients, grads)
     assert within(est.optimizer, states), (est.optimizer, states)
-    assert within(est.weights, sum(p.numel() * p.element_size() for p in params))
+    assert within(est.weights, weights)
 
 
-@pytest.mark.parametrize("name", ["llama-gqa", "qwen2-tied", "mistral", "llama-medium"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_lora_trainable_parameters_match_peft(name: str) -> None:
+    """``all-linear`` on every family (GPT-2 fuses q/k/v into one ``c_attn``; BERT adds its pooler)."""
     from peft import LoraConfig, get_peft_model
 
     cfg = CONFIGS[name]
@@ -101,6 +106,52 @@ def test_lora_trainable_parameters_match_peft(name: str) -> None:
     model = get_peft_model(build(cfg), LoraConfig(r=8, target_modules="all-linear"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert lora_parameters(arch, 8, None) == trainable
-    subset = get_peft_model(build(cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "targets"),
+    [("llama-gqa", ["q_proj", "v_proj"]), ("mistral", ["q_proj", "v_proj"]), ("gpt2", ["c_attn"]),
+     ("gpt2", ["c_proj"]), ("bert", ["query", "value"])],
+)  # fmt: skip
+def test_lora_named_targets_match_peft(name: str, targets: list[str]) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = CONFIGS[name]
+    arch = architecture.from_config(cfg)
+    subset = get_peft_model(build(cfg), LoraConfig(r=4, target_modules=targets))
     trainable = sum(p.numel() for p in subset.parameters() if p.requires_grad)
-    assert lora_parameters(arch, 4, ["q_proj", "v_proj"]) == trainable
+    assert lora_parameters(arch, 4, targets) == trainable
+
+
+# --- in a real run: the trainer's plan from the config.json it loads, against its own measurements ----
+
+
+@pytest.mark.parametrize(
+    ("method", "task"), [("lora", "causal-lm"), ("full", "causal-lm"), ("lora", "classification")]
+)
+def test_trainer_reports_its_plan_and_what_torch_measured(make_config, method: str, task: str) -> None:
+    from runs import read_summary
+
+    from finetune_api.exitcodes import ExitCode
+    from finetune_api.planning.measured import BASIS_STATES, compare
+    from finetune_trainer.runner import load_config, run
+
+    fmt = "text-label" if task == "classification" else "prompt-completion"
+    path = make_config(fmt, name=f"plan-{method}-{task}", method=method, task=task,
+                       hyperparameters={"maxSteps": 2}, evaluation={"compareBase": False})  # fmt: skip
+    config = load_config(path)
+    assert run(config) == ExitCode.SUCCEEDED
+    plan = read_summary(path)["plan"]
+
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(config.paths.model)
+    assert plan["shapeSource"] == "config.json"
+    # The encoder/decoder without a head: the config.json count is the model's, exactly.
+    body = sum(p.numel() for p in base.parameters())
+    assert body <= plan["parameters"] <= body + base.config.vocab_size * base.config.hidden_size
+    assert plan["device"] == "cpu" and set(plan["measuredBytes"]) == {"weights", "gradients", "optimizer"}
+    found = compare(plan["estimatedBytes"], plan["measuredBytes"])
+    assert found is not None and found.basis == BASIS_STATES
+    assert abs(found.error_percent) <= 10, (found, plan)
+    assert all(abs(e) <= 10 for e in found.term_errors.values()), found.term_errors

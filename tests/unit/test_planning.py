@@ -220,3 +220,25 @@ def test_settings_read_prices_and_refuse_bad_ones() -> None:
         OperatorSettings.from_env({"FTJ_GPU_PRICES": '{"NVIDIA-L4": -1}'})
     with pytest.raises(ValueError, match="FTJ_UNKNOWN_LICENCE"):
         OperatorSettings.from_env({"FTJ_UNKNOWN_LICENCE": "maybe"})
+
+
+def test_measured_compares_the_gpu_peak_without_the_runtime_term() -> None:
+    from finetune_api.planning.measured import BASIS_PEAK, compare
+
+    estimated = dict(weights=40, gradients=20, optimizer=20, activations=10, logits=10, runtime=500)
+    found = compare(estimated, {"peakAllocated": 80, "weights": 40, "gradients": 25, "optimizer": 20})
+    assert found is not None and found.basis == BASIS_PEAK
+    assert (found.estimated, found.measured, found.error_percent) == (100, 80, 25.0)
+    assert found.term_errors == {"weights": 0.0, "gradients": -20.0, "optimizer": 0.0}
+
+
+def test_measured_compares_model_states_when_there_is_no_gpu() -> None:
+    from finetune_api.planning.measured import BASIS_STATES, compare
+
+    estimated = dict(weights=40, gradients=20, optimizer=40, activations=10, logits=10, runtime=5)
+    found = compare(estimated, {"weights": 40, "gradients": 20, "optimizer": 44})
+    assert found is not None and found.basis == BASIS_STATES
+    assert (found.estimated, found.measured, found.error_percent) == (100, 104, -3.85)
+    # Nothing comparable: no peak, and the states only partly counted (DeepSpeed keeps its own buffers).
+    assert compare(estimated, {"weights": 40}) is None
+    assert compare(estimated, {}) is None

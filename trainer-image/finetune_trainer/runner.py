@@ -53,6 +53,7 @@ class RunRecord:
     checkpoint: dict[str, Any] | None = None
     storage: Any = None  # the run's RunStorage once the stages built it (knows the synced checkpoints)
     licence: str | None = None
+    plan: dict[str, Any] | None = None  # the estimate from the loaded config.json, then what was measured
 
 
 def load_config(path: str | Path) -> TrainerConfig:
@@ -177,7 +178,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -> str | None:
     from transformers import EarlyStoppingCallback, set_seed
 
-    from finetune_trainer import base_model, evaluation, licence, outputs, review
+    from finetune_trainer import base_model, evaluation, licence, outputs, plan_at_run, review
     from finetune_trainer.callbacks import (
         FiniteLossGuard,
         LossNotFinite,
@@ -227,6 +228,11 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         record.dataset = dataset_summary(data.report)
         outputs.write_json(output / "data_report.json", data.report)
 
+    plan = plan_at_run.plan_from_config(spec, paths.model) if main else None
+    states = plan_at_run.StateBytes()
+    if plan is not None:
+        record.plan = plan_at_run.plan_summary(plan, {}, None)
+
     record.stage = "setup"
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / outputs.TENSORBOARD)
     guard = FiniteLossGuard()
@@ -237,6 +243,7 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         MetricsCallback(metrics, hp.batch_size * hp.gradient_accumulation_steps * world.world_size),
         ProgressLog(metrics),
         *storage.callbacks(),
+        *([states] if plan is not None and not use_deepspeed else []),
     ]
     ctx = RecipeContext(
         spec=spec,
@@ -287,6 +294,8 @@ def _stages(config: TrainerConfig, record: RunRecord, metrics: Any, stop: Any) -
         base = base_model.apply(at_train_begin.result, checks)
     excluded = at_train_begin.seconds if at_train_begin else 0.0
     record.metrics = run_metrics(trainer, result, excluded_seconds=excluded)
+    if plan is not None:
+        record.plan = plan_at_run.plan_summary(plan, states.measured, record.metrics.get("gpu_memory_bytes"))
     if guard.failure:
         raise LossNotFinite(guard.failure)
     if stop.agreed:
@@ -461,6 +470,8 @@ def write_summary(path: str, code: ExitCode, message: str, record: RunRecord) ->
         summary["output"] = {"uri": record.output_uri}
     if record.checkpoint:
         summary["checkpoint"] = record.checkpoint
+    if record.plan:
+        summary["plan"] = record.plan
     text = encode_summary(_finite_only(summary))
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

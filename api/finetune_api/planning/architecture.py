@@ -23,6 +23,9 @@ _GATED = {
     "stablelm", "internlm2", "yi",
 }  # fmt: skip
 # Families with learned absolute position embeddings and biases everywhere (BERT/GPT-2 style).
+# Families with one fused query/key/value projection, and with one fused gate/up projection.
+_FUSED_QKV = {"gpt2", "gpt_bigcode", "gpt_neox", "phi3", "falcon", "bloom"}
+_FUSED_GATE_UP = {"phi3"}
 _ABSOLUTE = {"bert", "roberta", "distilbert", "gpt2", "gpt_neo", "opt", "xlm-roberta", "electra"}
 
 
@@ -48,12 +51,23 @@ class Architecture:
         return self.hidden // max(self.heads, 1)
 
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of every linear layer in one transformer block: what LoRA adapts by default."""
-        kv = self.kv_heads * self.head_dim
-        attn = [(self.hidden, self.hidden), (self.hidden, kv), (self.hidden, kv), (self.hidden, self.hidden)]
-        up = [(self.hidden, self.intermediate)] * (2 if self.gated_mlp else 1)
-        mlp = [*up, (self.intermediate, self.hidden)] * self.experts
-        return attn + mlp
+        """(in, out) of every linear layer in one transformer block."""
+        return [(i, o) for _, i, o in self.named_linears()]
+
+    def named_linears(self) -> list[tuple[str, int, int]]:
+        """Every linear layer of one block by its Llama name, fused where the family fuses it (GPT-2's
+        ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``): what LoRA's ``all-linear`` adapts."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_heads * self.head_dim
+        attn = [("q_proj", h, h), ("k_proj", h, kv), ("v_proj", h, kv)]
+        if self.model_type in _FUSED_QKV:
+            attn = [("qkv_proj", h, h + 2 * kv)]
+        if not self.gated_mlp:
+            up = [("up_proj", h, i)]
+        elif self.model_type in _FUSED_GATE_UP:
+            up = [("gate_up_proj", h, 2 * i)]
+        else:
+            up = [("gate_proj", h, i), ("up_proj", h, i)]
+        return [*attn, ("o_proj", h, h), *[*up, ("down_proj", i, h)] * self.experts]
 
     def embedding_parameters(self) -> int:
         """Input embeddings plus an untied output head: the weights QLoRA keeps in 16 bits."""

@@ -15,10 +15,12 @@ keeps only its 16-bit input (2·s·b·h) and one layer is recomputed at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from finetune_api.planning.architecture import Architecture
 from finetune_api.training import TrainingSpec
 
+Device = Literal["gpu", "cpu"]
 GIB = 1024**3
 RUNTIME_BYTES = int(1.5 * GIB)  # CUDA context, cuBLAS workspaces, allocator slack
 NF4_BITS = 4.0
@@ -56,20 +58,36 @@ class MemoryEstimate:
         return max(terms, key=lambda k: terms[k])
 
 
+# Other families' names for the Llama-named layers of ``Architecture.named_linears``.
+_ALIASES: dict[str, set[str]] = {
+    "c_attn": {"qkv_proj"}, "query_key_value": {"qkv_proj"}, "Wqkv": {"qkv_proj"},
+    "query": {"q_proj"}, "key": {"k_proj"}, "value": {"v_proj"},
+    "c_fc": {"up_proj"}, "fc1": {"up_proj"}, "fc2": {"down_proj"}, "c_proj": {"o_proj", "down_proj"},
+    "w1": {"gate_proj"}, "w3": {"up_proj"}, "w2": {"down_proj"},
+}  # fmt: skip
+# BERT's pooler (a hidden x hidden linear after the blocks) is one more linear for ``all-linear``.
+_POOLER = {"bert"}
+
+
 def lora_parameters(arch: Architecture, rank: int, target_modules: list[str] | None) -> int:
-    """Trainable LoRA parameters: r·(in + out) for each adapted linear layer in every block."""
-    names = ["q_proj", "k_proj", "v_proj", "o_proj"] + (
-        ["gate_proj", "up_proj", "down_proj"] if arch.gated_mlp else ["up_proj", "down_proj"]
-    ) * arch.experts
-    shapes = arch.linear_shapes()
+    """Trainable LoRA parameters: r·(in + out) for each adapted linear layer (``all-linear`` when the
+    spec names none, or none this estimator knows)."""
+    linears = arch.named_linears()
     if target_modules:
-        wanted = set(target_modules)
-        shapes = [s for n, s in zip(names, shapes, strict=True) if n in wanted] or shapes
-    return arch.layers * sum(rank * (i + o) for i, o in shapes)
+        wanted = set().union(*({name} | _ALIASES.get(name, set()) for name in target_modules))
+        chosen = [(n, i, o) for n, i, o in linears if n in wanted]
+        if chosen:
+            return arch.layers * sum(rank * (i + o) for _, i, o in chosen)
+    pooler = 2 * arch.hidden * rank if arch.model_type in _POOLER else 0
+    return arch.layers * sum(rank * (i + o) for _, i, o in linears) + pooler
 
 
-def estimate(spec: TrainingSpec, arch: Architecture) -> MemoryEstimate:
-    """Peak bytes on one GPU for ``spec`` on a model shaped like ``arch``."""
+def estimate(spec: TrainingSpec, arch: Architecture, device: Device = "gpu") -> MemoryEstimate:
+    """Peak bytes on one GPU for ``spec`` on a model shaped like ``arch``.
+
+    ``device="cpu"`` estimates what the trainer holds when it runs on a CPU instead: the same terms,
+    except that an adapter's frozen base stays in float32 there (``modeling._weights_dtype``).
+    """
     dist = spec.distributed_or_default()
     gpus = max(dist.nodes * max(dist.gpus_per_node, 1), 1)
     n = arch.parameters
@@ -83,7 +101,7 @@ def estimate(spec: TrainingSpec, arch: Architecture) -> MemoryEstimate:
             embeddings = arch.embedding_parameters()
             weights = int((n - embeddings) * bits / 8) + 2 * embeddings
         else:
-            weights = 2 * n
+            weights = (4 if device == "cpu" else 2) * n
         # Adapters are trained in fp32: weight, gradient, two Adam moments (4 + 4 + 8 bytes).
         weights += 4 * trainable
         gradients = 4 * trainable

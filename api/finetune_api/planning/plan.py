@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from finetune_api.planning.architecture import Architecture
 from finetune_api.planning.gpus import GIB, GpuProduct
-from finetune_api.planning.memory import MemoryEstimate, estimate
+from finetune_api.planning.memory import Device, MemoryEstimate, estimate
 from finetune_api.training import TrainingSpec
 
 Verdict = Literal["Fits", "Tight", "DoesNotFit", "Unknown"]
@@ -104,11 +104,12 @@ def make_plan(
     gpu_memory: int | None = None,
     data: DataSize | None = None,
     price_per_gpu_hour: float | None = None,
+    device: Device = "gpu",
 ) -> Plan:
     """The plan for ``spec``; ``gpu_memory`` (from ``spec.resources.gpuMemory``) wins over the product's."""
     dist = spec.distributed_or_default()
     gpus = dist.nodes * dist.gpus_per_node
-    memory = estimate(spec, arch)
+    memory = estimate(spec, arch, device)
     source = "spec.resources.gpuMemory" if gpu_memory is not None else "unknown"
     if gpu_memory is None and gpu is not None:
         gpu_memory, source = gpu.memory_bytes, "nvidia.com/gpu.product table"
