@@ -11,7 +11,11 @@ on a small random Llama built here (no download):
 For each: tokens/s (non-padding tokens the trainer counted / its train runtime), peak GPU memory (the
 highest of any rank, from the trainer's summary), an MFU estimate (6 x parameters x tokens/s over the
 GPU's dense bf16 peak, when the GPU is one of those listed), the first and last logged training loss,
-the exit code and wall time, and the CUDA-only paths the case exercised.
+the exit code and wall time, and the CUDA-only paths the case exercised. ``plan``: the memory plan the
+trainer made from the model's ``config.json`` against what it measured (``summary.plan``): on a GPU the
+peak allocated (``torch.cuda.max_memory_allocated``) against every estimated term but ``runtime``, with
+the weights/gradients/optimizer terms compared one by one where torch holds them (not under DeepSpeed);
+on the CPU the model-state terms only. ``plan_max_abs_error_percent`` is the worst case's error.
 
 Without a GPU (or with ``--cpu``) the same cases run on the CPU with a tinier model and fewer steps,
 ZeRO-3 in two gloo processes: a test runs this fallback, so the script cannot rot between GPU days.
@@ -34,6 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "trainer-image"))
 
 from trainer_throughput import build_model, generate_records  # noqa: E402
 
@@ -175,8 +180,35 @@ def run_case(
         "loss_start": metrics.get("first_train_loss"),
         "loss_end": metrics.get("train_loss"),
         "cuda_paths": cuda_paths(case, procs, on_gpu),
+        "plan": plan_accuracy(summary.get("plan")),
         **({"log_tail": (proc.stdout + proc.stderr)[-3000:]} if proc.returncode else {}),
     }
+
+
+def plan_accuracy(plan: Any) -> dict[str, Any] | None:
+    """The trainer's estimate against its measurement (``finetune_trainer.planning.measured``)."""
+    from finetune_trainer.planning.measured import compare
+
+    if not isinstance(plan, dict) or not isinstance(plan.get("estimatedBytes"), dict):
+        return None
+    measured = plan.get("measuredBytes") or {}
+    found = compare(plan["estimatedBytes"], measured)
+    out: dict[str, Any] = {
+        "shape_source": plan.get("shapeSource"),
+        "parameters": plan.get("parameters"),
+        "verdict": plan.get("verdict"),
+        "estimated_bytes": plan["estimatedBytes"],
+        "measured_bytes": measured,
+    }
+    if found is not None:
+        out.update(
+            basis=found.basis,
+            estimated=found.estimated,
+            measured=found.measured,
+            error_percent=found.error_percent,
+            term_error_percent=found.term_errors,
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             "cases": results,
             "ok": all(r["exit_code"] == 0 for r in results),
         }
+        errors = [abs(e) for r in results if (e := (r["plan"] or {}).get("error_percent")) is not None]
+        report["plan_max_abs_error_percent"] = max(errors, default=None)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

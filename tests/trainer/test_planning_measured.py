@@ -127,7 +127,8 @@ def test_lora_named_targets_match_peft(name: str, targets: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "task"), [("lora", "causal-lm"), ("full", "causal-lm"), ("lora", "classification")]
+    ("method", "task"),
+    [("lora", "causal-lm"), ("full", "causal-lm"), ("qlora", "causal-lm"), ("lora", "classification")],
 )
 def test_trainer_reports_its_plan_and_what_torch_measured(make_config, method: str, task: str) -> None:
     from runs import read_summary

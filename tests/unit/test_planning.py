@@ -91,8 +91,9 @@ def test_seven_b_qlora_on_one_24gb_gpu_fits(tmp_path: Path, capsys: pytest.Captu
     plan = plan_json(manifest, capsys, "NVIDIA-L4")
     assert plan["verdict"] == "Fits", plan
     assert plan["gpuMemoryGiB"] == 24.0
-    # NF4 with double quantization: a little over half a byte per weight.
-    assert 3.5 < plan["memoryGiB"]["weights"] < 6.0
+    # NF4 with double quantization (a little over half a byte per weight) for the blocks; the embeddings
+    # and the head (about 1B of the 7B in a 128k vocabulary) in float32, as peft's k-bit preparation leaves them.
+    assert 5.5 < plan["memoryGiB"]["weights"] < 8.0
 
 
 def test_every_example_gets_a_plan_or_a_clear_reason(capsys: pytest.CaptureFixture[str]) -> None:

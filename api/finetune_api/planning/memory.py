@@ -95,17 +95,21 @@ def estimate(spec: TrainingSpec, arch: Architecture, device: Device = "gpu") -> 
         weights, gradients, optimizer, trainable = _full_states(spec, n, gpus)
     else:
         trainable = lora_parameters(arch, spec.lora_or_default().r, spec.lora_or_default().target_modules)
+        # peft keeps adapters in float32; TRL's trainers cast a quantized model's adapters to bfloat16
+        # (as the QLoRA paper trains them). Weight, gradient and AdamW's two moments share that type.
+        adapter = 4
         if spec.method == "qlora":
             q = spec.quantization_or_default()
             bits = NF4_BITS + NF4_CONSTANT_BITS[q.double_quant]
             embeddings = arch.embedding_parameters()
-            weights = int((n - embeddings) * bits / 8) + 2 * embeddings
+            # prepare_model_for_kbit_training casts what stays unquantized (embeddings, head) to float32.
+            weights = int((n - embeddings) * bits / 8) + 4 * embeddings
+            adapter = 2
         else:
             weights = (4 if device == "cpu" else 2) * n
-        # Adapters are trained in fp32: weight, gradient, two Adam moments (4 + 4 + 8 bytes).
-        weights += 4 * trainable
-        gradients = 4 * trainable
-        optimizer = 8 * trainable
+        weights += adapter * trainable
+        gradients = adapter * trainable
+        optimizer = 2 * adapter * trainable
     if spec.objective == "dpo" and spec.method == "full":
         weights += 2 * n // (gpus if _zero_stage(spec) >= 3 else 1)  # the frozen 16-bit reference copy
     activations, logits = _activations(spec, arch)
