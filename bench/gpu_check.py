@@ -38,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "trainer-image"))
+sys.path[1:1] = [str(REPO / "api"), str(REPO / "trainer-image")]
 
 from trainer_throughput import build_model, generate_records  # noqa: E402
 
@@ -148,7 +148,7 @@ def run_case(
     cmd = [*cmd, "--config", str(root / "config.json")]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "trainer-image"), env.get("PYTHONPATH", "")) if p
+        p for p in (str(REPO / "trainer-image"), str(REPO / "api"), env.get("PYTHONPATH", "")) if p
     )
     if not on_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -186,8 +186,8 @@ def run_case(
 
 
 def plan_accuracy(plan: Any) -> dict[str, Any] | None:
-    """The trainer's estimate against its measurement (``finetune_trainer.planning.measured``)."""
-    from finetune_trainer.planning.measured import compare
+    """The trainer's estimate against its measurement (``finetune_api.planning.measured``)."""
+    from finetune_api.planning.measured import compare
 
     if not isinstance(plan, dict) or not isinstance(plan.get("estimatedBytes"), dict):
         return None

@@ -99,6 +99,43 @@ class PlanMemory(Model):
     runtime: float = Field(description="CUDA context, workspaces and allocator slack (GiB).")
 
 
+class PlanTermErrors(Model):
+    weights: float | None = Field(default=None, description="Error of the weights term (percent).")
+    gradients: float | None = Field(default=None, description="Error of the gradients term (percent).")
+    optimizer: float | None = Field(default=None, description="Error of the optimizer term (percent).")
+
+
+class PlanMeasured(Model):
+    """The trainer's plan from the model's own config.json, and the memory torch measured in the run."""
+
+    shape_source: str = Field(description="Where the trainer read the shape: config.json.")
+    parameters: int = Field(description="Parameters of the base model, from its config.json.")
+    trainable_parameters: int = Field(description="Parameters the run trains.")
+    device: str = Field(description="The device the rank-0 trainer ran on (a GPU's name, or cpu).")
+    verdict: Literal["Fits", "Tight", "DoesNotFit"] | None = Field(
+        default=None, description="The estimate against the device's own memory (GPU only)."
+    )
+    per_gpu_memory_gib: float = Field(
+        alias="perGpuMemoryGiB", description="The trainer's estimated peak per GPU (or process) (GiB)."
+    )
+    memory_gib: PlanMemory = Field(alias="memoryGiB", description="The trainer's estimate by term (GiB).")
+    basis: str | None = Field(
+        default=None,
+        description=(
+            "What was compared: on a GPU the peak allocated (torch.cuda.max_memory_allocated) against every "
+            "term but runtime; on a CPU the weights, gradients and optimizer states torch held."
+        ),
+    )
+    estimated_bytes: int | None = Field(default=None, description="The estimate of what was measured.")
+    measured_bytes: int | None = Field(default=None, description="What torch measured (bytes).")
+    error_percent: float | None = Field(
+        default=None, description="(estimated - measured) / measured in percent; positive overestimates."
+    )
+    term_error_percent: PlanTermErrors | None = Field(
+        default=None, description="Error of each model-state term torch held (not under DeepSpeed)."
+    )
+
+
 class PlanStatus(Model):
     """The estimate made before the run's Job was created (``ftj plan`` prints the same)."""
 
@@ -126,6 +163,13 @@ class PlanStatus(Model):
     estimated_cost: float | None = Field(default=None, description="gpuHours x pricePerGpuHour.")
     actual_cost: float | None = Field(
         default=None, description="status.gpuSeconds x price, once the run ended."
+    )
+    measured: PlanMeasured | None = Field(
+        default=None,
+        description=(
+            "Reported by the trainer at the end: its estimate from the config.json it loaded (the operator "
+            "knows only the model's name) and the memory torch measured, with the error."
+        ),
     )
 
 

@@ -25,7 +25,7 @@ def encode_summary(summary: dict[str, Any], limit: int = SUMMARY_MAX_BYTES) -> s
         keep = max(0, len(message.encode()) - overflow - 3)
         data["message"] = message.encode()[:keep].decode(errors="ignore") + "..."
         text = _dump(data)
-    for key in ("evaluation", "metrics", "checkpoint", "output", "message"):
+    for key in ("plan", "evaluation", "metrics", "checkpoint", "output", "message"):
         if len(text.encode()) <= limit:
             break
         data.pop(key, None)
@@ -49,7 +49,7 @@ def decode_summary(text: str | None) -> dict[str, Any]:
         raise SummaryError("termination message is not a JSON object")
     if data.get("version") != SUMMARY_VERSION:
         raise SummaryError(f"unsupported summary version {data.get('version')!r}")
-    for key in ("metrics", "evaluation", "output", "checkpoint"):
+    for key in ("metrics", "evaluation", "output", "checkpoint", "plan"):
         if key in data and not isinstance(data[key], dict):
             raise SummaryError(f"summary field {key!r} is not an object")
     return data

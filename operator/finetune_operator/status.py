@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from finetune_api.conditions import ConditionType, Phase, Reason
 from finetune_api.exitcodes import meaning_of
+from finetune_api.planning.report import mirror as mirror_plan
 from finetune_api.status import Condition, FineTuneJobStatus, HistoryEntry, Metrics
 from finetune_api.summary import SummaryError, decode_summary
 from finetune_api.wellknown import timestamp
@@ -174,7 +175,8 @@ def outcome(observed: Observed, exit_code: int | None, message: str | None) -> O
 
 
 def apply_summary(status: FineTuneJobStatus, summary: dict[str, Any]) -> None:
-    """Copy the trainer's final metrics, evaluation, data report, output and checkpoint into status."""
+    """Copy the trainer's final metrics, evaluation, data report, output and checkpoint into status, and
+    its memory plan from the model's config.json with what torch measured (``status.plan.measured``)."""
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         final = {k: round(v, 4) if isinstance(v, float) else v for k, v in _snake(metrics).items()}
@@ -189,6 +191,9 @@ def apply_summary(status: FineTuneJobStatus, summary: dict[str, Any]) -> None:
         value = summary.get(key)
         if isinstance(value, dict):
             setattr(status, attr, value)
+    plan = mirror_plan(summary.get("plan"), status.plan)
+    if plan is not None:
+        status.plan = plan
 
 
 def _snake(data: dict[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def test_seven_b_qlora_on_one_24gb_gpu_fits(tmp_path: Path, capsys: pytest.Captu
     assert plan["verdict"] == "Fits", plan
     assert plan["gpuMemoryGiB"] == 24.0
     # NF4 with double quantization (a little over half a byte per weight) for the blocks; the embeddings
-    # and the head (about 1B of the 7B in a 128k vocabulary) in float32, as peft's k-bit preparation leaves them.
+    # and head (about 1B of 7B with a 128k vocabulary) in float32, as peft's k-bit preparation casts them.
     assert 5.5 < plan["memoryGiB"]["weights"] < 8.0
 
 
@@ -243,3 +243,76 @@ def test_measured_compares_model_states_when_there_is_no_gpu() -> None:
     # Nothing comparable: no peak, and the states only partly counted (DeepSpeed keeps its own buffers).
     assert compare(estimated, {"weights": 40}) is None
     assert compare(estimated, {}) is None
+
+
+def trainer_plan(**over: Any) -> dict[str, Any]:
+    """A summary's ``plan`` as the trainer writes it (finetune_api.planning.report)."""
+    body: dict[str, Any] = {
+        "shapeSource": "config.json",
+        "parameters": 7_241_732_096,
+        "trainableParameters": 41_943_040,
+        "device": "NVIDIA H100 80GB HBM3",
+        "gpus": 1,
+        "verdict": "Fits",
+        "gpuMemoryBytes": 80 * GIB,
+        "estimatedBytes": {"weights": 14 * GIB, "gradients": GIB // 2, "optimizer": GIB,
+                           "activations": 6 * GIB, "logits": GIB, "runtime": 3 * GIB // 2},
+        "measuredBytes": {"weights": 14 * GIB, "gradients": GIB // 2, "optimizer": GIB,
+                          "peakAllocated": 20 * GIB},
+    }  # fmt: skip
+    body.update(over)
+    return body
+
+
+def test_summary_plan_is_mirrored_next_to_the_admission_estimate() -> None:
+    from finetune_api.status import FineTuneJobStatus
+    from finetune_operator.status import apply_summary
+
+    admitted = admit(spec(model={"name": "org/base-7B"}, resources={"gpuMemory": "80Gi"}), OperatorSettings())
+    status = FineTuneJobStatus(plan=admitted.plan)
+    apply_summary(status, {"phase": "Succeeded", "plan": trainer_plan()})
+    assert status.plan is not None and status.plan.shape_source == "model name"  # admission's, kept
+    measured = status.plan.measured
+    assert measured is not None and measured.shape_source == "config.json"
+    assert measured.parameters == 7_241_732_096 and measured.device == "NVIDIA H100 80GB HBM3"
+    # GPU: the peak allocated against every term but runtime (22.5 GiB estimated, 20 measured).
+    assert (measured.estimated_bytes, measured.measured_bytes) == (45 * GIB // 2, 20 * GIB)
+    assert measured.error_percent == 12.5 and "max_memory_allocated" in (measured.basis or "")
+    assert measured.term_error_percent is not None and measured.term_error_percent.weights == 0.0
+    wire = status.model_dump(by_alias=True, exclude_none=True, mode="json")["plan"]["measured"]
+    assert wire["perGpuMemoryGiB"] == 24.0 and wire["errorPercent"] == 12.5
+
+
+def test_trainer_plan_becomes_the_plan_when_the_name_gave_none() -> None:
+    from finetune_api.status import FineTuneJobStatus
+    from finetune_operator.status import apply_summary
+
+    status = FineTuneJobStatus()
+    cpu = trainer_plan(device="cpu", verdict=None, gpuMemoryBytes=None, measuredBytes={
+        "weights": 14 * GIB, "gradients": GIB // 2, "optimizer": GIB})  # fmt: skip
+    apply_summary(status, {"phase": "Succeeded", "plan": {k: v for k, v in cpu.items() if v is not None}})
+    assert status.plan is not None and status.plan.verdict == "Unknown"
+    assert status.plan.shape_source == "config.json" and status.plan.dominant_term == "weights"
+    assert status.plan.measured is not None and status.plan.measured.error_percent == 0.0
+    assert status.plan.gpu_memory_source == "the trainer's device (cpu)"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not an object",
+        trainer_plan(parameters=-1),
+        trainer_plan(estimatedBytes={"weights": 1}),
+        trainer_plan(measuredBytes={"peakAllocated": "lots"}),
+        trainer_plan(shapeSource="guess"),
+        trainer_plan(device="x" * 500),
+    ],
+)
+def test_a_malformed_plan_from_a_pod_changes_nothing(bad: Any) -> None:
+    from finetune_api.status import FineTuneJobStatus
+    from finetune_operator.status import apply_summary
+
+    admitted = admit(spec(model={"name": "org/base-7B"}), OperatorSettings())
+    status = FineTuneJobStatus(plan=admitted.plan)
+    apply_summary(status, {"phase": "Succeeded", "plan": bad})
+    assert status.plan == admitted.plan and status.plan is not None and status.plan.measured is None

@@ -18,7 +18,8 @@ import torch
 from transformers import TrainerCallback
 
 from finetune_api.planning import Plan, architecture, make_plan
-from finetune_api.planning.measured import PEAK_KEY, compare
+from finetune_api.planning.measured import compare
+from finetune_api.planning.report import report
 from finetune_api.training import TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -95,32 +96,17 @@ class StateBytes(TrainerCallback):  # type: ignore[misc]
 
 
 def plan_summary(plan: Plan, states: dict[str, int], peak_gpu_bytes: int | None) -> dict[str, Any]:
-    """The summary's ``plan``: the estimate by term and what was measured, in bytes."""
-    out: dict[str, Any] = {
-        "shapeSource": plan.arch.source,
-        "parameters": plan.arch.parameters,
-        "trainableParameters": plan.memory.trainable_parameters,
-        "device": torch.cuda.get_device_name(torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else "cpu",
-        "estimatedBytes": plan.memory.terms(),
-    }
-    if plan.verdict != "Unknown":
-        out["verdict"] = plan.verdict
-    if plan.gpu_memory is not None:
-        out["gpuMemoryBytes"] = plan.gpu_memory
-    measured = dict(states)
-    if peak_gpu_bytes:
-        measured[PEAK_KEY] = peak_gpu_bytes
-    if measured:
-        out["measuredBytes"] = measured
-        found = compare(plan.memory.terms(), measured)
-        if found is not None:
-            log.info(
-                "memory plan vs measured (%s): estimated %d, measured %d bytes, error %+.1f%%",
-                found.basis,
-                found.estimated,
-                found.measured,
-                found.error_percent,
-            )
+    """The summary's ``plan`` (``finetune_api.planning.report``): the estimate and what was measured."""
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(torch.cuda.current_device()) if cuda else "cpu"
+    out = report(plan, device, states, peak_gpu_bytes)
+    found = compare(plan.memory.terms(), out.get("measuredBytes", {}))
+    if found is not None:
+        log.info(
+            "memory plan vs measured (%s): estimated %d, measured %d bytes, error %+.1f%%",
+            found.basis,
+            found.estimated,
+            found.measured,
+            found.error_percent,
+        )
     return out

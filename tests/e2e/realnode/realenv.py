@@ -53,3 +53,20 @@ def tiny_inputs(dest: Path) -> Path:
     for p in [dest, *dest.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
+
+
+def tiny_causal_inputs(dest: Path) -> Path:
+    """A tiny Llama, prompt-completion data, review prompts and a regression set, for pods to read."""
+    sys.path.insert(0, str(REPO / "tests" / "trainer"))
+    import tiny
+
+    model = dest / "llama"
+    model.mkdir(parents=True, exist_ok=True)
+    tiny.build_llama(model)
+    records = tiny.prompt_completion_records(80)
+    tiny.write_jsonl(dest / "train.jsonl", records)
+    tiny.write_jsonl(dest / "general.jsonl", tiny.prompt_completion_records(40))
+    tiny.write_jsonl(dest / "prompts.jsonl", [{"prompt": "What colour is the snow?"}])
+    for p in [dest, *dest.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dest

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from realenv import TRAINER_UID, ChartOperator, RealCluster, tiny_inputs
+from realenv import TRAINER_UID, ChartOperator, RealCluster, tiny_causal_inputs, tiny_inputs
 
 from harness import GROUP, PLURAL, VERSION, Ftj, free_port
 from helpers import wait_for
@@ -251,6 +251,65 @@ def test_bad_dataset_fails_with_invalid_data_from_the_container(
     assert status.get("reason") == "InvalidData", status
     [pod] = ftj.pods()
     assert terminated(pod)["exitCode"] == 3
+
+
+def test_review_samples_forgetting_check_and_measured_plan_reach_status(
+    chart_operator: ChartOperator, restricted_namespace: str, volume: Any, rapi: Any, rkubectl: Any
+):
+    """A causal-LM trainer pod reads review prompts and a regression set from a PVC; the generations
+    land in the output volume, and the counts, the regression delta and the trainer's memory plan
+    (from the model's config.json, against what torch measured) reach status through the real
+    termination message."""
+    inputs = volume(restricted_namespace, "inputs")
+    tiny_causal_inputs(inputs.host)
+    output = volume(restricted_namespace, "output")
+    claim = str(inputs.claim)
+    spec = ftj_spec(claim, output=str(output.claim))
+    spec.update(
+        task="causal-lm",
+        model={"name": "tiny-llama", "source": {"pvc": {"claimName": claim, "path": "llama"}}},
+        dataset={
+            "source": {"pvc": {"claimName": claim, "path": "train.jsonl"}},
+            "format": "prompt-completion",
+            "cleaning": {"dedup": {"near": False}},
+        },
+        evaluation={
+            "maxNewTokens": 8,
+            "maxTestSamples": 8,
+            "reviewPrompts": ["Say something rude.", "What colour is the sky?"],
+            "reviewPromptsSource": {"pvc": {"claimName": claim, "path": "prompts.jsonl"}},
+            "regressionSet": {
+                "source": {"pvc": {"claimName": claim, "path": "general.jsonl"}},
+                "maxSamples": 16,
+            },
+        },
+    )
+    ftj = create_ftj(rapi, restricted_namespace, spec)
+    status = wait_phase(ftj, rkubectl, "Succeeded", timeout=900)
+
+    evaluation = status["evaluation"]
+    assert evaluation["review"] == {"samples": 3, "file": "review_samples.jsonl", "with_base": True}, (
+        evaluation
+    )
+    regression = evaluation["regression"]
+    assert regression["records"] == 16 and regression["base_loss"] > 0 and regression["tuned_loss"] > 0
+    assert regression["relative_change"] == pytest.approx(
+        (regression["tuned_loss"] - regression["base_loss"]) / regression["base_loss"], rel=1e-3
+    )
+    [samples] = list(output.host.rglob("review_samples.jsonl"))
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [
+        "Say something rude.",
+        "What colour is the sky?",
+        "What colour is the snow?",
+    ]
+    assert all(isinstance(r["base"], str) and isinstance(r["tuned"], str) for r in rows), rows
+
+    plan = status["plan"]  # no size in the name: the trainer's plan from config.json is the plan
+    measured = plan["measured"]
+    assert plan["shapeSource"] == measured["shapeSource"] == "config.json", plan
+    assert measured["device"] == "cpu" and measured["parameters"] > 0, measured
+    assert measured["measuredBytes"] > 0 and abs(measured["errorPercent"]) <= 10, measured
 
 
 def test_sigterm_checkpoints_exits_75_and_the_next_pod_resumes(
