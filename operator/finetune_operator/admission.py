@@ -1,8 +1,9 @@
 """Checks made before a GPU is spent: the memory/cost plan and the model's licence. Pure.
 
 The operator cannot read model files, so the model's shape comes from the size in its name
-(``…-70B``); ``ftj plan`` reads ``config.json`` where it can. An unknown shape makes no plan and
-refuses nothing.
+(``…-70B``); ``ftj plan`` reads ``config.json`` where it can, and so does the trainer, whose plan and
+measurements arrive in ``status.plan.measured`` when the run ends. An unknown shape makes no plan here
+and refuses nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def plan_status(spec: FineTuneJobSpec, settings: OperatorSettings) -> PlanStatus
     if arch is None:
         return None
     product_name = gpu_product(spec, settings)
-    product = gpus.lookup(product_name)
+    product = gpus.lookup(product_name, {**gpus.PRODUCTS, **settings.gpu_products})
     price = settings.gpu_prices.get(product_name or "")
     if price is None and product is not None:
         price = settings.gpu_prices.get(product.name)

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from finetune_api.planning.gpus import GpuProduct, parse_quantity
+
 GpuCheck = Literal["fail", "warn", "off"]
 SecretCheck = Literal["api", "pod"]
 LicenceCheck = Literal["fail", "warn"]
@@ -50,6 +52,7 @@ class OperatorSettings:
     unknown_licence: LicenceCheck = "warn"
     default_gpu_product: str | None = None
     gpu_prices: dict[str, float] = field(default_factory=dict)
+    gpu_products: dict[str, GpuProduct] = field(default_factory=dict)
 
     @property
     def api_timeouts(self) -> tuple[float, float]:
@@ -108,6 +111,7 @@ class OperatorSettings:
             ),  # type: ignore[arg-type]
             default_gpu_product=e.get("FTJ_GPU_PRODUCT") or None,
             gpu_prices=_prices(e.get("FTJ_GPU_PRICES", "")),
+            gpu_products=_products(e.get("FTJ_GPU_PRODUCTS", "")),
         )
 
 
@@ -140,6 +144,31 @@ def _prices(text: str) -> dict[str, float]:
     ):
         raise ValueError("FTJ_GPU_PRICES must map GPU products to non-negative numbers")
     return {str(k): float(v) for k, v in raw.items()}
+
+
+def _products(text: str) -> dict[str, GpuProduct]:
+    """``{"NVIDIA-B200": {"memory": "180Gi", "bf16Tflops": 2250}}``: products for the plan (chart value)."""
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"FTJ_GPU_PRODUCTS must be a JSON object of product to its figures: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError("FTJ_GPU_PRODUCTS must be a JSON object of product to its figures")
+    out: dict[str, GpuProduct] = {}
+    for name, figures in raw.items():
+        try:
+            memory = parse_quantity(str(figures["memory"]))
+            tflops = float(figures["bf16Tflops"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"FTJ_GPU_PRODUCTS[{name!r}] needs memory (a quantity such as 80Gi) and bf16Tflops: {exc}"
+            ) from exc
+        if not (memory > 0 and math.isfinite(tflops) and tflops > 0):
+            raise ValueError(f"FTJ_GPU_PRODUCTS[{name!r}]: memory and bf16Tflops must be positive")
+        out[str(name)] = GpuProduct(str(name), memory, tflops)
+    return out
 
 
 def _flag(name: str, env: dict[str, str]) -> bool:

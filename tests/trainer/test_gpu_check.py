@@ -34,3 +34,10 @@ def test_gpu_check_cpu_fallback_reports_every_case(tmp_path: Path) -> None:
         assert case["phase"] == "Succeeded" and case["steps"] == 3, case
         assert case["tokens_per_second"] > 0 and case["loss_start"] > 0 and case["loss_end"] > 0, case
         assert case["cuda_paths"] == [] and case["mfu"] is None  # nothing CUDA-only on a CPU
+        assert case["plan"]["shape_source"] == "config.json", case["plan"]
+    # The trainer's estimate against the model states torch held (on a GPU: against the peak allocated);
+    # DeepSpeed keeps its own buffers, so ZeRO-3 on a CPU has nothing comparable.
+    for name in ("lora", "qlora"):
+        assert abs(cases[name]["plan"]["error_percent"]) <= 10, cases[name]["plan"]
+    assert "error_percent" not in cases["zero3"]["plan"]
+    assert report["plan_max_abs_error_percent"] <= 10

@@ -129,3 +129,18 @@ def test_the_licence_goes_into_the_output_model_card(make_config, llama_dir, tmp
     assert run(load_config(path)) == ExitCode.SUCCEEDED
     front = (output_of(path) / "README.md").read_text().split("---")[1]
     assert "license: apache-2.0" in front
+
+
+def test_licence_from_spec_then_card_then_config_json(llama_dir, tmp_path: Path) -> None:
+    from finetune_trainer.licence import model_licence
+
+    model = tmp_path / "bare"
+    shutil.copytree(llama_dir, model)
+    (model / "README.md").unlink(missing_ok=True)
+    assert model_licence(None, model) is None
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "license": "Apache-2.0"}))
+    assert model_licence(None, model) == "apache-2.0"
+    carded = card(model, tmp_path / "c", {"license": "mit"})
+    assert model_licence(None, carded) == "mit"
+    assert model_licence("Llama3.1", carded) == "llama3.1"

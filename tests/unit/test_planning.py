@@ -316,3 +316,18 @@ def test_a_malformed_plan_from_a_pod_changes_nothing(bad: Any) -> None:
     status = FineTuneJobStatus(plan=admitted.plan)
     apply_summary(status, {"phase": "Succeeded", "plan": bad})
     assert status.plan == admitted.plan and status.plan is not None and status.plan.measured is None
+
+
+def test_chart_gpu_products_extend_the_table() -> None:
+    settings = OperatorSettings.from_env(
+        {"FTJ_GPU_PRODUCTS": '{"NVIDIA-B200": {"memory": "180Gi", "bf16Tflops": 2250}}'}
+    )
+    job = spec(model={"name": "meta-llama/Llama-3.1-70B"}, method="full", lora=None,
+               scheduling={"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-B200"}})  # fmt: skip
+    plan = admit(job, settings).plan
+    assert plan is not None and plan.gpu_product == "NVIDIA-B200" and plan.gpu_memory_gib == 180.0
+    assert admit(job, OperatorSettings()).plan.gpu_memory_gib is None  # type: ignore[union-attr]
+    for bad in ('{"X": {"memory": "lots", "bf16Tflops": 1}}', '{"X": {"memory": "80Gi"}}', "[1]",
+                '{"X": {"memory": "80Gi", "bf16Tflops": -1}}'):  # fmt: skip
+        with pytest.raises(ValueError, match="FTJ_GPU_PRODUCTS"):
+            OperatorSettings.from_env({"FTJ_GPU_PRODUCTS": bad})

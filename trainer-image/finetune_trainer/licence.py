@@ -1,4 +1,5 @@
-"""The base model's licence: stated in the spec, else read from its model card's metadata.
+"""The base model's licence: stated in the spec, else read from its model card's metadata, else from a
+``license`` key in its ``config.json`` (some exports carry one there).
 
 A Hub model card (README.md) starts with YAML front matter whose ``license`` key holds the licence
 id (``apache-2.0``, ``llama3.1``, ``other`` with ``license_name``). The operator refuses stated
@@ -8,7 +9,9 @@ model files are at hand, before training, and writes the licence into the output
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,6 +33,22 @@ def card_licence(model_dir: str | Path) -> str | None:
         return None
     if not isinstance(meta, dict):
         return None
+    return _licence_of(meta)
+
+
+def config_licence(model_dir: str | Path) -> str | None:
+    """A ``license`` (or ``licence``) key in the model's ``config.json``, if any."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return _licence_of({"license": config.get("license", config.get("licence")), **config})
+
+
+def _licence_of(meta: dict[str, Any]) -> str | None:
     licence = meta.get("license")
     if licence == "other" and isinstance(meta.get("license_name"), str):
         licence = meta["license_name"]
@@ -39,8 +58,8 @@ def card_licence(model_dir: str | Path) -> str | None:
 
 
 def model_licence(stated: str | None, model_dir: str | Path) -> str | None:
-    """The licence a run records: the spec's when stated, else the model card's."""
-    return stated.lower() if stated else card_licence(model_dir)
+    """The licence a run records: the spec's when stated, else the model card's, else config.json's."""
+    return stated.lower() if stated else card_licence(model_dir) or config_licence(model_dir)
 
 
 def not_allowed(licence: str | None, allowed: list[str]) -> str | None:

@@ -127,12 +127,14 @@ def _with_count(arch: Architecture, cfg: dict[str, Any]) -> Architecture:
     if arch.experts > 1:
         per_layer += h * arch.experts  # router
     norms = (2 if biases else 1) * 2 * h  # two norms per block (weight, and bias for LayerNorm)
+    # The final norm; BERT-style encoders (post-norm) have none, but one LayerNorm on the embeddings.
     total = arch.layers * (per_layer + norms) + arch.embedding_parameters() + h * (2 if biases else 1)
     if arch.model_type in _ABSOLUTE:
         total += int(_first(cfg, "max_position_embeddings", "n_positions", default=512)) * h
-        total += int(cfg.get("type_vocab_size", 0)) * h
-        if arch.model_type in ("bert", "roberta", "xlm-roberta", "electra"):
-            total += 2 * h + h * h + h  # embedding LayerNorm, pooler
+        bert_like = arch.model_type in ("bert", "roberta", "xlm-roberta", "electra")
+        total += int(cfg.get("type_vocab_size", 2 if bert_like else 0)) * h
+        if bert_like:
+            total += h * h + h  # pooler
     return Architecture(**{**arch.__dict__, "parameters": total})
 
 
