@@ -144,3 +144,22 @@ def test_licence_from_spec_then_card_then_config_json(llama_dir, tmp_path: Path)
     carded = card(model, tmp_path / "c", {"license": "mit"})
     assert model_licence(None, carded) == "mit"
     assert model_licence("Llama3.1", carded) == "llama3.1"
+
+
+def test_classification_regression_set_reports_accuracy_too(make_config, tmp_path: Path) -> None:
+    general = tiny.write_jsonl(tmp_path / "general.jsonl", tiny.text_label_records(30))
+    path = make_config(
+        "text-label",
+        name="clsreg",
+        task="classification",
+        evaluation={"regressionSet": {"source": {"uri": general.as_uri()}, "maxSamples": 20}},
+    )
+    with_paths(path, regression=str(general))
+    assert run(load_config(path)) == ExitCode.SUCCEEDED
+    regression = read_summary(path)["evaluation"]["regression"]
+    assert regression["records"] == 20 and "relative_change" in regression, regression
+    for which in ("base", "tuned"):  # a share of the 20 records
+        assert 0.0 <= regression[f"{which}_accuracy"] <= 1.0, regression
+        assert regression[f"{which}_accuracy"] * 20 == pytest.approx(
+            round(regression[f"{which}_accuracy"] * 20)
+        )

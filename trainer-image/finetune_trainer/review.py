@@ -4,8 +4,9 @@
   with care (by default a small built-in set it should refuse), saved side by side to
   ``review_samples.jsonl`` for a person to read. Nothing is scored automatically: refusals are a
   judgement, and a keyword score would report something that did not happen.
-- Forgetting check: loss of the base and of the tuned model on a general-ability set, and the
-  relative change; an optional ``maxRegression`` fails the run like the quality gate.
+- Forgetting check: loss of the base and of the tuned model on a general-ability set (and their
+  accuracy for classification), and the relative change of the loss; an optional ``maxRegression``
+  fails the run like the quality gate.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class AfterTrainingChecks:
     regression: list[dict[str, Any]] | None
     answers: dict[str, list[str]] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
+    accuracies: dict[str, float] = field(default_factory=dict)  # classification only
 
     @classmethod
     def prepare(cls, spec: TrainingSpec, paths: Paths, data: Any, tokenizer: Any) -> AfterTrainingChecks:
@@ -165,11 +167,10 @@ class AfterTrainingChecks:
             )
         if self.regression:
             dataset = recipe.dataset(ctx, self.regression)
-            loss = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="regression").get(
-                "regression_loss"
-            )
-            if loss is not None:
-                self.losses[which] = float(loss)
+            scores = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="regression")
+            for key, into in (("regression_loss", self.losses), ("regression_accuracy", self.accuracies)):
+                if isinstance(scores.get(key), (int, float)):
+                    into[which] = float(scores[key])
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -182,6 +183,7 @@ class AfterTrainingChecks:
         if self.regression:
             out["regression"] = {
                 **regression_delta(self.losses.get("base"), self.losses.get("tuned")),
+                **{f"{which}_accuracy": value for which, value in self.accuracies.items()},
                 "records": len(self.regression),
             }
         return out
