@@ -100,7 +100,13 @@ def case_spec(case: str, procs: int, steps: int, on_gpu: bool) -> dict[str, Any]
         },
         "earlyStopping": {"enabled": False},
         "checkpointing": {"everySteps": 10 * steps},
-        "evaluation": {"compareBase": False, "generationMetrics": False, "maxTestSamples": 8},
+        # No review generations: minutes of CPU in the fallback, and no GPU path of their own.
+        "evaluation": {
+            "compareBase": False,
+            "generationMetrics": False,
+            "maxTestSamples": 8,
+            "reviewPrompts": [],
+        },
         "distributed": {"gpusPerNode": procs if on_gpu else 0},
     }
     if case == "zero3":
