@@ -19,6 +19,7 @@ class Checks:
     def __init__(self) -> None:
         self.answers: dict[str, list[str]] = {}
         self.losses: dict[str, float] = {}
+        self.accuracies: dict[str, float] = {}
 
 
 def test_fresh_run_measures_once_and_a_resumed_run_recovers_it(tmp_path: Path) -> None:
@@ -26,7 +27,12 @@ def test_fresh_run_measures_once_and_a_resumed_run_recovers_it(tmp_path: Path) -
 
     def measure() -> dict[str, Any]:
         calls.append(1)
-        return {"evaluation": {"loss": 2.5, "perplexity": 12.18}, "answers": ["hi"], "regression_loss": 3.0}
+        return {
+            "evaluation": {"loss": 2.5, "perplexity": 12.18},
+            "answers": ["hi"],
+            "regression_loss": 3.0,
+            "regression_accuracy": 0.75,
+        }
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
     state = TrainerState()
@@ -47,6 +53,7 @@ def test_fresh_run_measures_once_and_a_resumed_run_recovers_it(tmp_path: Path) -
     checks = Checks()
     assert base_model.apply(resumed.result, checks) == {"loss": 2.5, "perplexity": 12.18}
     assert checks.answers == {"base": ["hi"]} and checks.losses == {"base": 3.0}
+    assert checks.accuracies == {"base": 0.75}
 
 
 def test_resume_without_a_recorded_measurement_reports_no_base() -> None:

@@ -84,6 +84,8 @@ def measure(trainer: Any, recipe: Any, ctx: Any, tests: list[dict[str, Any]], ch
         result["answers"] = checks.answers["base"]
     if "base" in checks.losses:
         result["regression_loss"] = checks.losses["base"]
+    if "base" in checks.accuracies:
+        result["regression_accuracy"] = checks.accuracies["base"]
     return result
 
 
@@ -95,6 +97,8 @@ def apply(result: Measurement | None, checks: Any) -> dict[str, float]:
         checks.answers["base"] = [str(a) for a in result["answers"]]
     if isinstance(result.get("regression_loss"), int | float):
         checks.losses["base"] = float(result["regression_loss"])
+    if isinstance(result.get("regression_accuracy"), int | float):
+        checks.accuracies["base"] = float(result["regression_accuracy"])
     metrics = result.get("evaluation")
     return {str(k): float(v) for k, v in metrics.items()} if isinstance(metrics, dict) else {}
 
