@@ -11,26 +11,18 @@ settle, because Go heaps keep growing for a while after start-up.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+sys.path.append(str(Path(__file__).resolve().parent.parent / "hack"))
+from hack_loader import load_hack  # hack/ scripts by path, one loader (hack/hack_loader.py)
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"ftj_hack_{name}", REPO / "hack" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def rss_bytes(pids: dict[str, int]) -> dict[str, int]:
@@ -65,8 +57,8 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=10.0, help="seconds idle before the second RSS reading")
     args = p.parse_args()
 
-    lc = _load("localcluster")
-    tools = _load("tools")
+    lc = load_hack("localcluster")
+    tools = load_hack("tools")
     name = f"ftj-bench-{os.getpid()}"
     lc.register_cleanup(name)
     starts: list[float] = []

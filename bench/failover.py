@@ -12,7 +12,6 @@ ratio against the lease duration (the floor any Lease-based takeover after a cra
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -28,20 +27,12 @@ from typing import Any
 
 import yaml
 
+sys.path.append(str(Path(__file__).resolve().parent.parent / "hack"))
+from hack_loader import load_hack  # hack/ scripts by path, one loader (hack/hack_loader.py)
+
 REPO = Path(__file__).resolve().parent.parent
 GROUP, VERSION, PLURAL = "finetuning.io", "v1alpha1", "finetunejobs"
 GOAL_SECONDS = 30.0
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    key = f"ftj_bench_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def _harness() -> ModuleType:
@@ -72,8 +63,8 @@ def main() -> int:
     p.add_argument("--kubeconfig", help="use this cluster instead of starting ftj-failover")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    lc = _load("localcluster", REPO / "hack" / "localcluster.py")
-    tools = _load("tools", REPO / "hack" / "tools.py")
+    lc = load_hack("localcluster")
+    tools = load_hack("tools")
     harness = _harness()
     from kubernetes import client, config
 

@@ -15,7 +15,6 @@ Usage: python bench/objectstore_throughput.py [--size-mb 500] [--repeats 1]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -26,17 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.append(str(Path(__file__).resolve().parent.parent / "hack"))
+from hack_loader import load_hack  # hack/ scripts by path, one loader (hack/hack_loader.py)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "trainer-image"))
-
-
-def _objectstore() -> Any:
-    spec = importlib.util.spec_from_file_location("ftj_hack_objectstore", REPO / "hack" / "objectstore.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> int:
@@ -44,7 +37,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    store_mod: Any = _objectstore()
+    store_mod: Any = load_hack("objectstore")
     name = f"bench-{os.getpid()}"
     store = store_mod.up(name)
     os.environ.update(store.env())

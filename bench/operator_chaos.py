@@ -410,7 +410,7 @@ def main() -> int:
     QUIET = args.json_only
     scale = scale_bench()
     scale.QUIET = args.json_only
-    lc = scale._load_hack("localcluster")
+    lc = scale.load_hack("localcluster")
     from kubernetes import client, config
 
     own = args.kubeconfig is None

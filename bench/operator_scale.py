@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -53,7 +52,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+sys.path.append(str(Path(__file__).resolve().parent.parent / "hack"))
+from hack_loader import load_hack  # hack/ scripts by path, one loader (hack/hack_loader.py)
+
 REPO = Path(__file__).resolve().parent.parent
+
 CLUSTER_NAME = "ftj-bench"
 GROUP, VERSION, PLURAL = "finetuning.io", "v1alpha1", "finetunejobs"
 LABEL_JOB = f"{GROUP}/finetunejob"
@@ -67,18 +70,6 @@ QUIET = False
 def say(msg: str) -> None:
     if not QUIET:
         print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def _load_hack(name: str) -> ModuleType:
-    """hack/ is scripts, not a package: load by path under a private name (as tests/conftest.py)."""
-    key = f"ftj_hack_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO / "hack" / f"{name}.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def _load_harness() -> ModuleType:
@@ -743,7 +734,7 @@ def main() -> int:
     QUIET = args.json_only
     phase_timeout = args.timeout or 120 + 1.2 * args.count
 
-    lc = _load_hack("localcluster")
+    lc = load_hack("localcluster")
     harness = _load_harness()
     from kubernetes import client, config
 
@@ -1152,7 +1143,7 @@ def _exists(fn: Callable[[], Any]) -> bool:
 
 def install_crd(kubeconfig: Path) -> None:
     """The repository's CRD, applied and Established."""
-    kubectl = str(_load_hack("tools").ensure_tools() / "kubectl")
+    kubectl = str(load_hack("tools").ensure_tools() / "kubectl")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     for cmd in (
         ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")],

@@ -11,19 +11,17 @@ evaluation printed and the artefacts copied out of the output volume.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
+from hack_loader import load_hack
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "finetune-operator"
@@ -37,17 +35,6 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-
-
-def _load(name: str) -> ModuleType:
-    key = f"ftj_hack_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO / "hack" / f"{name}.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def say(msg: str) -> None:
@@ -67,7 +54,7 @@ class Demo:
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bin_dir = _load("tools").ensure_tools()
+        bin_dir = load_hack("tools").ensure_tools()
         self.kubectl_bin = str(bin_dir / "kubectl")
         self.helm_bin = str(bin_dir / "helm")
         self.work.mkdir(parents=True, exist_ok=True)
@@ -244,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900)
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    lc = _load("localcluster")
+    lc = load_hack("localcluster")
     say("images (hack/images.py) and the local cluster with a real node (hack/realnode.py)")
     info = lc.ensure_up(real_node=lc.RealNode(("operator", "trainer"), gpus=2), timeout=300)
     node = lc.status(info.name)["real_node"]

@@ -33,7 +33,8 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
+
+from hack_loader import load_hack
 
 REPO = Path(__file__).resolve().parent.parent
 # What the Dockerfiles COPY, minus README.md: it only fills the package's metadata, and a docs edit must
@@ -57,17 +58,8 @@ def log(msg: str) -> None:
     print(f"images: {msg}", file=sys.stderr, flush=True)
 
 
-def _load_tools() -> ModuleType:
-    """hack/ is not a package; tools.py (by path) knows where the cache is."""
-    spec = importlib.util.spec_from_file_location("ftj_hack_tools", Path(__file__).with_name("tools.py"))
-    assert spec and spec.loader
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
 def images_dir() -> Path:
-    return Path(_load_tools().cache_root()) / "images"
+    return Path(load_hack("tools").cache_root()) / "images"
 
 
 def archives_dir() -> Path:

@@ -23,7 +23,6 @@ import atexit
 import base64
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -38,10 +37,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any
 
 import yaml
+from hack_loader import load_hack
 
 REPO = Path(__file__).resolve().parent.parent
 KWOK_CONFIG_DIR = REPO / "hack" / "kwok"
@@ -83,28 +83,7 @@ class ClusterInfo:
     start_seconds: float | None = None  # start-to-ready wall time of this call, if it started it
 
 
-def _load_tools() -> ModuleType:
-    """hack/ is not a package; load tools.py by path so a stray top-level ``tools`` never wins."""
-    spec = importlib.util.spec_from_file_location("ftj_hack_tools", Path(__file__).with_name("tools.py"))
-    assert spec and spec.loader
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-tools = _load_tools()
-
-
-def _load(name: str) -> ModuleType:
-    """A sibling hack/ module by path (realnode, images), loaded only by clusters that use it."""
-    key = f"ftj_hack_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+tools = load_hack("tools")
 
 
 def log(msg: str) -> None:
@@ -268,7 +247,7 @@ def kwokctl_config(
         ],
     }
     if real_node_pki is not None:
-        realnode = _load("realnode")
+        realnode = load_hack("realnode")
         config["options"]["kubeApiserverCertSANs"] = realnode.apiserver_cert_sans()
         config["componentsPatches"] += [
             {"name": "kube-apiserver", "extraArgs": realnode.apiserver_args(real_node_pki)},
@@ -567,7 +546,7 @@ def _down_locked(name: str) -> bool:
     if sdir.exists():
         node_stopped = False
         if (sdir / "node").exists():  # containers and network first, while containerd still answers
-            node_stopped = _load("realnode").stop(_load("realnode").Paths(sdir, tools.cache_root()))
+            node_stopped = load_hack("realnode").stop(load_hack("realnode").Paths(sdir, tools.cache_root()))
         stopped = _kill(sdir) + ([-1] if node_stopped else [])
         shutil.rmtree(sdir, ignore_errors=True)
     if name == DEFAULT_NAME:
@@ -627,7 +606,7 @@ def _create(
     if real_node is not None:
         bins |= node_binaries()
         # Before the control plane starts: a cold trainer image takes minutes, a warm one nothing.
-        images = _load("images").ensure([*real_node.images, "pause"])
+        images = load_hack("images").ensure([*real_node.images, "pause"])
         t0 = time.monotonic()  # the control plane's own start-up timeout starts now
     sdir = state_dir(name)
     if sdir.exists():
@@ -731,7 +710,7 @@ def _start_real_node(
     images: dict[str, Any],
     real_node: RealNode,
 ) -> Any:
-    return _load("realnode").start(
+    return load_hack("realnode").start(
         sdir,
         tools.cache_root(),
         bins=bins,
@@ -858,7 +837,7 @@ def _real_node_status(sdir: Path, state: dict[str, Any] | None) -> dict[str, Any
     node = (state or {}).get("real_node")
     if not node:
         return None
-    return {**node, "rss_mib": _load("realnode").rss_mib(sdir, tools.cache_root())}
+    return {**node, "rss_mib": load_hack("realnode").rss_mib(sdir, tools.cache_root())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import TypeVar
+
+# hack/ scripts, loaded by path through hack/hack_loader.py (the one loader; re-exported for the tests).
+sys.path.append(str(Path(__file__).resolve().parent.parent / "hack"))
+from hack_loader import load_hack
+
+__all__ = ["kubectl_runner", "load_hack", "wait_for"]
 
 T = TypeVar("T")
 
@@ -38,21 +42,6 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
             detail = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} ({detail})")
         time.sleep(interval)
-
-
-HACK = Path(__file__).resolve().parent.parent / "hack"
-
-
-def load_hack(name: str) -> ModuleType:
-    """hack/ is scripts, not a package: load one by path, once, under a name nothing else uses."""
-    key = f"ftj_hack_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HACK / f"{name}.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def kubectl_runner(kubeconfig: str | Path) -> Callable[..., subprocess.CompletedProcess[str]]:
