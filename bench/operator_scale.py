@@ -115,7 +115,6 @@ class Recorder:
         self.job_criteria: dict[str, float] = {}  # SuccessCriteriaMet=True (before Complete)
         self.annotated: dict[str, float] = {}
         self.phase: dict[str, dict[str, float]] = defaultdict(dict)
-        self.current_phase: dict[str, str] = {}
         self.events: Counter[str] = Counter()
         self.last_event = time.monotonic()
 
@@ -127,7 +126,6 @@ class Recorder:
             self.last_event = t
             if phase:
                 self.phase[phase].setdefault(name, t)
-                self.current_phase[name] = phase
 
     def on_job(self, etype: str, obj: dict[str, Any], t: float) -> None:
         ftj = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB)
@@ -148,10 +146,6 @@ class Recorder:
     def count(self, phase: str) -> int:
         with self.lock:
             return len(self.phase.get(phase, {}))
-
-    def in_phase(self, phase: str) -> int:
-        with self.lock:
-            return sum(1 for p in self.current_phase.values() if p == phase)
 
 
 def watch_forever(

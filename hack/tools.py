@@ -114,11 +114,6 @@ def ensure_tools() -> Path:
     return out
 
 
-def tool_path(name: str) -> Path:
-    """Path of kubectl or helm, extracting them first if needed."""
-    return ensure_tools() / name
-
-
 def main() -> int:
     out = ensure_tools()
     for name in TOOLS:

@@ -13,7 +13,13 @@ from finetune_api.training import TrainingSpec
 from finetune_trainer.data import prepare_data
 from finetune_trainer.data.dedup import find_duplicates
 from finetune_trainer.data.markup import strip_markup
-from finetune_trainer.data.pii import iban_ok, luhn_ok, redact
+from finetune_trainer.data.pii import PII_KINDS, Redactor, iban_ok, luhn_ok
+
+
+def redact(text: str) -> tuple[str, dict[str, int]]:
+    """One string through the cleaning stage's redactor: the new text and the count per kind."""
+    redactor = Redactor(PII_KINDS)
+    return redactor(text), dict(redactor.counts)
 
 
 def prepare(tmp_path: Path, records: list[dict[str, Any]], objective: str = "sft", **dataset: Any) -> Any:

@@ -76,8 +76,10 @@ def test_trains_and_loss_falls(make_config, fmt: str, case: str, overrides: dict
 
 
 def test_qlora_really_quantizes(llama_dir) -> None:
+    from bitsandbytes.nn import Linear4bit
+
     from finetune_api.training import TrainingSpec
-    from finetune_trainer.modeling import count_4bit_layers, load_model, load_tokenizer
+    from finetune_trainer.modeling import load_model, load_tokenizer
 
     spec = TrainingSpec.model_validate(
         {"method": "qlora", "model": {"name": "tiny"}, "dataset": {"source": {"uri": "file:///x"}}}
@@ -85,7 +87,7 @@ def test_qlora_really_quantizes(llama_dir) -> None:
     tokenizer = load_tokenizer(spec, str(llama_dir))
     model = load_model(spec, str(llama_dir), tokenizer).model
     # Every linear layer of the 2 decoder blocks (q, k, v, o, gate, up, down) is 4-bit; the LM head is not.
-    assert count_4bit_layers(model) == 14
+    assert sum(isinstance(module, Linear4bit) for module in model.modules()) == 14
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     quant = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.quant_state

@@ -211,3 +211,6 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # shutdown() has stopped its loop; the port is free after this
+            self._thread = None

@@ -222,12 +222,3 @@ def _with_adapter(spec: TrainingSpec, model: Any) -> Any:
         "LoRA: %d of %d parameters trainable (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1)
     )
     return peft_model
-
-
-def count_4bit_layers(model: Any) -> int:
-    """Number of bitsandbytes 4-bit linear layers: the proof that QLoRA really quantized the base."""
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
-        return 0
-    return sum(isinstance(module, Linear4bit) for module in model.modules())

@@ -101,10 +101,6 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
-def has_markup(text: str) -> bool:
-    return bool(_REAL_MARKUP.search(text) or _ENTITY.search(text))
-
-
 def html_to_text(text: str) -> str:
     parser = _TextExtractor()
     parser.feed(text)

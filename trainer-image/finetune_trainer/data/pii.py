@@ -180,9 +180,3 @@ class Redactor:
             whole = match.group()
             return whole[: start - base] + PLACEHOLDERS[rule.kind] + whole[end - base :]
         return PLACEHOLDERS[rule.kind]
-
-
-def redact(text: str, kinds: Iterable[str] = PII_KINDS) -> tuple[str, Counter[str]]:
-    """Redact one string; returns the new text and the count per kind."""
-    redactor = Redactor(kinds)
-    return redactor(text), redactor.counts

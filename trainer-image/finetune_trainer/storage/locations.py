@@ -92,16 +92,6 @@ def looks_like_hub_id(location: str) -> bool:
     )
 
 
-def local_path_of(location: str) -> Path:
-    """The path of a file:// URI or plain path (``file://localhost/x`` and ``file:///x`` both work)."""
-    text = location
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-        if text.startswith("localhost/"):
-            text = text[len("localhost") :]
-    return Path(text).expanduser()
-
-
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for URIs and paths alike, without doubled slashes."""
     out = base.rstrip("/")
