@@ -18,7 +18,8 @@ from runs import free_port, read_summary
 from finetune_api.exitcodes import ExitCode
 from finetune_api.metrics import Metric, Stage, metric_name
 from finetune_api.summary import SUMMARY_MAX_BYTES, decode_summary
-from finetune_trainer.runner import RunRecord, load_config, run, run_config_file, write_summary
+from finetune_trainer.run_record import RunRecord, write_summary
+from finetune_trainer.runner import load_config, run, run_config_file
 
 pytestmark = pytest.mark.trainer
 

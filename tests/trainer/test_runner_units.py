@@ -8,9 +8,9 @@ import pytest
 
 from finetune_api.exitcodes import ExitCode
 from finetune_api.metrics import Metric, metric_name
+from finetune_trainer.failures import Failure, classify
 from finetune_trainer.metrics_server import TrainerMetrics
 from finetune_trainer.outputs import latest_checkpoint
-from finetune_trainer.runner import Failure, classify
 
 
 def test_exceptions_map_to_contract_exit_codes() -> None:
