@@ -80,11 +80,14 @@ def evaluate(
                 out[key] = float(raw[f"{prefix}_{key}"])
     elif spec.objective == "dpo":
         # TRL adds its reward statistics to the logged entry (always as eval_*), not to the result.
-        logged = next((e for e in reversed(trainer.state.log_history) if f"{prefix}_loss" in e), {})
+        logged: dict[str, float] = next(
+            (e for e in reversed(trainer.state.log_history) if f"{prefix}_loss" in e), {}
+        )
         for key, name in (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")):
             for candidate in (f"{prefix}_{key}", f"eval_{key}"):
-                if candidate in raw or candidate in logged:
-                    out[name] = float(raw.get(candidate, logged.get(candidate)))
+                value = raw[candidate] if candidate in raw else logged.get(candidate)
+                if value is not None:
+                    out[name] = float(value)
                     break
     else:
         if loss is not None:

@@ -18,7 +18,8 @@ from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from finetune_api.exitcodes import ExitCode
-from finetune_api.spec import TrainerConfig
+from finetune_api.spec import Paths, TrainerConfig
+from finetune_api.training import TrainingSpec
 from finetune_trainer import base_model, evaluation, licence, outputs, plan_at_run, review
 from finetune_trainer.callbacks import (
     FiniteLossGuard,
@@ -28,9 +29,14 @@ from finetune_trainer.callbacks import (
     ProgressLog,
     Terminated,
 )
-from finetune_trainer.data.pipeline import prepare_data
+from finetune_trainer.data.pipeline import PreparedData, prepare_data
 from finetune_trainer.data.report import record_token_stats
-from finetune_trainer.distributed import broadcast_from_rank0, init_distributed, training_arguments_overrides
+from finetune_trainer.distributed import (
+    WorldInfo,
+    broadcast_from_rank0,
+    init_distributed,
+    training_arguments_overrides,
+)
 from finetune_trainer.failures import Failure, classify
 from finetune_trainer.metrics_server import TrainerMetrics
 from finetune_trainer.modeling import load_model, load_tokenizer
@@ -192,7 +198,7 @@ def train_and_evaluate(
     return f"training and evaluation finished; {merge_problem}" if merge_problem else None
 
 
-def _prepare_data_once(spec: Any, paths: Any, world: Any) -> Any:
+def _prepare_data_once(spec: TrainingSpec, paths: Paths, world: WorldInfo) -> PreparedData:
     """The data stage on rank 0 only (MinHash over a large dataset is minutes of CPU), handed to the
     other ranks; a failure there fails every rank the same way, so they all exit with its code."""
 
@@ -200,7 +206,7 @@ def _prepare_data_once(spec: Any, paths: Any, world: Any) -> Any:
         code, message = classify(exc, "data")
         return Failure(code, message)
 
-    def prepare() -> Any:
+    def prepare() -> PreparedData:
         log.info("preparing the data on this rank for all %d", world.world_size)
         return prepare_data(spec, paths)
 
@@ -217,7 +223,7 @@ def _log_parameters_held(model: Any, rank: int) -> None:
     log.info("rank %d holds %d of the model's %d parameters after loading", rank, held, total)
 
 
-def _add_token_stats(data: Any, tokenizer: Any, max_len: int) -> None:
+def _add_token_stats(data: PreparedData, tokenizer: Any, max_len: int) -> None:
     try:
         records = data.train + data.validation + data.test
         data.report["tokens"] = record_token_stats(records, data.format, tokenizer, max_len)

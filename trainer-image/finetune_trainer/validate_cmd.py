@@ -166,15 +166,15 @@ def validate_command(
         lines = [f"{name}: the data is not valid: {exc.summary}", *[f"  {e}" for e in exc.errors]]
         if exc.total > len(exc.errors):
             lines.append(f"  ... and {exc.total - len(exc.errors)} more")
-        payload = {
+        invalid = {
             "valid": False,
             "reason": "InvalidData",
             "summary": exc.summary,
             "errors": exc.errors,
             "total": exc.total,
+            "report": exc.report,
         }
-        payload["report"] = exc.report
-        _emit(stream, json_output, payload, lines)
+        _emit(stream, json_output, invalid, lines)
         return int(ExitCode.INVALID_DATA)
     payload: dict[str, Any] = {"valid": True, "report": prepared.report}
     lines = [f"{name}: the data is valid", *summarise(prepared.report)]

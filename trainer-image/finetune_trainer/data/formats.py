@@ -292,16 +292,15 @@ def map_texts(
     A leading space survives cleaning: prompt and completion are joined as they are, so " works"
     after a prompt must not become "works" (different tokens than inference sees).
     """
-    original = change
 
-    def change(text: str) -> str:
-        out = original(text)
+    def changed(text: str) -> str:
+        out = change(text)
         return " " + out if out and text[:1].isspace() and not out[:1].isspace() else out
 
     if fmt == "messages":
         return {
             "messages": [
-                m if inputs_only and m["role"] in TARGET_ROLES else {**m, "content": change(m["content"])}
+                m if inputs_only and m["role"] in TARGET_ROLES else {**m, "content": changed(m["content"])}
                 for m in record["messages"]
             ]
         }
@@ -309,9 +308,9 @@ def map_texts(
     for key in INPUT_FIELDS[fmt] if inputs_only else text_fields(fmt):
         value = record[key]
         if isinstance(value, str):
-            out[key] = change(value)
+            out[key] = changed(value)
         else:  # a chat preference record: every message of a field
-            out[key] = [{**m, "content": change(m["content"])} for m in value]
+            out[key] = [{**m, "content": changed(m["content"])} for m in value]
     return out
 
 

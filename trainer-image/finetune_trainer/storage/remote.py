@@ -12,6 +12,7 @@ no remote output location.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -121,7 +122,8 @@ class RemoteOutput:
         for entry in with_retries(listing, self.checkpoints_uri, FIELD):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             match = _CHECKPOINT.match(name)
-            complete = with_retries(lambda e=entry: fs.exists(f"{e}/{COMPLETE}"), self.checkpoints_uri, FIELD)
+            marker = functools.partial(fs.exists, f"{entry}/{COMPLETE}")
+            complete = with_retries(marker, self.checkpoints_uri, FIELD)
             if match and complete:
                 found.append((int(match.group(1)), join(self.checkpoints_uri, name)))
         return sorted(found, reverse=True)

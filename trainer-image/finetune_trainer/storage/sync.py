@@ -26,7 +26,7 @@ class SyncCheckpoints(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if not state.is_world_process_zero:
+        if not state.is_world_process_zero or args.output_dir is None:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not checkpoint.is_dir():
