@@ -22,7 +22,7 @@ from runs import REPO, output_of, read_summary, trainer_env
 
 from finetune_api.exitcodes import ExitCode
 from finetune_api.launch import launch_command
-from finetune_trainer.launch import exit_code_of, torchrun_args
+from finetune_trainer.launch import exit_code_of, parse_command, torchrun_args, torchrun_command
 
 # Two ranks on two shared cores: a run takes 20-60 s; the deadline only catches a hang.
 RUN_TIMEOUT_S = 300
@@ -55,6 +55,34 @@ def test_launch_command_is_one_command_for_every_pod() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="nodes"):
         launch_command(nodes=0, procs_per_node=1, config=config)
+
+
+def test_the_command_the_operator_renders_starts_the_world_it_names() -> None:
+    """One command line, two ends: finetune_api renders it (the operator's Job builder), the launcher in
+    the pod parses it into torchrun's command, and torchrun's own parser reads back the same world."""
+    from torch.distributed.run import parse_args
+
+    config = "/etc/finetune/config.json"
+    pod = launch_command(nodes=2, procs_per_node=8, config=config, rdzv_host="j-0.j", rdzv_port=29400)
+    assert pod[1:3] == ["-m", "finetune_trainer.launch"]
+    for index in (0, 1):  # every pod runs the same command; its node rank is its completion index
+        command = torchrun_command(parse_command(pod[3:]), {"JOB_COMPLETION_INDEX": str(index)})
+        assert command is not None
+        world = parse_args(command)
+        assert (world.nnodes, world.nproc_per_node, world.node_rank) == ("2", "8", index)
+        assert (world.master_addr, world.master_port, world.standalone) == ("j-0.j", 29400, False)
+        assert (world.module, world.training_script, world.training_script_args) == (
+            True, "finetune_trainer", ["--config", config],
+        )  # fmt: skip
+
+    def on_one_pod(procs: int) -> list[str] | None:
+        pod = launch_command(nodes=1, procs_per_node=procs, config=config)
+        return torchrun_command(parse_command(pod[3:]), {})
+
+    one_pod = on_one_pod(4)
+    assert one_pod is not None
+    assert parse_args(one_pod).standalone and parse_args(one_pod).nproc_per_node == "4"
+    assert on_one_pod(1) is None  # one process: no torchrun, the trainer runs in the launcher's process
 
 
 def test_torchrun_args_single_node_is_standalone_and_waits_for_the_grace_period() -> None:

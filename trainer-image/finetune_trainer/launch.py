@@ -123,27 +123,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    trainer_args = ["--config", args.config]
-    if args.nnodes == 1 and args.nproc_per_node == 1:
-        from finetune_trainer.__main__ import main as trainer_main
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """The pod command's arguments, as ``finetune_api.launch.launch_command`` renders them."""
+    return _parser().parse_args(argv)
 
-        return trainer_main(trainer_args)
-    node_rank = _node_rank(os.environ) if args.node_rank is None else args.node_rank
+
+def torchrun_command(args: argparse.Namespace, env: Mapping[str, str]) -> list[str] | None:
+    """torchrun's command line for this pod (its node rank from ``env``), or None when a single process
+    runs the trainer itself. Raises ValueError for a world torchrun cannot start."""
+    if args.nnodes == 1 and args.nproc_per_node == 1:
+        return None
+    node_rank = _node_rank(env) if args.node_rank is None else args.node_rank
+    options = torchrun_args(
+        args.nnodes, args.nproc_per_node, args.master_addr, args.master_port, node_rank, args.shutdown_timeout
+    )
+    return [*options, "-m", "finetune_trainer", "--config", args.config]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_command(sys.argv[1:] if argv is None else argv)
     try:
-        options = torchrun_args(
-            args.nnodes,
-            args.nproc_per_node,
-            args.master_addr,
-            args.master_port,
-            node_rank,
-            args.shutdown_timeout,
-        )
+        command = torchrun_command(args, os.environ)
     except ValueError as exc:
         print(f"{MODULE}: {exc}", file=sys.stderr)
         return int(ExitCode.INVALID_CONFIG)
-    return run_torchrun([*options, "-m", "finetune_trainer", *trainer_args])
+    if command is None:
+        from finetune_trainer.__main__ import main as trainer_main
+
+        return trainer_main(["--config", args.config])
+    return run_torchrun(command)
 
 
 def run_torchrun(argv: list[str]) -> int:
