@@ -108,7 +108,7 @@ def _forget_zero3_trace(trainer: Any) -> None:
     later steps prefetch by it. Recorded from these evaluation passes (no backward), it misleads the
     first training step ("Cannot partition a param in flight"); so every gathered parameter is released
     and the trace dropped, and the first training step records its own, as in a run without this."""
-    engine = getattr(trainer, "deepspeed", None)
+    engine: Any = getattr(trainer, "deepspeed", None)
     offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
     if offload is None:  # no engine yet, or not ZeRO-3
         return
