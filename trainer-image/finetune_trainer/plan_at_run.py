@@ -83,7 +83,7 @@ def state_bytes(model: Any, optimizer: Any) -> dict[str, int]:
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer_bytes}
 
 
-class StateBytes(TrainerCallback):  # type: ignore[misc]
+class StateBytes(TrainerCallback):
     """Counts the model states once, after the first optimizer step (gradients not yet zeroed)."""
 
     def __init__(self) -> None:
