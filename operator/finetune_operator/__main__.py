@@ -138,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         settings.watching.connect_timeout = config.api_connect_timeout_seconds
         settings.networking.connect_timeout = config.api_connect_timeout_seconds
         settings.networking.request_timeout = config.api_read_timeout_seconds
-        # No limit on kopf's per-object workers (its default): kopf holds every handler until the
-        # finetunejobs index holds every object, and the index is filled by those workers, so any
-        # limit below the number of FineTuneJobs deadlocks at start-up. Handlers still run on at most
+        # No limit on kopf's per-object workers (its default). With a kopf index, kopf held every
+        # handler until the index held every object, filled by those same workers, so a limit below
+        # the number of FineTuneJobs deadlocked at start-up; the index is the operator's own now
+        # (handlers.py), and a limit would still only queue objects. Handlers run on at most
         # max_workers threads; an idle per-object worker is a small task that exits after 5 s.
         settings.queueing.worker_limit = None
         # Only the operator's own Jobs are listed and watched (filtered by the API server, not here).

@@ -4,7 +4,7 @@ Why not a kopf timer per FineTuneJob: kopf makes a finalizer mandatory for any r
 timer or daemon, so every Running object could only be deleted while the operator was up (a
 stopped operator, ``helm uninstall`` or a namespace deletion left objects Terminating forever), and a
 timer costs a task per object. This loop walks the Running FineTuneJobs from the in-memory
-``finetunejobs`` index (no LIST per tick), scrapes with its own small concurrency and thread pool
+FineTuneJob index (handlers.py) (no LIST per tick), scrapes with its own small concurrency and thread pool
 (so scrapes never take workers from reconciles), stops starting new scrapes when the sweep's
 deadline passes, and writes status only when something changed. It also removes finalizers left by
 older operator versions.

@@ -2,7 +2,7 @@
 
 kopf does not retry event handlers, so a Job event whose handling failed (the API server restarting
 at that moment) is gone, and a watch can miss an event altogether. This loop walks the FineTuneJobs
-in the ``finetunejobs`` index (memory: no LIST per tick) and runs the same ``reconcile`` the handlers
+in the FineTuneJob index (handlers.py) (memory: no LIST per tick) and runs the same ``reconcile`` the handlers
 run for each one that is not finished or whose run is not the one its spec asks for: a missing run
 is started, a finished Job is folded into status, a vanished Job is reported. It uses its own small
 thread pool, so it never takes workers from the handlers, and beats a heartbeat the liveness probe
