@@ -1139,11 +1139,16 @@ def install_crd(kubeconfig: Path) -> None:
     """The repository's CRD, applied and Established."""
     kubectl = str(load_hack("tools").ensure_tools() / "kubectl")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    for cmd in (
-        ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")],
-        ["wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"],
-    ):
-        subprocess.run([kubectl, *cmd], env=env, check=True, capture_output=True, text=True, timeout=90)
+    apply = ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")]
+    subprocess.run([kubectl, *apply], env=env, check=True, capture_output=True, text=True, timeout=90)
+    # `kubectl wait` fails at once while the new CRD has no status.conditions yet: ask again.
+    wait = ["wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"]
+    for _ in range(30):
+        done = subprocess.run([kubectl, *wait], env=env, capture_output=True, text=True, timeout=90)
+        if done.returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the CRD never became Established: {done.stderr}")
 
 
 def make_room(core: Any, count: int) -> None:
