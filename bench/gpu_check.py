@@ -5,6 +5,11 @@ Cases, each the real trainer started by the pod's own command (``python -m finet
 on a small random Llama built here (no download):
 
 * ``lora`` and ``qlora``: SFT with an adapter; QLoRA quantizes the base to 4 bits with bitsandbytes;
+* ``lora-fast``: the LoRA case with the speed options of ``spec.hyperparameters`` that only a GPU
+  uses (FlashAttention 2 when ``flash-attn`` is installed, Liger kernels, padding-free packing, fused
+  AdamW), against ``lora`` run with the plain ones (SDPA, no Liger, padded batches, plain AdamW):
+  ``speedup_lora_fast`` is the tokens/s ratio of the two in the same run; each case lists the
+  settings the trainer resolved (a kernel that is not installed falls back, and says so);
 * ``zero3``: full fine-tuning under DeepSpeed ZeRO-3, in 2 processes when there are 2 GPUs or more,
   else in one with the parameters and the optimizer offloaded to the CPU (CPU Adam).
 
@@ -26,6 +31,7 @@ Usage: python bench/gpu_check.py [--cpu] [--steps N] [--out FILE]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -80,10 +86,26 @@ def build(work: Path, on_gpu: bool) -> tuple[Path, int]:
     return model_dir, parameters
 
 
+# The plain settings (``lora``) and the fast ones (``lora-fast``): the ratio is what the options buy.
+PLAIN = {
+    "attentionImplementation": "sdpa",
+    "ligerKernels": False,
+    "paddingFree": False,
+    "packing": False,
+    "optimizer": "adamw_torch",
+}
+FAST = {
+    "attentionImplementation": "auto",
+    "ligerKernels": True,
+    "packing": True,
+    "optimizer": "adamw_torch_fused",
+}
+
+
 def case_spec(case: str, procs: int, steps: int, on_gpu: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "task": "causal-lm",
-        "method": {"lora": "lora", "qlora": "qlora", "zero3": "full"}[case],
+        "method": {"lora": "lora", "lora-fast": "lora", "qlora": "qlora", "zero3": "full"}[case],
         "model": {"name": "gpu-check-llama"},
         "dataset": {
             "source": {"uri": "file:///placeholder"},
@@ -109,6 +131,8 @@ def case_spec(case: str, procs: int, steps: int, on_gpu: bool) -> dict[str, Any]
         },
         "distributed": {"gpusPerNode": procs if on_gpu else 0},
     }
+    if case in ("lora", "lora-fast"):
+        spec["hyperparameters"].update(PLAIN if case == "lora" else FAST)
     if case == "zero3":
         offload = procs == 1
         spec["distributed"]["deepspeed"] = {
@@ -123,7 +147,8 @@ def cuda_paths(case: str, procs: int, on_gpu: bool) -> list[str]:
     """What the case exercises that a CPU run cannot (empty on the CPU fallback)."""
     if not on_gpu:
         return []
-    paths = ["cuda", "bf16 autocast", "sdpa attention"]
+    paths = ["cuda", "bf16 autocast"]
+    paths.append("flash/liger/padding-free per speed_settings" if case == "lora-fast" else "sdpa attention")
     if case == "qlora":
         paths += ["bitsandbytes 4-bit nf4 (Linear4bit on cuda)", "paged/kbit training prep"]
     if case == "zero3":
@@ -187,6 +212,7 @@ def run_case(
         "loss_end": metrics.get("train_loss"),
         "cuda_paths": cuda_paths(case, procs, on_gpu),
         "plan": plan_accuracy(summary.get("plan")),
+        "speed_settings": speed_settings(proc.stdout + proc.stderr),
         **({"log_tail": (proc.stdout + proc.stderr)[-3000:]} if proc.returncode else {}),
     }
 
@@ -217,11 +243,26 @@ def plan_accuracy(plan: Any) -> dict[str, Any] | None:
     return out
 
 
+def speed_settings(output: str) -> dict[str, Any]:
+    """The speed options the trainer resolved (its ``speed settings: {...}`` log line) and its fallbacks."""
+    settings: dict[str, Any] = {}
+    fallbacks: list[str] = []
+    for line in output.splitlines():
+        if "speed settings: " in line and not settings:
+            with contextlib.suppress(ValueError):
+                settings = json.loads(line.split("speed settings: ", 1)[1])
+        elif "hyperparameters." in line and "; using " in line:
+            fallback = line.split(": ", 1)[-1]
+            if fallback not in fallbacks:
+                fallbacks.append(fallback)
+    return {**settings, "fallbacks": fallbacks}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="the CPU fallback even when a GPU is there")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per case (GPU 60, CPU 6)")
-    parser.add_argument("--cases", default="lora,qlora,zero3")
+    parser.add_argument("--cases", default="lora,lora-fast,qlora,zero3")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.cpu:
@@ -244,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         errors = [abs(e) for r in results if (e := (r["plan"] or {}).get("error_percent")) is not None]
         report["plan_max_abs_error_percent"] = max(errors, default=None)
+        rates = {r["case"]: r["tokens_per_second"] for r in results}
+        if rates.get("lora") and rates.get("lora-fast"):
+            report["speedup_lora_fast"] = round(rates["lora-fast"] / rates["lora"], 3)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -309,6 +309,8 @@ def recipes() -> dict[str, Recipe]:
         "UV_IMAGE": f"localhost/uv:{uv_version()}",
         # Compiling DeepSpeed's CPU Adam costs minutes on 2 cores and only offloadOptimizer needs it.
         "DS_BUILD_CPU_ADAM": os.environ.get("FTJ_DS_BUILD_CPU_ADAM", "0"),
+        # The CPU variant: no GPU kernels (liger-kernel's Triton needs a GPU).
+        "CUDA_KERNELS": "0",
     }
     if os.environ.get("FTJ_TORCH_INDEX_URL"):
         trainer_args["TORCH_INDEX_URL"] = os.environ["FTJ_TORCH_INDEX_URL"]

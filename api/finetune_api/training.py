@@ -14,6 +14,10 @@ Task = Literal["causal-lm", "classification"]
 Method = Literal["full", "lora", "qlora"]
 Objective = Literal["sft", "dpo"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+AttentionImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"]
+Optimizer = Literal[
+    "auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"
+]
 DType = Literal["bfloat16", "float16", "float32"]
 
 DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
@@ -49,9 +53,42 @@ class Hyperparameters(Model):
     packing: bool = Field(
         default=False, description="Pack several short examples into one sequence (causal-lm SFT)."
     )
-    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute activations in the backward pass (less memory, about 20-30% more compute); "
+        "unset means on for full and qlora, off for lora.",
+    )
     seed: int = Field(default=42, ge=0, description="Seed for weights of new layers, dropout and data order.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature (objective dpo).")
+    attention_implementation: AttentionImplementation = Field(
+        default="auto",
+        description="Attention kernel; auto means FlashAttention 2 on a GPU where flash-attn is installed, "
+        "else PyTorch SDPA. An unavailable kernel falls back to SDPA with a log line.",
+    )
+    padding_free: bool | None = Field(
+        default=None,
+        description="Lay a batch's sequences end to end (position ids, no padding; causal-lm SFT); unset "
+        "means on with packing or FlashAttention.",
+    )
+    group_by_length: bool = Field(
+        default=True, description="Batch unpacked examples of similar length together (less padding)."
+    )
+    optimizer: Optimizer = Field(
+        default="auto",
+        description="auto means fused AdamW; the 8-bit and paged AdamW variants need a GPU (bitsandbytes).",
+    )
+    liger_kernels: bool = Field(
+        default=False,
+        description="Liger's fused kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy) on a GPU; "
+        "without a GPU or liger-kernel the model's own layers run, with a log line.",
+    )
+    logging_steps: int = Field(
+        default=10,
+        ge=1,
+        le=100000,
+        description="Read and log the loss every N optimizer steps (each read is a device sync); every "
+        "checkpoint step is logged too.",
+    )
 
 
 class LoraSpec(Model):
@@ -269,6 +306,12 @@ class TrainingSpec(Model):
 
     def learning_rate(self) -> float:
         return self.hyperparameters.learning_rate or DEFAULT_LEARNING_RATE[self.method]
+
+    def gradient_checkpointing(self) -> bool:
+        """hyperparameters.gradientCheckpointing, or its default: on where memory is the limit
+        (full, qlora)."""
+        explicit = self.hyperparameters.gradient_checkpointing
+        return self.method in ("full", "qlora") if explicit is None else explicit
 
     def lora_or_default(self) -> LoraSpec:
         return self.lora or LoraSpec()

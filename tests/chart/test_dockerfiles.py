@@ -45,7 +45,11 @@ def test_trainer_image_builds_from_packages_only():
     assert "uv python install" not in text, "Python must come from the base image or a distribution package"
     args = {line.split("=", 1)[0].split()[1] for line in text.splitlines() if line.startswith("ARG ")}
     assert {"BASE_IMAGE", "UV_IMAGE", "TORCH_INDEX_URL"} <= args
-    assert "FROM ${BASE_IMAGE} AS build" in text
+    # the build stage runs on the runtime base unless a devel base is asked for (to compile flash-attn)
+    assert "ARG BUILD_BASE_IMAGE=${BASE_IMAGE}" in text and "FROM ${BUILD_BASE_IMAGE} AS build" in text
+    # the CUDA variant's GPU kernels, pinned extras, imported at build time when installed
+    assert {"CUDA_KERNELS", "FLASH_ATTN"} <= args
+    assert "extras['cuda']" in text and "import liger_kernel" in text and "import flash_attn" in text
     check = text[text.index("import torch") :].split("\n", 1)[0]
     for module in ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed"):
         assert module in check, f"the build's import check misses {module}"

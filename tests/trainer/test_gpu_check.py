@@ -28,7 +28,14 @@ def test_gpu_check_cpu_fallback_reports_every_case(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["fallback"] is True and report["ok"] is True
     cases = {c["case"]: c for c in report["cases"]}
-    assert set(cases) == {"lora", "qlora", "zero3"}
+    assert set(cases) == {"lora", "lora-fast", "qlora", "zero3"}
+    assert report["speedup_lora_fast"] > 0
+    # the GPU-only speed options fall back on a CPU, each with its log line, and the run still succeeds
+    fast = cases["lora-fast"]["speed_settings"]
+    assert fast["attention"] == "default (sdpa)" and fast["liger_kernels"] is False, fast
+    assert fast["padding_free"] is True and fast["optimizer"] == "adamw_torch_fused", fast
+    assert any("ligerKernels" in line for line in fast["fallbacks"]), fast
+    assert cases["lora"]["speed_settings"]["attention"] == "sdpa"
     assert cases["zero3"]["processes"] == 2
     for case in cases.values():
         assert case["phase"] == "Succeeded" and case["steps"] == 3, case

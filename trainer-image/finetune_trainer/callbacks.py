@@ -54,8 +54,10 @@ class FiniteLossGuard(TrainerCallback):
     and the loss only shows it a step later. (With fp16 loss scaling an infinite norm is normal: the
     scaler skips that step.)
 
-    Needs ``logging_steps=1`` and ``logging_nan_inf_filter=False``: the HF default silently replaces a
-    NaN step loss by the running mean, which would hide exactly what this guard looks for.
+    Sees each logged loss: with ``loggingSteps`` N the mean of N steps, which any NaN step turns NaN
+    (``logging_nan_inf_filter=False``: the HF default silently replaces a NaN step loss by the running
+    mean, which would hide exactly what this guard looks for); ``LogBeforeSave`` makes every save step
+    a logging step, so no checkpoint is written past an unchecked step.
     """
 
     def __init__(self) -> None:
@@ -99,6 +101,23 @@ class FiniteLossGuard(TrainerCallback):
         control.should_training_stop = True
         control.should_save = False
         control.should_evaluate = False
+
+
+class LogBeforeSave(TrainerCallback):
+    """A step that saves a checkpoint also logs, so the NaN guard has checked that step's loss first.
+
+    With ``hyperparameters.loggingSteps`` above 1 the loss is read (a host sync) only every N steps,
+    as the mean over them (a NaN in any of them makes the mean NaN: ``logging_nan_inf_filter`` is
+    off). A checkpoint between two logging steps could hold weights a NaN step already wrote; this
+    makes each save step a logging step, and the trainer logs before it saves. It must run after
+    every callback that sets ``should_save`` (the trainer's own, ``SaveEvery``, ``GracefulStop``).
+    """
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if control.should_save:
+            control.should_log = True
 
 
 class GracefulStop(TrainerCallback):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from finetune_api.training import TrainingSpec
+from finetune_trainer import speed
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,14 @@ def load_model(
     quantized = spec.method == "qlora"
     dtype = _weights_dtype(spec)
     kwargs["dtype"] = dtype
+    fast = speed.for_spec(spec)
+    if fast.attention is not None:
+        kwargs["attn_implementation"] = fast.attention
     if quantized:
         kwargs["quantization_config"] = _bnb_config(spec)
         kwargs["device_map"] = {"": local_device()}
     try:
-        model = _from_pretrained(spec, model_path, labels, kwargs)
+        model = _from_pretrained_with_attention(spec, model_path, labels, kwargs)
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:  # a SIGTERM (callbacks.Terminated) is no Exception and passes through
@@ -136,7 +140,7 @@ def load_model(
 
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=spec.hyperparameters.gradient_checkpointing,
+            use_gradient_checkpointing=fast.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if spec.method in ("lora", "qlora"):
@@ -150,6 +154,27 @@ def load_base(
     """The plain base model (no adapter, no quantization) in ``dtype``: what an adapter merges into."""
     kwargs = {"revision": spec.model.revision, "trust_remote_code": spec.model.trust_remote_code, **kwargs}
     return _from_pretrained(spec, model_path, labels, {"dtype": dtype, **kwargs})
+
+
+def _from_pretrained_with_attention(
+    spec: TrainingSpec, model_path: str, labels: list[str] | None, kwargs: dict[str, Any]
+) -> Any:
+    """``attentionImplementation: auto`` chose FlashAttention because it is installed; an architecture
+    without a FlashAttention path then loads with its default attention (one log line) instead."""
+    try:
+        return _from_pretrained(spec, model_path, labels, kwargs)
+    except (ValueError, ImportError) as exc:
+        if spec.hyperparameters.attention_implementation != "auto" or "attn_implementation" not in kwargs:
+            raise
+        log.warning(
+            "hyperparameters.attentionImplementation auto: %s cannot use %s (%s); using sdpa",
+            spec.model.name,
+            kwargs["attn_implementation"],
+            str(exc).splitlines()[0][:200],
+        )
+        return _from_pretrained(
+            spec, model_path, labels, {k: v for k, v in kwargs.items() if k != "attn_implementation"}
+        )
 
 
 def _from_pretrained(

@@ -150,7 +150,7 @@ def _activations(spec: TrainingSpec, arch: Architecture) -> tuple[int, int]:
     # The 34·s·b·h of the paper assumes a 4h MLP: 11 of it is attention, 19 the MLP.
     mlp_scale = arch.intermediate / (4 * h) * (1.5 if arch.gated_mlp else 1.0)
     per_layer = int(s * b * h * (11 + 19 * mlp_scale))
-    if hp.gradient_checkpointing:
+    if spec.gradient_checkpointing():
         activations = arch.layers * 2 * s * b * h + per_layer
     else:
         activations = arch.layers * per_layer

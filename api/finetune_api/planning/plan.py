@@ -121,7 +121,7 @@ def make_plan(
     gpu_hours = None
     if tokens is not None and gpu is not None and gpus:
         flops_per_token = _FLOPS_PER_PARAM[spec.method] * arch.parameters
-        if spec.hyperparameters.gradient_checkpointing:
+        if spec.gradient_checkpointing():
             flops_per_token += 2 * arch.parameters  # the recomputed forward
         seconds = tokens * flops_per_token / (gpu.bf16_tflops * 1e12 * _ASSUMED_MFU[spec.method])
         gpu_hours = seconds / 3600
@@ -193,7 +193,7 @@ def _update(spec: TrainingSpec, path: str, value: Any) -> TrainingSpec:
 def _activation_changes(spec: TrainingSpec) -> list[Change]:
     hp = spec.hyperparameters
     out: list[Change] = []
-    if not hp.gradient_checkpointing:
+    if not spec.gradient_checkpointing():
         out.append(
             ("set hyperparameters.gradientCheckpointing: true",
              lambda s: _update(s, "hyperparameters.gradient_checkpointing", True))

@@ -7,6 +7,8 @@ class needs on top.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,9 +16,12 @@ from typing import Any, Protocol
 import torch
 
 from finetune_api.training import TrainingSpec
-from finetune_trainer.callbacks import SaveEvery
+from finetune_trainer import speed
+from finetune_trainer.callbacks import LogBeforeSave, SaveEvery
 from finetune_trainer.data.pipeline import PreparedData
 from finetune_trainer.modeling import LoadedModel, half_dtype
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,6 +115,8 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
     if early:
         save_steps = eval_steps
     use_cuda = torch.cuda.is_available()
+    fast = speed.for_spec(spec)
+    log.info("speed settings: %s", json.dumps(fast.summary()))
     args: dict[str, Any] = {
         "output_dir": ctx.checkpoint_dir,
         "seed": hp.seed,
@@ -126,11 +133,18 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
         "weight_decay": hp.weight_decay,
         "max_grad_norm": hp.max_grad_norm,
         # transformers 5 renamed gradient_checkpointing; the old name still works but warns.
-        "activation_checkpointing": hp.gradient_checkpointing,
-        "activation_checkpointing_kwargs": {"use_reentrant": False} if hp.gradient_checkpointing else None,
-        # Every step is logged: the NaN guard and the metrics endpoint see each step's loss.
-        "logging_steps": 1,
+        "activation_checkpointing": fast.gradient_checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if fast.gradient_checkpointing else None,
+        # Each log reads the loss from the device (a sync); NaN steps still show in the logged mean,
+        # and LogBeforeSave logs every save step (see callbacks.FiniteLossGuard).
+        "logging_steps": fast.logging_steps,
         "logging_nan_inf_filter": False,
+        "optim": fast.optimizer,
+        "use_liger_kernel": fast.liger,
+        # Batches of similar length (less padding); TRL's DPO data has no input_ids to measure.
+        "train_sampling_strategy": "group_by_length"
+        if fast.group_by_length and spec.objective != "dpo"
+        else "random",
         "save_strategy": "steps",
         "save_steps": save_steps,
         "save_total_limit": spec.checkpointing.keep,
@@ -169,4 +183,6 @@ def training_arguments(ctx: RecipeContext) -> dict[str, Any]:
     args.update(ctx.extra_arguments)
     if early and not any(isinstance(c, SaveEvery) for c in ctx.callbacks):
         ctx.callbacks.append(SaveEvery(spec.checkpointing.every_steps))
+    if not any(isinstance(c, LogBeforeSave) for c in ctx.callbacks):
+        ctx.callbacks.append(LogBeforeSave())  # after every callback that sets should_save
     return args

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune_trainer import speed
 from finetune_trainer.recipes.base import RecipeContext, follow_packed_length, training_arguments
 from finetune_trainer.recipes.chat import tokenize_chat
 
@@ -57,4 +58,9 @@ class SftRecipe:
         )
         if ctx.spec.hyperparameters.packing:
             follow_packed_length(ctx, trainer)
+        elif speed.for_spec(ctx.spec).padding_free:
+            # Unpacked and padding-free: TRL refuses max_length with padding_free (it would not truncate),
+            # so the trainer is built padded, which tokenises and truncates every record to
+            # maxSequenceLength, and only its collator then lays each batch end to end.
+            trainer.data_collator.padding_free = True
         return trainer

@@ -1,0 +1,120 @@
+"""The speed options: typed spec fields with errors naming the field, resolved against the machine
+(pure: the machine is an ``Available``), and wired into the trainer's arguments and model load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from finetune_api.training import TrainingSpec
+from finetune_trainer.speed import Available, resolve
+
+GPU = Available(cuda=True, flash_attention_2=True, flash_attention_3=False, liger=True, bitsandbytes=True)
+BARE_GPU = Available(cuda=True)
+CPU = Available()
+
+
+def spec(method: str = "lora", objective: str = "sft", **hp: Any) -> TrainingSpec:
+    return TrainingSpec.model_validate(
+        {
+            "method": method,
+            "objective": objective,
+            "model": {"name": "m"},
+            "dataset": {"source": {"uri": "file:///d.jsonl"}},
+            "hyperparameters": hp,
+        }
+    )
+
+
+def test_defaults_on_a_cpu() -> None:
+    r = resolve(spec(), CPU)
+    assert r.attention is None  # the model's default: SDPA where the architecture has it
+    assert (r.padding_free, r.group_by_length, r.liger, r.logging_steps) == (False, True, False, 10)
+    assert r.optimizer == "adamw_torch_fused" and r.fallbacks == ()
+
+
+def test_defaults_on_a_gpu_with_the_kernels_installed() -> None:
+    r = resolve(spec(), GPU)
+    assert r.attention == "flash_attention_2"
+    assert r.padding_free is True  # FlashAttention's variable-length kernel: padding-free costs nothing
+    assert r.liger is False  # an option, off unless asked for
+    assert r.fallbacks == ()
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"), [("full", True), ("qlora", True), ("lora", False)], ids=["full", "qlora", "lora"]
+)
+def test_gradient_checkpointing_defaults_by_method(method: str, expected: bool) -> None:
+    assert resolve(spec(method), CPU).gradient_checkpointing is expected
+    assert (
+        resolve(spec(method, gradientCheckpointing=not expected), CPU).gradient_checkpointing is not expected
+    )
+
+
+def test_unavailable_kernels_fall_back_with_a_line_naming_the_field() -> None:
+    asked = spec(attentionImplementation="flash_attention_2", ligerKernels=True, optimizer="paged_adamw_8bit")
+    r = resolve(asked, CPU)
+    assert (r.attention, r.liger, r.optimizer) == (None, False, "adamw_torch_fused")
+    assert r.fallbacks == (
+        "hyperparameters.attentionImplementation flash_attention_2: no GPU; using sdpa",
+        "hyperparameters.optimizer paged_adamw_8bit: no GPU; using adamw_torch_fused",
+        "hyperparameters.ligerKernels: no GPU; using the model's own layers",
+    )
+    on_bare_gpu = resolve(asked, BARE_GPU).fallbacks
+    assert (
+        "flash-attn is not installed" in on_bare_gpu[0] and "liger-kernel is not installed" in on_bare_gpu[2]
+    )
+    r = resolve(asked, GPU)
+    assert (r.attention, r.liger, r.optimizer, r.fallbacks) == (
+        "flash_attention_2",
+        True,
+        "paged_adamw_8bit",
+        (),
+    )
+
+
+def test_packing_is_always_padding_free_and_grouping_is_for_unpacked_batches() -> None:
+    r = resolve(spec(packing=True), CPU)
+    assert r.padding_free is True and r.group_by_length is False
+    r = resolve(spec(packing=True, paddingFree=False), CPU)
+    assert r.padding_free is True and "packed batches are always padding-free" in r.fallbacks[0]
+    assert resolve(spec(paddingFree=True), CPU).padding_free is True  # SDPA: a block-diagonal mask
+    dpo = resolve(spec(objective="dpo", paddingFree=True), GPU)
+    assert dpo.padding_free is False and "only causal-lm SFT" in dpo.fallbacks[0]
+
+
+@pytest.mark.parametrize(
+    ("hp", "field"),
+    [
+        ({"attentionImplementation": "flash"}, "hyperparameters.attentionImplementation"),
+        ({"optimizer": "adam"}, "hyperparameters.optimizer"),
+        ({"loggingSteps": 0}, "hyperparameters.loggingSteps"),
+        ({"paddingFree": "yes please"}, "hyperparameters.paddingFree"),
+        ({"ligerKernels": "sometimes"}, "hyperparameters.ligerKernels"),
+        ({"groupByLength": 3}, "hyperparameters.groupByLength"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(hp: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        spec(**hp)
+    located = {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
+    assert field in located, located
+
+
+def test_training_arguments_carry_the_resolved_options(tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    from finetune_trainer.callbacks import LogBeforeSave
+    from finetune_trainer.recipes.base import RecipeContext, training_arguments
+
+    data = SimpleNamespace(train=[{}] * 16, validation=[], test=[], format="prompt-completion")
+    ctx = RecipeContext(spec=spec("full", loggingSteps=5), data=data, checkpoint_dir=str(tmp_path))  # type: ignore[arg-type]
+    args = training_arguments(ctx)
+    assert args["logging_steps"] == 5 and args["optim"] == "adamw_torch_fused"
+    assert args["activation_checkpointing"] is True and args["use_liger_kernel"] is False
+    assert args["train_sampling_strategy"] == "group_by_length"
+    assert isinstance(ctx.callbacks[-1], LogBeforeSave)
+    dpo = RecipeContext(spec=spec(objective="dpo"), data=data, checkpoint_dir=str(tmp_path))  # type: ignore[arg-type]
+    assert training_arguments(dpo)["train_sampling_strategy"] == "random"  # DPO rows have no input_ids
