@@ -43,6 +43,9 @@ BASE_SPEC: dict[str, Any] = {
         "learningRate": 0.005,
         "maxSequenceLength": 64,
         "warmupRatio": 0.0,
+        # Runs of a dozen steps: the tests read every step's loss (the default, 10, is tested in
+        # test_speed.py: test_default_logging_interval_logs_every_save_step).
+        "loggingSteps": 1,
     },
     "earlyStopping": {"enabled": False},
     "checkpointing": {"everySteps": 4, "keep": 2},

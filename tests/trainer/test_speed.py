@@ -118,3 +118,65 @@ def test_training_arguments_carry_the_resolved_options(tmp_path: Any) -> None:
     assert isinstance(ctx.callbacks[-1], LogBeforeSave)
     dpo = RecipeContext(spec=spec(objective="dpo"), data=data, checkpoint_dir=str(tmp_path))  # type: ignore[arg-type]
     assert training_arguments(dpo)["train_sampling_strategy"] == "random"  # DPO rows have no input_ids
+
+
+def test_unpacked_padding_free_batches_give_the_padded_loss(make_config: Any, tmp_path: Any) -> None:
+    """paddingFree without packing (SDPA here): the batch is one row of sequences laid end to end, no
+    attention mask, and the loss on the same records is the padded batch's loss."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_trainer.data.pipeline import prepare_data
+    from finetune_trainer.modeling import LoadedModel
+    from finetune_trainer.recipes import RecipeContext
+    from finetune_trainer.recipes.sft import SftRecipe
+    from finetune_trainer.runner import load_config
+
+    losses, shapes = {}, {}
+    for padding_free in (False, True):
+        config = load_config(
+            make_config(
+                name=f"pf-{padding_free}", method="full", hyperparameters={"paddingFree": padding_free}
+            )
+        )
+        data = prepare_data(config.spec, config.paths)
+        ctx = RecipeContext(spec=config.spec, data=data, checkpoint_dir=str(tmp_path / str(padding_free)))
+        recipe = SftRecipe()
+        args = recipe.arguments(ctx)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(config.paths.model)
+        tokenizer = AutoTokenizer.from_pretrained(config.paths.model)
+        ctx.loaded = LoadedModel(model=model, tokenizer=tokenizer, quantized=False, dtype=torch.float32)
+        trainer = recipe.build(ctx, args)
+        rows = [trainer.train_dataset[i] for i in range(8)]
+        batch = trainer.data_collator(rows)
+        shapes[padding_free] = (tuple(batch["input_ids"].shape), "attention_mask" in batch)
+        model.eval()
+        with torch.no_grad():
+            losses[padding_free] = float(
+                model(
+                    **{
+                        k: v
+                        for k, v in batch.items()
+                        if k in ("input_ids", "attention_mask", "position_ids", "labels")
+                    }
+                ).loss
+            )
+    assert shapes[True][0][0] == 1 and shapes[True][1] is False, shapes  # one row, no mask
+    assert shapes[False][0][0] == 8 and shapes[False][1] is True, shapes
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4), losses
+
+
+def test_default_logging_interval_logs_every_save_step(make_config: Any) -> None:
+    """loggingSteps 10 (the default): the loss is read every 10 steps, and at every checkpoint step too
+    (LogBeforeSave), so the NaN guard has seen a step's loss before its checkpoint is written."""
+    import json
+
+    from runs import output_of, read_summary
+
+    from finetune_trainer.runner import run_config_file
+
+    path = make_config(name="logging", hyperparameters={"loggingSteps": None, "maxSteps": 12})
+    assert run_config_file(path) == 0, read_summary(path)
+    history = json.loads((output_of(path) / "training_log.json").read_text())
+    assert [e["step"] for e in history if "loss" in e] == [4, 8, 10, 12]  # everySteps 4, loggingSteps 10
