@@ -30,6 +30,7 @@ from hack_loader import load_hack  # hack/ scripts by path, one loader (hack/hac
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "trainer-image"))
+sys.path.insert(0, str(REPO / "api"))
 
 
 def main() -> int:

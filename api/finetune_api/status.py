@@ -1,18 +1,28 @@
-"""Typed status of a FineTuneJob; the spec models live in ``finetune_api.spec``."""
+"""Typed status of a FineTuneJob; the spec models live in ``finetune_api.spec``.
+
+Closed: every field is declared, so the CRD documents all of it (``kubectl explain ftj.status``) and the
+API server prunes anything else. A status stored by an older operator is read with
+:meth:`FineTuneJobStatus.from_stored`, which drops what no longer fits instead of failing.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from finetune_api.spec import FineTuneJobSpec
-from finetune_api.specbase import Model
+from finetune_api.lenient import validate_dropping
+from finetune_api.results import (
+    CheckpointRef,
+    DatasetReport,
+    Evaluation,
+    OutputRef,
+    Reported,
+    TrainingMetrics,
+)
 
-__all__ = ["Condition", "FineTuneJobSpec", "FineTuneJobStatus", "PlanStatus", "RunStatus"]
 
-
-class Condition(Model):
+class Condition(Reported):
     """A metav1.Condition."""
 
     type: str = Field(
@@ -25,7 +35,7 @@ class Condition(Model):
     observed_generation: int | None = Field(default=None, description="Generation the condition was set for.")
 
 
-class RunStatus(Model):
+class RunStatus(Reported):
     number: int = Field(
         ge=1, description="Run number; a new run starts on a spec change or a re-run annotation."
     )
@@ -45,7 +55,7 @@ class RunStatus(Model):
     completion_time: str | None = Field(default=None, description="When the run finished.")
 
 
-class HistoryEntry(Model):
+class HistoryEntry(Reported):
     number: int = Field(description="Run number.")
     job_name: str = Field(description="Job name.")
     phase: str = Field(description="Final phase (or Superseded when replaced while running).")
@@ -58,7 +68,7 @@ class HistoryEntry(Model):
     eval_loss: float | None = Field(default=None, description="Final evaluation loss.")
 
 
-class Progress(Model):
+class Progress(Reported):
     step: int | None = Field(default=None, description="Optimizer step.")
     total_steps: int | None = Field(default=None, description="Planned optimizer steps.")
     percent: int | None = Field(default=None, description="step / totalSteps in percent.")
@@ -78,19 +88,7 @@ class Progress(Model):
     )
 
 
-class Metrics(Model):
-    model_config = ConfigDict(extra="allow")
-
-    train_loss: float | None = Field(default=None, description="Latest training loss.")
-    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
-    best_eval_loss: float | None = Field(default=None, description="Best validation loss so far.")
-    best_step: int | None = Field(default=None, description="Step of the best validation loss.")
-    learning_rate: float | None = Field(default=None, description="Current learning rate.")
-    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
-    gpu_memory_bytes: float | None = Field(default=None, description="Peak accelerator memory.")
-
-
-class PlanMemory(Model):
+class PlanMemory(Reported):
     weights: float = Field(description="Model weights held on one GPU (GiB).")
     gradients: float = Field(description="Gradients held on one GPU (GiB).")
     optimizer: float = Field(description="Optimizer states held on one GPU (GiB).")
@@ -99,13 +97,13 @@ class PlanMemory(Model):
     runtime: float = Field(description="CUDA context, workspaces and allocator slack (GiB).")
 
 
-class PlanTermErrors(Model):
+class PlanTermErrors(Reported):
     weights: float | None = Field(default=None, description="Error of the weights term (percent).")
     gradients: float | None = Field(default=None, description="Error of the gradients term (percent).")
     optimizer: float | None = Field(default=None, description="Error of the optimizer term (percent).")
 
 
-class PlanMeasured(Model):
+class PlanMeasured(Reported):
     """The trainer's plan from the model's own config.json, and the memory torch measured in the run."""
 
     shape_source: str = Field(description="Where the trainer read the shape: config.json.")
@@ -136,7 +134,7 @@ class PlanMeasured(Model):
     )
 
 
-class PlanStatus(Model):
+class PlanStatus(Reported):
     """The estimate made before the run's Job was created (``ftj plan`` prints the same)."""
 
     verdict: Literal["Fits", "Tight", "DoesNotFit", "Unknown"] = Field(
@@ -173,7 +171,7 @@ class PlanStatus(Model):
     )
 
 
-class PreflightWait(Model):
+class PreflightWait(Reported):
     """A missing Secret, PVC or ConfigMap the run is waiting for (External Secrets, sync waves)."""
 
     key: str = Field(description="The generation and rerun token the wait is for.")
@@ -183,9 +181,7 @@ class PreflightWait(Model):
     )
 
 
-class FineTuneJobStatus(Model):
-    model_config = ConfigDict(extra="allow")
-
+class FineTuneJobStatus(Reported):
     phase: str | None = Field(
         default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended."
     )
@@ -200,27 +196,18 @@ class FineTuneJobStatus(Model):
     run: RunStatus | None = Field(default=None, description="The current run.")
     attempts: int | None = Field(default=None, description="Failed pods of the current run (retries so far).")
     progress: Progress | None = Field(default=None, description="Progress mirrored from the rank-0 trainer.")
-    metrics: Metrics | None = Field(default=None, description="Training metrics.")
-    dataset: dict[str, Any] | None = Field(
+    metrics: TrainingMetrics | None = Field(
+        default=None, description="Training metrics: the latest while running, the final ones once it ended."
+    )
+    dataset: DatasetReport | None = Field(
         default=None,
         description="Data report: counts per split, duplicates removed, redactions, token statistics.",
-        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
     )
-    evaluation: dict[str, Any] | None = Field(
-        default=None,
-        description="Test-set evaluation of the tuned model and of the base model.",
-        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    evaluation: Evaluation | None = Field(
+        default=None, description="Test-set evaluation of the tuned model and of the base model."
     )
-    output: dict[str, Any] | None = Field(
-        default=None,
-        description="Where the results are (uri).",
-        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-    )
-    last_checkpoint: dict[str, Any] | None = Field(
-        default=None,
-        description="Latest checkpoint (step, uri).",
-        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-    )
+    output: OutputRef | None = Field(default=None, description="Where the results are.")
+    last_checkpoint: CheckpointRef | None = Field(default=None, description="Latest checkpoint (step, uri).")
     gpu_seconds: float | None = Field(
         default=None, description="GPU-seconds used by finished runs and the current one."
     )
@@ -231,3 +218,9 @@ class FineTuneJobStatus(Model):
     plan: PlanStatus | None = Field(
         default=None, description="Memory, time and cost plan of the current run."
     )
+
+    @classmethod
+    def from_stored(cls, raw: dict[str, Any] | None) -> FineTuneJobStatus:
+        """The status as stored, keeping what fits this version's model (an older operator may have
+        written fields or shapes it no longer has)."""
+        return validate_dropping(cls, dict(raw or {}))[0]

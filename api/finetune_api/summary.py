@@ -1,9 +1,29 @@
-"""The exit summary the trainer writes to its termination log and the operator reads back."""
+"""The exit summary the trainer writes to its termination log and the operator reads back.
+
+The trainer builds a :class:`Summary` and writes it with :func:`encode_summary`: at most 4 KiB (the
+kubelet keeps no more), keys in snake_case as every trainer version wrote them; both spellings are read.
+The operator reads it with :func:`parse_summary` and :meth:`Summary.from_wire`: the message comes from a
+pod, so it is size-capped, and what does not fit the models is dropped field by field rather than
+refusing the whole summary.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
+
+from finetune_api.lenient import validate_dropping
+from finetune_api.planning.report import PlanReport
+from finetune_api.results import (
+    CheckpointRef,
+    DatasetReport,
+    Evaluation,
+    OutputRef,
+    Reported,
+    TrainingMetrics,
+)
 
 SUMMARY_VERSION = 1
 SUMMARY_MAX_BYTES = 4096
@@ -13,9 +33,38 @@ class SummaryError(ValueError):
     """The termination message is not a summary this version understands."""
 
 
-def encode_summary(summary: dict[str, Any], limit: int = SUMMARY_MAX_BYTES) -> str:
+class Summary(Reported):
+    """What the trainer reports when it exits, success or not."""
+
+    version: Literal[1] = 1
+    phase: Literal["Succeeded", "Failed"] | None = Field(default=None, description="How the run ended.")
+    reason: str | None = Field(default=None, max_length=64, description="The exit code's reason.")
+    message: str = Field(default="", description="What happened, for people.")
+    metrics: TrainingMetrics | None = Field(default=None, description="Final training figures.")
+    evaluation: Evaluation | None = Field(default=None, description="Test-set evaluation.")
+    dataset: DatasetReport | None = Field(default=None, description="The data report in brief.")
+    output: OutputRef | None = Field(default=None, description="Where the results are.")
+    checkpoint: CheckpointRef | None = Field(default=None, description="The latest checkpoint.")
+    plan: PlanReport | None = Field(
+        default=None,
+        description="The trainer's memory plan from the loaded config.json, and what it measured.",
+    )
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Summary:
+        """A summary from a decoded message; fields that do not fit are dropped (a pod wrote them)."""
+        return validate_dropping(cls, data)[0]
+
+
+# Dropped in this order while the summary is over the limit (after shortening the message).
+_DETAILS = ("plan", "evaluation", "dataset", "metrics", "checkpoint", "output", "message")
+
+
+def encode_summary(summary: Summary, limit: int = SUMMARY_MAX_BYTES) -> str:
     """Serialise an exit summary within ``limit`` bytes: shorten the message first, then drop details."""
-    data = {"version": SUMMARY_VERSION, **summary}
+    data = summary.model_dump(exclude_none=True, mode="json")  # snake_case keys, as trainers always wrote
+    if summary.plan is not None:  # camelCase, as the plan report always was
+        data["plan"] = summary.plan.model_dump(by_alias=True, exclude_none=True, mode="json")
     text = _dump(data)
     if len(text.encode()) <= limit:
         return text
@@ -25,18 +74,16 @@ def encode_summary(summary: dict[str, Any], limit: int = SUMMARY_MAX_BYTES) -> s
         keep = max(0, len(message.encode()) - overflow - 3)
         data["message"] = message.encode()[:keep].decode(errors="ignore") + "..."
         text = _dump(data)
-    for key in ("plan", "evaluation", "metrics", "checkpoint", "output", "message"):
+    for key in _DETAILS:
         if len(text.encode()) <= limit:
             break
         data.pop(key, None)
         text = _dump(data)
-    if len(text.encode()) > limit:
-        text = _dump({"version": SUMMARY_VERSION, "phase": data.get("phase"), "reason": data.get("reason")})
     return text
 
 
-def decode_summary(text: str | None) -> dict[str, Any]:
-    """Parse a termination message; raises SummaryError with why it cannot be used."""
+def parse_summary(text: str | None) -> dict[str, Any]:
+    """A termination message as a JSON object; raises SummaryError with why it cannot be used."""
     if not text or not text.strip():
         raise SummaryError("empty termination message")
     if len(text.encode()) > SUMMARY_MAX_BYTES:
@@ -49,11 +96,11 @@ def decode_summary(text: str | None) -> dict[str, Any]:
         raise SummaryError("termination message is not a JSON object")
     if data.get("version") != SUMMARY_VERSION:
         raise SummaryError(f"unsupported summary version {data.get('version')!r}")
-    for key in ("metrics", "evaluation", "output", "checkpoint", "plan"):
+    for key in ("metrics", "evaluation", "dataset", "output", "checkpoint", "plan"):
         if key in data and not isinstance(data[key], dict):
             raise SummaryError(f"summary field {key!r} is not an object")
     return data
 
 
 def _dump(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False, default=str)
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)

@@ -14,81 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_api.conditions import ConditionType, Phase, Reason
+from finetune_api.conditions import CONDITION_DOCS, REASON_DOCS, Phase
 from finetune_api.exitcodes import EXIT_MEANINGS, NON_RETRIABLE_EXIT_CODES
 from finetune_operator import constants as c
 from finetune_operator import crdgen
 
 DOC_PATH = crdgen.REPO / "docs" / "api-reference.md"
 
+
 # One line per condition type and reason. A test fails when constants.py gains a name without one.
-CONDITION_DOCS: dict[str, str] = {
-    ConditionType.CREATED: (
-        "The run's ConfigMap and Job exist (False, with the pre-flight reason, when none was made)."
-    ),
-    ConditionType.QUEUED: "Kueue holds the run's Job suspended until it admits it.",
-    ConditionType.RUNNING: "At least one trainer pod is ready.",
-    ConditionType.SUSPENDED: "`spec.suspend` holds the Job; no pods run.",
-    ConditionType.STALLED: (
-        "The training step has not advanced for `spec.stallTimeoutSeconds` (the phase stays Running)."
-    ),
-    ConditionType.SUCCEEDED: "The run finished: trained, evaluated, saved, quality gate met.",
-    ConditionType.FAILED: "The run failed; `status.reason` and `status.message` say why.",
-}
-
-REASON_DOCS: dict[str, str] = {
-    Reason.JOB_CREATED: "The run's Job was created; pods are not running yet.",
-    Reason.WAITING_FOR_PODS: "The Job exists and its pods are being scheduled or pulled.",
-    Reason.QUEUED_BY_KUEUE: "`spec.scheduling.queueName` is set and Kueue has not admitted the Job yet.",
-    Reason.PODS_RUNNING: "Trainer pods are running.",
-    Reason.SUSPENDED_BY_USER: "`spec.suspend` is true.",
-    Reason.RESUMED: "Reserved: not set by this version (a resumed run goes back to WaitingForPods).",
-    Reason.PROGRESSING: "Stalled=False: the step advances again.",
-    Reason.NO_PROGRESS: "Stalled=True: no step finished within `spec.stallTimeoutSeconds` of training.",
-    Reason.NOT_TRAINING: (
-        "Stalled=False: the trainer is evaluating, saving, merging or uploading (`status.progress.stage`), "
-        "where no training step is expected."
-    ),
-    Reason.SUCCEEDED: "The trainer exited 0.",
-    Reason.RETRYING: "A pod failed with a retriable error; the Job starts another, which resumes.",
-    Reason.BACKOFF_LIMIT_EXCEEDED: "The Job's reason: more retriable failures than `spec.backoffLimit`.",
-    Reason.DEADLINE_EXCEEDED: "The Job's reason: the run took longer than `spec.activeDeadlineSeconds`.",
-    Reason.JOB_FAILED: "The Job failed without a reason of its own or a trainer exit code.",
-    Reason.INVALID_SPEC: "The spec does not parse (an object written before a schema change); no Job.",
-    Reason.SECRET_NOT_FOUND: "A Secret named in `spec.secrets` does not exist; no Job.",
-    Reason.PVC_NOT_FOUND: "A PersistentVolumeClaim named in a `source.pvc` does not exist; no Job.",
-    Reason.CONFIGMAP_NOT_FOUND: "A ConfigMap named in a `source.configMap` does not exist; no Job.",
-    Reason.UNKNOWN_GPU_RESOURCE: "No node advertises the GPU resource the pods would request; no Job.",
-    Reason.WAITING_FOR_SECRET: (
-        "A Secret the run needs does not exist yet; the job stays Pending and is re-checked with backoff "
-        "until `spec.preflightTimeoutSeconds` (default 600), then fails with SecretNotFound."
-    ),
-    Reason.WAITING_FOR_PVC: (
-        "Like WaitingForSecret, for a PersistentVolumeClaim (then PersistentVolumeClaimNotFound)."
-    ),
-    Reason.WAITING_FOR_CONFIGMAP: "Like WaitingForSecret, for a ConfigMap (then ConfigMapNotFound).",
-    Reason.JOB_REJECTED: (
-        "The API server refused the run's Job, ConfigMap or Service (invalid, forbidden, over quota); its"
-        " message is in status.message and an Event. A previous run's Job keeps running until a new Job"
-        " exists. Fix the cause, then set the finetuning.io/rerun annotation."
-    ),
-    Reason.JOB_DELETED: "The run's Job was deleted while it ran.",
-    Reason.SUMMARY_LOST: (
-        "Succeeded, but the trainer's summary was lost: the Job's pods were gone (deleted, or the Job"
-        " removed by its TTL) before the operator read their termination message."
-    ),
-    Reason.SUPERSEDED: "History only: the run was replaced by a newer one (spec change or re-run).",
-    Reason.PLAN_DOES_NOT_FIT: (
-        "`spec.admission.memoryCheck` is fail and the memory plan says DoesNotFit; `status.plan` has the "
-        "estimate and a suggestion; no Job."
-    ),
-    Reason.LICENCE_NOT_ALLOWED: (
-        "The model's licence (`spec.model.licence`, or the model card's) is not in the operator's allowed "
-        "licences, or is unknown where unknown licences are refused; no Job."
-    ),
-}
-
-
 @dataclass(frozen=True)
 class FieldRow:
     path: str
@@ -261,8 +195,8 @@ def render() -> str:
         "",
         "Conditions have the `metav1.Condition` shape (`type`, `status`, `reason`, `message`, "
         "`lastTransitionTime`, `observedGeneration`); `lastTransitionTime` changes only when `status` "
-        "flips. A phase condition that no longer applies turns False with reason `Now<Phase>`, "
-        "e.g. `NowRunning`.",
+        "flips. A phase condition that no longer applies turns False with reason `Now<Phase>` "
+        "(listed below), e.g. `NowRunning`.",
         "",
         *_table(["Type", "Meaning when True"], [[f"`{k}`", v] for k, v in CONDITION_DOCS.items()]),
         "",

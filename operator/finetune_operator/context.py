@@ -58,7 +58,7 @@ class Context:
 
 
 def parse_status(obj: dict[str, Any]) -> FineTuneJobStatus:
-    return FineTuneJobStatus.model_validate(obj.get("status") or {})
+    return FineTuneJobStatus.from_stored(obj.get("status"))
 
 
 @dataclass

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from finetune_api.conditions import ConditionType, Reason
 from finetune_api.metrics import Metric, Stage
-from finetune_api.status import FineTuneJobStatus, Metrics, Progress
+from finetune_api.results import TrainingMetrics
+from finetune_api.status import FineTuneJobStatus, Progress
 from finetune_api.wellknown import timestamp
 from finetune_operator.status import condition, parse_time, set_condition
 
@@ -70,8 +71,8 @@ def apply_progress(
         stage=stage,
         stage_since=stage_since,
     )
-    old = status.metrics or Metrics()
-    status.metrics = Metrics.model_validate(
+    old = status.metrics or TrainingMetrics()
+    status.metrics = TrainingMetrics.model_validate(
         {
             **old.model_dump(exclude_none=True),
             **{

@@ -158,7 +158,7 @@ class ProgressLoop:
 
 def write_progress(ctx: Context, body: dict[str, Any], values: dict[str, float]) -> None:
     """Mirror one scrape into status; nothing is written when nothing changed."""
-    status = FineTuneJobStatus.model_validate(body.get("status") or {})
+    status = FineTuneJobStatus.from_stored(body.get("status"))
     if status.run is None:
         return
     job_name = status.run.job_name

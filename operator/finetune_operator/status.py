@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic.alias_generators import to_camel
-
 from finetune_api.conditions import ConditionType, Phase, Reason
 from finetune_api.exitcodes import meaning_of
 from finetune_api.planning.report import mirror as mirror_plan
-from finetune_api.status import Condition, FineTuneJobStatus, HistoryEntry, Metrics
-from finetune_api.summary import SummaryError, decode_summary
+from finetune_api.results import TrainingMetrics
+from finetune_api.status import Condition, FineTuneJobStatus, HistoryEntry
+from finetune_api.summary import Summary, SummaryError, parse_summary
 from finetune_api.wellknown import timestamp
 from finetune_operator.sanitize import clean_summary, clean_text, trainer_reason
 
@@ -94,8 +93,11 @@ def observe_job(job: JobView, user_suspended: bool, queued_by_kueue: bool) -> Ob
     if job.complete:
         return Observed(Phase.SUCCEEDED, Reason.SUCCEEDED, "The trainer finished.")
     if job.failed_condition is not None:
-        reason = job.failed_condition.get("reason") or Reason.JOB_FAILED
-        message = job.failed_condition.get("message") or "The Job failed."
+        job_reason = clean_text(job.failed_condition.get("reason") or "", 64)
+        message = clean_text(job.failed_condition.get("message") or "The Job failed.")
+        reason = Reason.OF_JOB.get(job_reason, Reason.JOB_FAILED)
+        if reason == Reason.JOB_FAILED and job_reason:
+            message = f"{message} (Job reason: {job_reason})"
         return Observed(Phase.FAILED, reason, message)
     if job.suspended:
         if user_suspended:
@@ -144,27 +146,36 @@ class Outcome:
     phase: str
     reason: str
     message: str
-    summary: dict[str, Any] | None
+    summary: Summary | None
+
+
+def read_summary(message: str) -> Summary:
+    """The operator's decoder: a pod's termination message as a Summary, size-capped, every string
+    stripped of control characters and capped, numbers finite, what does not fit dropped."""
+    return Summary.from_wire(clean_summary(parse_summary(message)))
 
 
 def outcome(observed: Observed, exit_code: int | None, message: str | None) -> Outcome:
     """Combine the Job's verdict with the trainer's exit code and summary."""
-    summary: dict[str, Any] | None = None
+    summary: Summary | None = None
     problem = ""
     if message:
         try:
-            summary = clean_summary(decode_summary(message))
+            summary = read_summary(message)
         except SummaryError as exc:
             problem = str(exc)
     if observed.phase == Phase.SUCCEEDED:
         return Outcome(
-            Phase.SUCCEEDED, Reason.SUCCEEDED, (summary or {}).get("message") or observed.message, summary
+            Phase.SUCCEEDED,
+            Reason.SUCCEEDED,
+            (summary.message if summary else "") or observed.message,
+            summary,
         )
     reason = observed.reason
     text = observed.message
-    if summary and summary.get("reason"):
-        reason = trainer_reason(summary["reason"], exit_code)
-        text = str(summary.get("message") or meaning_of(exit_code or 1).description)
+    if summary and summary.reason:
+        reason = trainer_reason(summary.reason, exit_code)
+        text = summary.message or meaning_of(exit_code or 1).description
     elif exit_code is not None and exit_code != 0:
         meaning = meaning_of(exit_code)
         reason = meaning.reason
@@ -174,35 +185,27 @@ def outcome(observed: Observed, exit_code: int | None, message: str | None) -> O
     return Outcome(Phase.FAILED, reason, text[:MESSAGE_LIMIT], summary)
 
 
-def apply_summary(status: FineTuneJobStatus, summary: dict[str, Any]) -> None:
+def apply_summary(status: FineTuneJobStatus, summary: Summary) -> None:
     """Copy the trainer's final metrics, evaluation, data report, output and checkpoint into status, and
     its memory plan from the model's config.json with what torch measured (``status.plan.measured``)."""
-    metrics = summary.get("metrics")
-    if isinstance(metrics, dict):
-        final = {k: round(v, 4) if isinstance(v, float) else v for k, v in _snake(metrics).items()}
-        merged = {**(status.metrics.model_dump(by_alias=False) if status.metrics else {}), **final}
-        status.metrics = Metrics.model_validate({k: v for k, v in merged.items() if v is not None})
-    for key, attr in (
-        ("evaluation", "evaluation"),
-        ("dataset", "dataset"),
-        ("output", "output"),
-        ("checkpoint", "last_checkpoint"),
-    ):
-        value = summary.get(key)
-        if isinstance(value, dict):
-            setattr(status, attr, value)
-    plan = mirror_plan(summary.get("plan"), status.plan)
+    if summary.metrics is not None:
+        final = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in summary.metrics.model_dump(exclude_none=True).items()
+        }
+        merged = {**(status.metrics.model_dump(exclude_none=True) if status.metrics else {}), **final}
+        status.metrics = TrainingMetrics.model_validate(merged)
+    if summary.evaluation is not None:
+        status.evaluation = summary.evaluation
+    if summary.dataset is not None:
+        status.dataset = summary.dataset
+    if summary.output is not None:
+        status.output = summary.output
+    if summary.checkpoint is not None:
+        status.last_checkpoint = summary.checkpoint
+    plan = mirror_plan(summary.plan, status.plan)
     if plan is not None:
         status.plan = plan
-
-
-def _snake(data: dict[str, Any]) -> dict[str, Any]:
-    """Known metric fields by their Python names; any other metric keeps a camelCase wire name."""
-    out = {}
-    for k, v in data.items():
-        snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in k)
-        out[snake if snake in Metrics.model_fields else to_camel(snake)] = v
-    return out
 
 
 def push_history(status: FineTuneJobStatus, phase: str, reason: str | None, limit: int) -> None:
@@ -256,7 +259,7 @@ def apply_phase(
             conds,
             ctype,
             active,
-            reason if active else _inactive_reason(phase),
+            reason if active else Reason.NOW[phase],
             message if active else "",
             now,
             generation,
@@ -269,10 +272,6 @@ def apply_phase(
             else conds
         )
     status.conditions = conds
-
-
-def _inactive_reason(phase: str) -> str:
-    return f"Now{phase}"
 
 
 def parse_time(stamp: str) -> datetime:

@@ -283,9 +283,9 @@ def _finished(st: FineTuneJobStatus, e: JobSeen, result: Outcome, facts: Facts) 
     if st.plan is not None and st.plan.price_per_gpu_hour is not None:
         st.plan.actual_cost = round(st.gpu_seconds / 3600 * st.plan.price_per_gpu_hour, 2)
     apply_phase(st, result.phase, result.reason, result.message, facts.generation, now)
-    final = (result.summary or {}).get("metrics") or {}
-    if isinstance(final.get("step"), int) and final.get("total_steps"):
-        step, total = int(final["step"]), int(final["total_steps"])
+    final = result.summary.metrics if result.summary else None
+    if final is not None and final.step is not None and final.total_steps:
+        step, total = final.step, final.total_steps
         st.progress = Progress(
             step=step,
             total_steps=total,

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from chartlib import CHART, SCENARIOS, Helm
 
-from finetune_api.summary import encode_summary
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess
 from helpers import wait_for
+from summaries import trainer_summary
 
 pytestmark = pytest.mark.e2e
 
@@ -252,7 +252,7 @@ def test_operator_with_exactly_the_charts_rbac_drives_a_finetunejob_to_succeeded
         ftj.finish_pods(
             running["run"]["jobName"],
             0,
-            encode_summary({"phase": "Succeeded", "reason": "Succeeded", "message": "done"}),
+            trainer_summary(0, "done"),
         )
         done = ftj.wait_phase("Succeeded", 60)
         assert done["observedGeneration"] == ftj.get()["metadata"]["generation"]
@@ -260,9 +260,7 @@ def test_operator_with_exactly_the_charts_rbac_drives_a_finetunejob_to_succeeded
 
         failing = create_ftj(kube_api, watched)
         run = failing.wait_phase("Running", 60)["run"]["jobName"]
-        failing.finish_pods(
-            run, 2, encode_summary({"phase": "Failed", "reason": "InvalidConfig", "message": "bad lr"})
-        )
+        failing.finish_pods(run, 2, trainer_summary(2, "bad lr"))
         failing.wait_phase("Failed", 60)
         hs = lua_health(failing.get())
         assert hs["status"] == "Degraded" and "InvalidConfig" in hs["message"]

@@ -25,10 +25,10 @@ import yaml
 from chartlib import CHART, Helm, find
 
 from finetune_api.metrics import Metric, Stage
-from finetune_api.summary import encode_summary
 from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics
 from harness import BASE_SPEC, GROUP, PLURAL, VERSION, Ftj, OperatorProcess, free_port
 from helpers import wait_for
+from summaries import trainer_summary
 
 pytestmark = pytest.mark.e2e
 
@@ -191,7 +191,7 @@ def test_prometheus_scrapes_operator_and_trainer_and_runs_the_charts_rules(
             ftj = Ftj(kube_api, ns, name)
             job = ftj.wait_phase("Running", 60)["run"]["jobName"]
             phase = "Succeeded" if code == 0 else "Failed"
-            ftj.finish_pods(job, code, encode_summary({"phase": phase, "reason": phase, "message": "test"}))
+            ftj.finish_pods(job, code, trainer_summary(code, "test"))
             ftj.wait_phase(phase, 60)
             names.append(name)
 

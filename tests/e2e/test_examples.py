@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_api.summary import encode_summary
 from harness import Ftj
 from helpers import wait_for
+from summaries import trainer_summary
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml"))
@@ -99,7 +99,7 @@ def test_example_reaches_its_end_state(path, operator, namespace, kubectl, kube_
     nodes = (spec.get("distributed") or {}).get("nodes", 1)
     pods = wait_for(lambda: len(p := ftj.pods(job_name)) == nodes and p, 60, f"{nodes} pods")
     assert all(p["spec"]["nodeName"].startswith("gpu-node-") for p in pods)
-    message = encode_summary({"phase": "Succeeded", "reason": "Succeeded", "metrics": {"evalLoss": 0.9}})
+    message = trainer_summary(0, metrics={"eval_loss": 0.9})
     ftj.finish_pods(job_name, 0, message, count=nodes)
     st = ftj.wait_phase("Succeeded", timeout=90)
     assert st["metrics"]["evalLoss"] == 0.9

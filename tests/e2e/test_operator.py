@@ -10,18 +10,14 @@ from typing import Any
 import pytest
 
 from finetune_api.metrics import Metric, metric_name
-from finetune_api.summary import encode_summary
 from helpers import wait_for
+from summaries import trainer_summary
 
 pytestmark = pytest.mark.e2e
 
 
 def cond(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
-
-
-def summary(**kw: Any) -> str:
-    return encode_summary(kw)
 
 
 def test_job_shape_on_a_gpu_node(make_finetunejob):
@@ -42,13 +38,12 @@ def test_job_shape_on_a_gpu_node(make_finetunejob):
 def test_success_fills_status_from_the_termination_message(make_finetunejob, kubectl):
     ftj = make_finetunejob()
     ftj.wait_phase("Running")
-    msg = summary(
-        phase="Succeeded",
-        reason="Succeeded",
-        message="done",
-        metrics={"trainLoss": 0.42, "evalLoss": 0.51, "bestStep": 40},
-        evaluation={"tuned": {"loss": 0.5}, "base": {"loss": 2.5}},
-        output={"uri": "file:///output"},
+    msg = trainer_summary(
+        0,
+        "done",
+        metrics={"train_loss": 0.42, "eval_loss": 0.51, "best_step": 40},
+        evaluation={"test": {"loss": 0.5}, "base": {"loss": 2.5}},
+        output_uri="file:///output",
         checkpoint={"step": 40, "uri": "file:///output/checkpoints/checkpoint-40"},
     )
     ftj.finish_pods(f"{ftj.name}-r1", 0, msg)
@@ -59,7 +54,7 @@ def test_success_fills_status_from_the_termination_message(make_finetunejob, kub
     st = ftj.status()
     assert st["phase"] == "Succeeded"
     assert st["metrics"]["evalLoss"] == 0.51 and st["metrics"]["bestStep"] == 40
-    assert st["evaluation"]["base"]["loss"] == 2.5
+    assert st["evaluation"] == {"test": {"loss": 0.5}, "base": {"loss": 2.5}}
     assert st["output"] == {"uri": "file:///output"}
     assert st["lastCheckpoint"]["step"] == 40
     assert st["run"]["completionTime"]
@@ -82,7 +77,7 @@ def test_non_retriable_exit_fails_with_the_trainers_reason_and_no_retry(make_fin
     ftj.finish_pods(
         f"{ftj.name}-r1",
         3,
-        summary(phase="Failed", reason="InvalidData", message='line 7: field "completion" is empty'),
+        trainer_summary(3, 'line 7: field "completion" is empty'),
     )
     st = ftj.wait_phase("Failed")
     assert st["reason"] == "InvalidData" and "line 7" in st["message"]
@@ -96,16 +91,14 @@ def test_retriable_exit_is_retried(make_finetunejob):
     ftj = make_finetunejob(backoffLimit=2)
     ftj.wait_phase("Running")
     job_name = f"{ftj.name}-r1"
-    first = ftj.finish_pods(
-        job_name, 75, summary(phase="Failed", reason="InfrastructureError", message="s3 timeout")
-    )
+    first = ftj.finish_pods(job_name, 75, trainer_summary(75, "s3 timeout"))
     wait_for(lambda: len(ftj.pods(job_name)) >= 2, 60, "a second pod after a retriable failure")
     st = wait_for(lambda: (s := ftj.status()).get("attempts") == 1 and s, 60, "attempts=1 in status")
     assert st["phase"] in ("Pending", "Running")
     second = [p for p in ftj.pods(job_name) if p["metadata"]["name"] not in first]
     assert second, "no replacement pod"
     ftj.wait_phase("Running")
-    ftj.finish_pods(job_name, 0, summary(phase="Succeeded", reason="Succeeded"))
+    ftj.finish_pods(job_name, 0, trainer_summary(0))
     assert ftj.wait_phase("Succeeded")["attempts"] == 1
 
 
@@ -123,7 +116,7 @@ def test_spec_change_starts_exactly_one_new_run(make_finetunejob):
 def test_rerun_annotation_starts_a_new_run_after_success(make_finetunejob):
     ftj = make_finetunejob()
     ftj.wait_phase("Running")
-    ftj.finish_pods(f"{ftj.name}-r1", 0, summary(phase="Succeeded", reason="Succeeded"))
+    ftj.finish_pods(f"{ftj.name}-r1", 0, trainer_summary(0))
     ftj.wait_phase("Succeeded")
     ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": "2026-11-28"}}})
     st = wait_for(lambda: (s := ftj.status()).get("run", {}).get("number") == 2 and s, 60, "run 2")
@@ -288,7 +281,7 @@ def test_operator_kill_and_restart_never_duplicates_or_loses_a_transition(isolat
     ftj.wait_phase("Running")
     op.kill(signal.SIGKILL)
     # While the operator is down the run finishes: the transition must not be lost.
-    ftj.finish_pods("crashy-r1", 0, summary(phase="Succeeded", reason="Succeeded", metrics={"evalLoss": 0.3}))
+    ftj.finish_pods("crashy-r1", 0, trainer_summary(0, metrics={"eval_loss": 0.3}))
     wait_for(
         lambda: any(p["status"].get("phase") == "Succeeded" for p in ftj.pods("crashy-r1")), 60, "pod done"
     )

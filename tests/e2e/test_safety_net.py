@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from finetune_api.summary import encode_summary
 from harness import GROUP, PLURAL, VERSION, Ftj, create_ftj
 from helpers import load_hack, wait_for
+from summaries import trainer_summary
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,7 @@ def test_api_server_restart_while_a_job_completes_still_reaches_succeeded(
     isolated_operator(FTJ_RESYNC_INTERVAL="3")
     ftj = _create(kube_api, isolated_operator.namespace, "restarted")
     ftj.wait_phase("Running")
-    summary = encode_summary({"phase": "Succeeded", "reason": "Succeeded", "metrics": {"evalLoss": 0.25}})
+    summary = trainer_summary(0, metrics={"eval_loss": 0.25})
     ftj.finish_pods("restarted-r1", 0, summary)
     # The moment the Job completes the API server goes away, while the operator handles that event.
     wait_for(lambda: any(_complete(j) for j in ftj.jobs()), 60, "the Job to complete", interval=0.01)
@@ -114,7 +114,7 @@ def test_a_lost_job_event_is_recovered_by_the_resync(isolated_operator, kube_api
             return False
 
         wait_for(refused, 30, "the admission policy to refuse status writes")
-        ftj.finish_pods("lost-r1", 0, encode_summary({"phase": "Succeeded", "reason": "Succeeded"}))
+        ftj.finish_pods("lost-r1", 0, trainer_summary(0))
         wait_for(lambda: any(_complete(j) for j in ftj.jobs()), 60, "the Job to complete")
         wait_for(
             lambda: "refused for this test" in op.log_tail(400), 30, "the operator's write to be refused"
@@ -141,7 +141,7 @@ def test_a_job_removed_by_its_ttl_while_the_operator_was_down_is_still_a_success
     ftj = _create(kube_api, isolated_operator.namespace, "ttl", ttlSecondsAfterFinished=0)
     ftj.wait_phase("Running")
     op.kill(signal.SIGKILL)
-    ftj.finish_pods("ttl-r1", 0, encode_summary({"phase": "Succeeded", "reason": "Succeeded"}))
+    ftj.finish_pods("ttl-r1", 0, trainer_summary(0))
     wait_for(lambda: not ftj.jobs(), 60, "the TTL controller to remove the finished Job")
     assert ftj.status()["phase"] == "Running"
     isolated_operator()

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_api.summary import encode_summary
 from harness import Ftj, create_ftj
 from helpers import wait_for
+from summaries import trainer_summary
 
 pytestmark = pytest.mark.e2e
 
@@ -26,8 +26,7 @@ def create(kube_api: Any, namespace: str, name: str, **over: Any) -> Ftj:
 
 def succeed(ftj: Ftj) -> dict[str, Any]:
     ftj.wait_phase("Running", timeout=120)
-    summary = encode_summary({"phase": "Succeeded", "reason": "Succeeded", "message": "done"})
-    ftj.finish_pods(f"{ftj.name}-r1", 0, summary)
+    ftj.finish_pods(f"{ftj.name}-r1", 0, trainer_summary(0, "done"))
     return ftj.wait_phase("Succeeded", timeout=120)
 
 
@@ -99,7 +98,7 @@ def test_rerun_token_restored_by_git_starts_nothing(make_finetunejob):
     ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": "2026-11-01"}}})
     wait_for(lambda: ftj.status()["run"]["number"] == 2, 60, "the rerun to start")
     ftj.wait_phase("Running", timeout=120)
-    ftj.finish_pods(f"{ftj.name}-r2", 0, encode_summary({"phase": "Succeeded", "reason": "Succeeded"}))
+    ftj.finish_pods(f"{ftj.name}-r2", 0, trainer_summary(0))
     ftj.wait_phase("Succeeded", timeout=120)
     # Argo CD selfHeal removes a manual annotation, or Git brings back an older one: neither is a request.
     ftj.patch({"metadata": {"annotations": {"finetuning.io/rerun": None}}})
@@ -112,3 +111,65 @@ def test_rerun_token_restored_by_git_starts_nothing(make_finetunejob):
     wait_for(lambda: ftj.status().get("observedGeneration") == generation, 60, "the suspend edit to be seen")
     assert ftj.status()["run"]["number"] == marker["run"]["number"] == 2
     assert len(ftj.jobs()) <= 2
+
+
+# What an operator before the typed status (it kept unknown fields) could have stored: keys the status no
+# longer has, a shape it no longer has (evaluation.tuned), and a value of a type it no longer accepts.
+OLD_STATUS = {
+    "legacyField": {"kept": "by the open schema"},
+    "metrics": {"evalLoss": 0.9, "customMetric": 3},
+    "evaluation": {"tuned": {"loss": 0.5}},
+    "dataset": {"read": "ten", "train": 8},
+    "progress": {"step": 3, "oldKey": 1},
+}
+
+
+@pytest.fixture
+def crd_with_open_status(kubectl: Any, crd_installed: None) -> Any:
+    """The CRD as earlier versions shipped it (status preserves unknown fields); restores the current one."""
+    original = CRD.read_text()
+
+    def apply(crd_text: str) -> None:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd_text)
+
+    crd = yaml.safe_load(original)
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    yield lambda: apply(yaml.safe_dump(crd)), lambda: apply(original)
+    apply(original)
+
+
+def test_status_stored_by_an_older_operator_is_read_and_rewritten(
+    isolated_operator, kube_api, crd_with_open_status
+):
+    """An upgraded operator meets status written under the open schema: it keeps what fits, drops the
+    rest, and its status writes succeed (a ValidationError or a 422 would leave the run unfinished)."""
+    open_crd, current_crd = crd_with_open_status
+    ns = isolated_operator.namespace
+    open_crd()
+    ftj = create(kube_api, ns, "legacy")
+    wait_for(
+        lambda: ftj.custom.patch_namespaced_custom_object_status(
+            "finetuning.io", "v1alpha1", ns, "finetunejobs", "legacy", {"status": OLD_STATUS}
+        ),
+        30,
+        "the old-style status to be written",
+    )
+    assert ftj.status()["legacyField"] == OLD_STATUS["legacyField"], "precondition: the old fields are stored"
+    current_crd()
+
+    op = isolated_operator()
+    ftj.wait_phase("Running", timeout=120)
+    metrics = {"train_loss": 0.4, "eval_loss": 0.5, "best_step": 3}
+    evaluation = {"test": {"loss": 0.5}, "base": {"loss": 2.5}}
+    ftj.finish_pods("legacy-r1", 0, trainer_summary(0, "done", metrics=metrics, evaluation=evaluation))
+    st = ftj.wait_phase("Succeeded", timeout=120)
+
+    assert "legacyField" not in st
+    assert st["evaluation"] == {"test": {"loss": 0.5}, "base": {"loss": 2.5}}
+    assert st["metrics"]["evalLoss"] == 0.5 and "customMetric" not in st["metrics"]
+    assert st["dataset"] == {"train": 8}, "what fits is kept, the value of the wrong type dropped"
+    assert "oldKey" not in st["progress"]
+    assert "ValidationError" not in op.log_path.read_text(errors="replace")

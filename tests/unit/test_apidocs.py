@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_api.conditions import ConditionType, Reason
+from finetune_api.conditions import CONDITION_DOCS, REASON_DOCS, ConditionType, Reason, reason_names
 from finetune_api.exitcodes import EXIT_MEANINGS
 from finetune_operator import apidocs, crdgen
 
@@ -81,10 +81,11 @@ def _public(cls: type) -> set[str]:
 
 
 def test_every_condition_type_and_reason_has_a_line():
-    assert set(apidocs.CONDITION_DOCS) == _public(ConditionType)
-    assert set(apidocs.REASON_DOCS) == _public(Reason)
+    assert set(CONDITION_DOCS) == _public(ConditionType)
+    assert set(REASON_DOCS) == _public(Reason) == reason_names()
+    assert all(doc.strip() for doc in [*CONDITION_DOCS.values(), *REASON_DOCS.values()])
     text = page()
-    for name in [*apidocs.CONDITION_DOCS, *apidocs.REASON_DOCS]:
+    for name in [*CONDITION_DOCS, *REASON_DOCS]:
         assert f"| `{name}` |" in text
 
 

@@ -47,8 +47,9 @@ def test_nan_in_a_termination_summary_is_dropped_and_status_serialises():
     message += ' "metrics": {"trainLoss": NaN, "evalLoss": Infinity, "bestStep": 3}}'
     result = outcome(Observed(Phase.FAILED, "BackoffLimitExceeded", "failed"), 5, message)
     assert result.reason == "LossNotFinite"
+    assert result.summary is not None
     st = FineTuneJobStatus()
-    apply_summary(st, result.summary or {})
+    apply_summary(st, result.summary)
     wire = st.wire()
     json.dumps(wire, allow_nan=False)
     assert wire["metrics"] == {"bestStep": 3}

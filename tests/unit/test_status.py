@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from finetune_api.conditions import ConditionType, Phase, Reason
+import pytest
+
+from finetune_api.conditions import ConditionType, Phase, Reason, reason_names
 from finetune_api.exitcodes import meaning_of
 from finetune_api.status import FineTuneJobStatus, RunStatus
-from finetune_api.summary import encode_summary
 from finetune_operator.status import (
     JobView,
     apply_phase,
@@ -12,9 +13,11 @@ from finetune_operator.status import (
     observe_job,
     outcome,
     push_history,
+    read_summary,
     set_condition,
     termination_of,
 )
+from summaries import trainer_summary
 
 
 def job(spec=None, status=None):
@@ -79,9 +82,7 @@ def test_failure_reason_comes_from_the_trainer_summary():
         False,
         False,
     )
-    msg = encode_summary(
-        {"phase": "Failed", "reason": "InvalidData", "message": 'line 3: field "text" is empty'}
-    )
+    msg = trainer_summary(3, 'line 3: field "text" is empty')
     out = outcome(failed, 3, msg)
     assert (out.phase, out.reason) == (Phase.FAILED, "InvalidData")
     assert "line 3" in out.message
@@ -94,21 +95,18 @@ def test_output_upload_failure_names_no_output_and_keeps_the_reason():
         False,
         False,
     )
-    msg = encode_summary(
-        {
-            "phase": "Failed",
-            "reason": "OutputUploadFailed",
-            "message": "uploading the results to s3://models/run failed: ...",
-            "checkpoint": {"step": 40, "uri": "file:///output/checkpoints/run-1-abc/checkpoint-40"},
-        }
+    msg = trainer_summary(
+        76,
+        "uploading the results to s3://models/run failed: ...",
+        checkpoint={"step": 40, "uri": "file:///output/checkpoints/run-1-abc/checkpoint-40"},
     )
     out = outcome(failed, 76, msg)
     assert (out.phase, out.reason) == (Phase.FAILED, "OutputUploadFailed")
     assert "s3://models/run" in out.message
-    st = FineTuneJobStatus()
-    apply_summary(st, out.summary or {})
-    assert st.output is None
     assert out.summary is not None and meaning_of(76).retriable
+    st = FineTuneJobStatus()
+    apply_summary(st, out.summary)
+    assert st.output is None
 
 
 def test_malformed_or_oversized_summary_falls_back_to_exit_code():
@@ -122,22 +120,52 @@ def test_malformed_or_oversized_summary_falls_back_to_exit_code():
     out = outcome(failed, 4, "{" + "x" * 5000)
     assert out.reason == "QualityGateFailed"
     out = outcome(failed, None, None)
-    assert out.reason == "PodFailurePolicy"
+    assert out.reason == Reason.JOB_FAILED and "(Job reason: PodFailurePolicy)" in out.message
+
+
+@pytest.mark.parametrize(
+    "job_reason, reason",
+    [
+        ("BackoffLimitExceeded", Reason.BACKOFF_LIMIT_EXCEEDED),
+        ("DeadlineExceeded", Reason.DEADLINE_EXCEEDED),
+        ("MaxFailedIndexesExceeded", Reason.JOB_FAILED),
+        ("\x1b[31mMadeUp", Reason.JOB_FAILED),
+        (None, Reason.JOB_FAILED),
+    ],
+)
+def test_a_failed_jobs_reason_is_one_of_ours(job_reason, reason):
+    """status.reason is always a documented constant; the Job controller's own word goes in the message."""
+    failed = observe_job(
+        job(status={"conditions": [{"type": "Failed", "status": "True", "reason": job_reason}]}), False, False
+    )
+    assert failed.reason == reason and failed.reason in reason_names()
+    assert "\x1b" not in failed.message
+
+
+def test_a_phase_condition_that_no_longer_holds_gets_a_constant_reason():
+    st = FineTuneJobStatus()
+    apply_phase(st, Phase.RUNNING, Reason.PODS_RUNNING, "running", 1, "t1")
+    apply_phase(st, Phase.SUCCEEDED, Reason.SUCCEEDED, "done", 1, "t2")
+    running = next(c for c in st.conditions if c.type == ConditionType.RUNNING)
+    assert (running.status, running.reason) == ("False", Reason.NOW_SUCCEEDED)
+    assert {c.reason for c in st.conditions} <= reason_names()
 
 
 def test_summary_fills_status_on_success():
     st = FineTuneJobStatus()
-    summary = {
-        "version": 1,
-        "metrics": {"trainLoss": 0.5, "evalLoss": 0.7, "bestStep": 30},
-        "evaluation": {"tuned": {"accuracy": 0.9}, "base": {"accuracy": 0.2}},
-        "output": {"uri": "file:///out"},
-        "checkpoint": {"step": 30, "uri": "file:///out/checkpoints/checkpoint-30"},
-    }
-    apply_summary(st, summary)
+    text = trainer_summary(
+        0,
+        "done",
+        metrics={"train_loss": 0.5, "eval_loss": 0.7, "best_step": 30},
+        evaluation={"test": {"accuracy": 0.9}, "base": {"accuracy": 0.2}},
+        output_uri="file:///out",
+        checkpoint={"step": 30, "uri": "file:///out/checkpoints/checkpoint-30"},
+    )
+    apply_summary(st, read_summary(text))
     assert st.metrics is not None and st.metrics.eval_loss == 0.7 and st.metrics.best_step == 30
-    assert st.evaluation == {"tuned": {"accuracy": 0.9}, "base": {"accuracy": 0.2}}
-    assert st.last_checkpoint == {"step": 30, "uri": "file:///out/checkpoints/checkpoint-30"}
+    assert st.wire()["evaluation"] == {"test": {"accuracy": 0.9}, "base": {"accuracy": 0.2}}
+    assert st.wire()["lastCheckpoint"] == {"step": 30, "uri": "file:///out/checkpoints/checkpoint-30"}
+    assert st.wire()["output"] == {"uri": "file:///out"}
     wire = st.wire()
     assert wire["metrics"]["evalLoss"] == 0.7 and wire["lastCheckpoint"]["step"] == 30
 
@@ -243,3 +271,22 @@ def test_the_job_controllers_last_verdict_stands_in_for_a_vanished_job():
         final_job_from_events([_event("SuccessfulCreate", "2026-11-29T10:01:00Z")], "x-r1", "ns", start)
         is None
     )
+
+
+def test_status_stored_by_an_older_operator_keeps_what_fits():
+    stored = {
+        "phase": "Running",
+        "legacyField": {"a": 1},
+        "run": {"number": 2, "jobName": "j-r2", "specHash": "abc", "oldRunKey": True},
+        "metrics": {"evalLoss": 0.9, "customMetric": 3},
+        "evaluation": {"tuned": {"loss": 0.5}, "test": {"loss": "low"}},
+        "dataset": {"read": "ten", "train": 8},
+        "history": [{"number": 1, "jobName": "j-r1", "phase": "Succeeded"}, {"jobName": "no number"}],
+    }
+    st = FineTuneJobStatus.from_stored(stored)
+    assert st.phase == "Running" and st.run is not None and st.run.number == 2
+    assert st.metrics is not None and st.metrics.eval_loss == 0.9
+    assert st.wire()["evaluation"] == {"test": {}}
+    assert st.wire()["dataset"] == {"train": 8}
+    assert [h.number for h in st.history] == [1]
+    assert "legacyField" not in st.wire()

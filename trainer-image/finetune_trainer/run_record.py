@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_api.exitcodes import ExitCode, meaning_of
 from finetune_api.spec import TrainerConfig
-from finetune_api.summary import encode_summary
+from finetune_api.lenient import unknown_fields, validate_dropping
+from finetune_api.summary import Summary, encode_summary
 
 if TYPE_CHECKING:
     from finetune_trainer.storage.run import RunStorage
@@ -80,7 +81,7 @@ def dataset_summary(report: dict[str, Any]) -> dict[str, Any]:
     }
     duplicates = cleaning.get("duplicates_removed")
     if isinstance(duplicates, dict):
-        out["duplicatesRemoved"] = {k: v for k, v in duplicates.items() if isinstance(v, int)}
+        out["duplicates_removed"] = {k: v for k, v in duplicates.items() if isinstance(v, int)}
     redactions = cleaning.get("redactions")
     if isinstance(redactions, dict):
         out["redactions"] = sum(v for v in redactions.values() if isinstance(v, int))
@@ -131,22 +132,7 @@ def note_checkpoint(config: TrainerConfig, record: RunRecord) -> None:
 
 def write_summary(path: str, code: ExitCode, message: str, record: RunRecord) -> None:
     """The exit summary (at most 4 KiB) for the operator; a write failure is logged, never raised."""
-    summary: dict[str, Any] = {
-        "phase": "Succeeded" if code == ExitCode.SUCCEEDED else "Failed",
-        "reason": meaning_of(code).reason,
-        "message": message,
-        "metrics": record.metrics,
-        "evaluation": record.evaluation,
-    }
-    if record.dataset:
-        summary["dataset"] = record.dataset
-    if record.output_uri:
-        summary["output"] = {"uri": record.output_uri}
-    if record.checkpoint:
-        summary["checkpoint"] = record.checkpoint
-    if record.plan:
-        summary["plan"] = record.plan
-    text = encode_summary(_finite_only(summary))
+    text = encode_summary(summary_of(code, message, record))
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
@@ -154,6 +140,29 @@ def write_summary(path: str, code: ExitCode, message: str, record: RunRecord) ->
     except OSError as exc:
         log.error("cannot write the termination summary to %s: %s", path, exc)
     log.info("summary: %s", text)
+
+
+def summary_of(code: ExitCode, message: str, record: RunRecord) -> Summary:
+    """The typed exit summary of a run (finetune_api.summary). A figure that does not fit the contract's
+    models is left out and named in the log, never a reason to lose the summary."""
+    data = _finite_only(
+        {
+            "phase": "Succeeded" if code == ExitCode.SUCCEEDED else "Failed",
+            "reason": meaning_of(code).reason,
+            "message": message,
+            "metrics": record.metrics or None,
+            "evaluation": record.evaluation or None,
+            "dataset": record.dataset or None,
+            "output": {"uri": record.output_uri} if record.output_uri else None,
+            "checkpoint": record.checkpoint,
+            "plan": record.plan,
+        }
+    )
+    summary, dropped = validate_dropping(Summary, data)
+    dropped += unknown_fields(Summary, {k: v for k, v in data.items() if k != "plan"})
+    if dropped:
+        log.warning("left out of the summary (not in the contract's models): %s", ", ".join(dropped))
+    return summary
 
 
 def _finite_only(value: Any) -> Any:
