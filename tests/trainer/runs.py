@@ -18,10 +18,10 @@ def free_port() -> int:
 
 
 def read_summary(config_path: Path) -> dict[str, Any]:
-    from finetune_api.summary import decode_summary
+    from finetune_api.summary import parse_summary
 
     config = json.loads(config_path.read_text())
-    return decode_summary(Path(config["terminationLog"]).read_text())
+    return parse_summary(Path(config["terminationLog"]).read_text())
 
 
 def output_of(config_path: Path) -> Path:

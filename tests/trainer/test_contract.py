@@ -17,7 +17,7 @@ from runs import free_port, read_summary
 
 from finetune_api.exitcodes import ExitCode
 from finetune_api.metrics import Metric, Stage, metric_name
-from finetune_api.summary import SUMMARY_MAX_BYTES, decode_summary
+from finetune_api.summary import SUMMARY_MAX_BYTES, parse_summary
 from finetune_trainer.run_record import RunRecord, write_summary
 from finetune_trainer.runner import load_config, run, run_config_file
 
@@ -104,7 +104,7 @@ def ftj_run(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> dict[s
 def test_ftj_run_trains_a_manifest(ftj_run: dict[str, Any]) -> None:
     assert ftj_run["code"] == ExitCode.SUCCEEDED
     out: Path = ftj_run["out"]
-    summary = decode_summary((out / "termination-log").read_text())
+    summary = parse_summary((out / "termination-log").read_text())
     assert summary["phase"] == "Succeeded"
     assert summary["metrics"]["step"] == 16
     assert summary["output"]["uri"] == out.resolve().as_uri()
@@ -193,7 +193,7 @@ def test_summary_fits_4_kib_with_a_huge_message(tmp_path: Path) -> None:
     write_summary(str(path), ExitCode.INVALID_DATA, "line 3: bad record; " * 1000, record)
     text = path.read_text()
     assert len(text.encode()) <= SUMMARY_MAX_BYTES
-    summary = decode_summary(text)
+    summary = parse_summary(text)
     assert summary["reason"] == "InvalidData"
     assert summary["message"].endswith("...")
     assert summary["checkpoint"]["step"] == 7
@@ -204,7 +204,7 @@ def test_invalid_config_file_exits_2_with_a_summary(tmp_path: Path) -> None:
     log = tmp_path / "termination-log"
     path.write_text(json.dumps({"version": 1, "terminationLog": str(log), "spec": {"task": "poetry"}}))
     assert run_config_file(path) == ExitCode.INVALID_CONFIG
-    summary = decode_summary(log.read_text())
+    summary = parse_summary(log.read_text())
     assert summary["reason"] == "InvalidConfig"
     assert "spec.task" in summary["message"]
 

@@ -18,7 +18,7 @@ import yaml
 from runs import read_summary, trainer_env
 
 from finetune_api.exitcodes import ExitCode
-from finetune_api.summary import decode_summary
+from finetune_api.summary import parse_summary
 from finetune_trainer.runner import run_config_file
 
 pytestmark = pytest.mark.trainer
@@ -155,7 +155,7 @@ def test_ftj_run_with_everything_on_s3_uploads_every_result(s3_run: dict[str, An
     assert s3_run["code"] == ExitCode.SUCCEEDED, s3_run["log"][-3000:]
     local: Path = s3_run["root"] / "local"
     fs, bucket = s3_run["fs"], s3_run["bucket"]
-    summary = decode_summary((local / "termination-log").read_text())
+    summary = parse_summary((local / "termination-log").read_text())
     uri = f"s3://{bucket}/results/remote"
     assert summary["phase"] == "Succeeded"
     assert summary["output"]["uri"] == uri

@@ -15,7 +15,7 @@ from pathlib import Path
 from finetune_api.exitcodes import ExitCode
 from finetune_api.sources import Source
 from finetune_api.spec import FineTuneJobSpec, JobRef, TrainerConfig
-from finetune_api.summary import decode_summary
+from finetune_api.summary import Summary, parse_summary
 
 
 def local_source(source: Source | None, base_dir: Path, field: str) -> str | None:
@@ -70,13 +70,12 @@ def run_command(manifest: str, output: str | None = None, metrics_port: int = 0)
     configure_logging()
     Path(config.paths.output).mkdir(parents=True, exist_ok=True)
     code = run(config)
-    summary = decode_summary(Path(config.termination_log).read_text(encoding="utf-8"))
-    print(f"{config.job.name}: {summary.get('phase')} ({summary.get('reason')}): {summary.get('message')}")
-    test = (summary.get("evaluation") or {}).get("test") or {}
+    summary = Summary.from_wire(parse_summary(Path(config.termination_log).read_text(encoding="utf-8")))
+    print(f"{config.job.name}: {summary.phase} ({summary.reason}): {summary.message}")
+    test = summary.evaluation.test if summary.evaluation else {}
     if test:
-        print("  test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, (int, float))))
-    remote = (summary.get("output") or {}).get("uri")
-    print(f"  output: {remote or config.paths.output}")
+        print("  test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.items()))
+    print(f"  output: {summary.output.uri if summary.output else config.paths.output}")
     return code
 
 
