@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from finetune_api.lenient import validate_dropping
 from finetune_api.planning.report import PlanReport
@@ -52,8 +52,15 @@ class Summary(Reported):
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Summary:
-        """A summary from a decoded message; fields that do not fit are dropped (a pod wrote them)."""
-        return validate_dropping(cls, data)[0]
+        """A summary from a decoded message; fields that do not fit are dropped (a pod wrote them). The
+        plan is kept whole or not at all: its error is computed from all of its terms together."""
+        rest = {k: v for k, v in data.items() if k != "plan"}
+        summary = validate_dropping(cls, rest)[0]
+        try:
+            plan = PlanReport.model_validate(data["plan"]) if data.get("plan") is not None else None
+        except ValidationError:
+            plan = None
+        return summary.model_copy(update={"plan": plan}) if plan is not None else summary
 
 
 # Dropped in this order while the summary is over the limit (after shortening the message).

@@ -24,7 +24,13 @@ from finetune_operator.event_policy import phase_event
         (Phase.RUNNING, Phase.PENDING, Reason.PODS_RUNNING, Reason.WAITING_FOR_PODS, "Normal"),
         (Phase.RUNNING, Phase.SUSPENDED, Reason.PODS_RUNNING, Reason.SUSPENDED_BY_USER, "Normal"),
         (None, Phase.QUEUED, None, Reason.QUEUED_BY_KUEUE, "Normal"),
-        (Phase.SUSPENDED, Phase.RUNNING, Reason.SUSPENDED_BY_USER, Reason.RESUMED, "Normal"),
+        (
+            Phase.SUSPENDED,
+            Phase.PENDING,
+            Reason.SUSPENDED_BY_USER,
+            Reason.WAITING_FOR_PODS,
+            "Normal",
+        ),  # resumed
         # no phase change, no new failure: nothing to tell
         (Phase.RUNNING, Phase.RUNNING, Reason.PODS_RUNNING, Reason.PODS_RUNNING, None),
         (Phase.FAILED, Phase.FAILED, Reason.JOB_FAILED, Reason.JOB_FAILED, None),

@@ -12,9 +12,11 @@ import yaml
 from finetune_api.conditions import Reason
 from finetune_api.planning import architecture, gpus, make_plan
 from finetune_api.spec import FineTuneJobSpec
+from finetune_api.summary import Summary
 from finetune_operator.admission import admit
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.plan_cmd import plan_command
+from summaries import trainer_summary
 
 GIB = 1024**3
 
@@ -266,11 +268,11 @@ def trainer_plan(**over: Any) -> dict[str, Any]:
 
 def test_summary_plan_is_mirrored_next_to_the_admission_estimate() -> None:
     from finetune_api.status import FineTuneJobStatus
-    from finetune_operator.status import apply_summary
+    from finetune_operator.status import apply_summary, read_summary
 
     admitted = admit(spec(model={"name": "org/base-7B"}, resources={"gpuMemory": "80Gi"}), OperatorSettings())
     status = FineTuneJobStatus(plan=admitted.plan)
-    apply_summary(status, {"phase": "Succeeded", "plan": trainer_plan()})
+    apply_summary(status, read_summary(trainer_summary(0, plan=trainer_plan())))
     assert status.plan is not None and status.plan.shape_source == "model name"  # admission's, kept
     measured = status.plan.measured
     assert measured is not None and measured.shape_source == "config.json"
@@ -285,12 +287,14 @@ def test_summary_plan_is_mirrored_next_to_the_admission_estimate() -> None:
 
 def test_trainer_plan_becomes_the_plan_when_the_name_gave_none() -> None:
     from finetune_api.status import FineTuneJobStatus
-    from finetune_operator.status import apply_summary
+    from finetune_operator.status import apply_summary, read_summary
 
     status = FineTuneJobStatus()
     cpu = trainer_plan(device="cpu", verdict=None, gpuMemoryBytes=None, measuredBytes={
         "weights": 14 * GIB, "gradients": GIB // 2, "optimizer": GIB})  # fmt: skip
-    apply_summary(status, {"phase": "Succeeded", "plan": {k: v for k, v in cpu.items() if v is not None}})
+    apply_summary(
+        status, read_summary(trainer_summary(0, plan={k: v for k, v in cpu.items() if v is not None}))
+    )
     assert status.plan is not None and status.plan.verdict == "Unknown"
     assert status.plan.shape_source == "config.json" and status.plan.dominant_term == "weights"
     assert status.plan.measured is not None and status.plan.measured.error_percent == 0.0
@@ -314,7 +318,7 @@ def test_a_malformed_plan_from_a_pod_changes_nothing(bad: Any) -> None:
 
     admitted = admit(spec(model={"name": "org/base-7B"}), OperatorSettings())
     status = FineTuneJobStatus(plan=admitted.plan)
-    apply_summary(status, {"phase": "Succeeded", "plan": bad})
+    apply_summary(status, Summary.from_wire({"version": 1, "phase": "Succeeded", "plan": bad}))  # a pod's
     assert status.plan == admitted.plan and status.plan is not None and status.plan.measured is None
 
 
