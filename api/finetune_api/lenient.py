@@ -4,7 +4,7 @@ the whole object being refused."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_snake
@@ -77,3 +77,30 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
+
+
+def unknown_fields(model: type[BaseModel], data: Any, where: str = "") -> list[str]:
+    """Keys of ``data`` that ``model`` has no field for (by name or alias), nested models included: what a
+    closed model would drop without an error, so that a writer can say so."""
+    if not isinstance(data, dict):
+        return []
+    fields = {name: f for name, f in model.model_fields.items()}
+    by_key = {**fields, **{f.alias: f for f in fields.values() if f.alias}}
+    out = []
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        found = by_key.get(key)
+        if found is None:
+            out.append(path)
+            continue
+        nested = next(
+            (
+                t
+                for t in (found.annotation, *get_args(found.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
+        if nested is not None:
+            out += unknown_fields(nested, value, path)
+    return out

@@ -55,6 +55,12 @@ class RegressionReport(Reported):
     relative_change: float | None = Field(
         default=None, description="(tuned - base) / base: positive means the tuned model got worse."
     )
+    tuned_accuracy: float | None = Field(
+        default=None, description="The tuned model's accuracy on the set (classification)."
+    )
+    base_accuracy: float | None = Field(
+        default=None, description="The base model's accuracy on the set (classification)."
+    )
 
 
 class Evaluation(Reported):

@@ -67,7 +67,12 @@ def test_the_summary_round_trips_from_the_trainers_encoder_into_status(tmp_path)
         "base": base,
         "delta": delta(tuned, base),
         "review": {"samples": 5, "file": "review_samples.jsonl", "with_base": True},
-        "regression": {**regression_delta(2.0, 2.1), "records": 50},
+        "regression": {
+            **regression_delta(2.0, 2.1),
+            "base_accuracy": 0.5,
+            "tuned_accuracy": 0.48,
+            "records": 50,
+        },
     }
     dataset = dataset_summary(_data_report(tmp_path))
     assert {"read", "train", "test", "duplicates_removed", "redactions", "tokens"} <= set(dataset)
@@ -118,6 +123,15 @@ def test_a_figure_outside_the_contract_is_left_out_not_the_summary(caplog):
     summary = Summary.model_validate_json(text)
     assert summary.metrics is not None and summary.metrics.train_loss == 0.4 and summary.metrics.step is None
     assert "metrics.step" in caplog.text
+
+
+def test_a_figure_the_contract_does_not_know_is_named_when_the_trainer_writes(caplog):
+    """A trainer change that adds a figure without adding it to finetune_api says so in its log (the
+    closed models would drop it silently otherwise)."""
+    trainer_summary(
+        0, "done", evaluation={"test": {"loss": 1.0}, "regression": {"records": 3, "new_score": 1}}
+    )
+    assert "evaluation.regression.new_score" in caplog.text
 
 
 def test_an_older_trainers_snake_case_summary_still_reads():
