@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_api.exitcodes import ExitCode, meaning_of
-from finetune_api.spec import TrainerConfig
 from finetune_api.lenient import unknown_fields, validate_dropping
+from finetune_api.spec import TrainerConfig
 from finetune_api.summary import Summary, encode_summary
 
 if TYPE_CHECKING:
