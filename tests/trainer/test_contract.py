@@ -177,9 +177,14 @@ def test_metrics_endpoint_reports_the_stage_and_training_only_while_steps_run(
 ) -> None:
     """The operator judges a stall only in ``training``: after the last step the stage must leave it."""
     stages = ftj_run["stages"]
-    assert stages[0] == Stage.LOADING and Stage.TRAINING in stages, stages
-    assert stages[-1] != Stage.TRAINING, f"still 'training' after the last step: {stages}"
-    assert set(stages) <= set(Stage.ALL)
+    assert stages[0] in (Stage.LOADING, Stage.DATA) and Stage.TRAINING in stages, stages
+    last = len(stages) - 1 - stages[::-1].index(Stage.TRAINING)
+    after = stages[last + 1 :]
+    # The runner's stages after the last step, in order (mergeAdapter is on); a short one may fall
+    # between two scrapes, the merge (a child process that loads the base again) does not.
+    order = [Stage.EVALUATING, Stage.SAVING, Stage.MERGING, Stage.UPLOADING]
+    assert after and after == sorted(after, key=order.index), stages
+    assert Stage.MERGING in after, stages
 
 
 def test_summary_fits_4_kib_with_a_huge_message(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,14 @@ class RunRecord:
     storage: RunStorage | None = None  # once the stages built it (knows the synced checkpoints)
     licence: str | None = None
     plan: dict[str, Any] | None = None  # the estimate from the loaded config.json, then what was measured
+    on_stage: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A new ``stage`` also reaches ``on_stage`` (the trainer's stage metric), wherever it is set."""
+        super().__setattr__(name, value)
+        hook = getattr(self, "on_stage", None)
+        if name == "stage" and hook is not None:
+            hook(value)
 
 
 def run_metrics(trainer: Any, result: Any, excluded_seconds: float = 0.0) -> dict[str, Any]:

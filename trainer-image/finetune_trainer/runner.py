@@ -63,12 +63,12 @@ def run(config: TrainerConfig) -> int:
     """Train, evaluate and save as the config says; returns the exit code (the summary is written)."""
     from finetune_trainer.callbacks import GracefulStop
     from finetune_trainer.distributed import world_info
-    from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics
+    from finetune_trainer.metrics_server import MetricsServer, TrainerMetrics, stage_of
     from finetune_trainer.stages import train_and_evaluate
 
     world = world_info()
-    record = RunRecord()
     metrics = TrainerMetrics()
+    record = RunRecord(on_stage=lambda stage: metrics.set_stage(stage_of(stage)))
     server = None
     if world.local_rank == 0 and config.metrics_port:
         try:
