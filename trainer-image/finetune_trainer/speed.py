@@ -48,7 +48,7 @@ def available() -> Available:
 
     cuda = torch.cuda.is_available()
     try:
-        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+        from transformers.utils.import_utils import is_flash_attn_2_available, is_flash_attn_3_available
 
         fa2, fa3 = is_flash_attn_2_available(), is_flash_attn_3_available()
     except ImportError:  # pragma: no cover - older transformers

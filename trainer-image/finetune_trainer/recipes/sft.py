@@ -47,6 +47,7 @@ class SftRecipe:
 
     def build(self, ctx: RecipeContext, args: Any) -> Any:
         from trl import SFTTrainer
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
         trainer = SFTTrainer(
             model=ctx.model.model,
@@ -62,5 +63,8 @@ class SftRecipe:
             # Unpacked and padding-free: TRL refuses max_length with padding_free (it would not truncate),
             # so the trainer is built padded, which tokenises and truncates every record to
             # maxSequenceLength, and only its collator then lays each batch end to end.
-            trainer.data_collator.padding_free = True
+            collator = trainer.data_collator
+            if not isinstance(collator, DataCollatorForLanguageModeling):
+                raise TypeError(f"padding-free batches need TRL's collator, not {type(collator).__name__}")
+            collator.padding_free = True
         return trainer
