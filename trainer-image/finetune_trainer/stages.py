@@ -20,7 +20,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from finetune_api.exitcodes import ExitCode
 from finetune_api.spec import Paths, TrainerConfig
 from finetune_api.training import TrainingSpec
-from finetune_trainer import base_model, evaluation, licence, outputs, plan_at_run, review
+from finetune_trainer import base_model, evaluation, licence, modeling, outputs, plan_at_run, review
 from finetune_trainer.callbacks import (
     FiniteLossGuard,
     GracefulStop,
@@ -39,7 +39,6 @@ from finetune_trainer.distributed import (
 )
 from finetune_trainer.failures import Failure, classify
 from finetune_trainer.metrics_server import TrainerMetrics
-from finetune_trainer.modeling import load_model, load_tokenizer
 from finetune_trainer.recipes import RecipeContext, recipe_for
 from finetune_trainer.run_record import RunRecord, dataset_summary, output_uri, run_metrics
 from finetune_trainer.storage.run import RunStorage
@@ -79,7 +78,7 @@ def train_and_evaluate(
     log.info("data: %s", {k: v for k, v in data.report.get("counts", {}).items()})
 
     record.stage = "model"
-    tokenizer = load_tokenizer(spec, paths.model)
+    tokenizer = modeling.load_tokenizer(spec, paths.model)
     record.licence = licence.model_licence(spec.model.licence, paths.model)
     refused = licence.not_allowed(record.licence, config.allowed_licences)
     if refused:
@@ -122,7 +121,8 @@ def train_and_evaluate(
     record.stage = "model"
     # New weights (LoRA matrices, a classification head) come from the seed, so reruns agree.
     set_seed(spec.hyperparameters.seed)
-    ctx.loaded = load_model(spec, paths.model, tokenizer, data.labels)
+    # Through the module: tests and bench/minilm_classification.py wrap modeling.load_model.
+    ctx.loaded = modeling.load_model(spec, paths.model, tokenizer, data.labels)
     _log_parameters_held(ctx.loaded.model, world.rank)
 
     record.stage = "setup"
