@@ -14,8 +14,9 @@ COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY operator/ operator/
 # Only finetune_api and finetune_operator, with the operator's dependencies (no [trainer] extra): the
-# trainer package is not in this image.
+# trainer package is not in this image, so neither is its `ftj` console script.
 RUN /opt/venv/bin/pip install --no-cache-dir . \
+    && rm /opt/venv/bin/ftj \
     && /opt/venv/bin/python -c "import finetune_operator.__main__" \
     && ! /opt/venv/bin/python -c "import finetune_trainer" 2>/dev/null
 
