@@ -293,7 +293,7 @@ def test_resume_from_the_remote_checkpoint_on_an_empty_disk(
 ) -> None:
     fs = s3fs_for(objectstore.env())
     seed_bucket(fs, s3_bucket, llama_dir, tmp_path)
-    overrides = {"hyperparameters": {"maxSteps": 24}}
+    overrides = {"hyperparameters": {"maxSteps": 24, "loggingSteps": 1}}
     first = write_config(tmp_path / "first", s3_bucket, **overrides)
     env = storage_env(objectstore.env(), tmp_path / "cache-first")
     proc = start(first, env, tmp_path / "first.log")

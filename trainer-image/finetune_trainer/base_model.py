@@ -114,4 +114,5 @@ def _forget_zero3_trace(trainer: Any) -> None:
         return
     coordinator = offload.get_param_coordinator()
     coordinator.release_and_reset_all(engine.module)
-    coordinator._invalidate_trace()  # no public way to drop the trace in deepspeed 0.19
+    if not coordinator.is_invalid_trace():  # nothing recorded (no forward ran) or already dropped
+        coordinator._invalidate_trace()  # no public way to drop the trace in deepspeed 0.19

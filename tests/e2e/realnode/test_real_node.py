@@ -288,13 +288,13 @@ def test_review_samples_forgetting_check_and_measured_plan_reach_status(
     status = wait_phase(ftj, rkubectl, "Succeeded", timeout=900)
 
     evaluation = status["evaluation"]
-    assert evaluation["review"] == {"samples": 3, "file": "review_samples.jsonl", "with_base": True}, (
+    assert evaluation["review"] == {"samples": 3, "file": "review_samples.jsonl", "withBase": True}, (
         evaluation
     )
     regression = evaluation["regression"]
-    assert regression["records"] == 16 and regression["base_loss"] > 0 and regression["tuned_loss"] > 0
-    assert regression["relative_change"] == pytest.approx(
-        (regression["tuned_loss"] - regression["base_loss"]) / regression["base_loss"], rel=1e-3
+    assert regression["records"] == 16 and regression["baseLoss"] > 0 and regression["tunedLoss"] > 0
+    assert regression["relativeChange"] == pytest.approx(
+        (regression["tunedLoss"] - regression["baseLoss"]) / regression["baseLoss"], rel=1e-3
     )
     [samples] = list(output.host.rglob("review_samples.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
