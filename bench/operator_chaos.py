@@ -332,7 +332,9 @@ def run_chaos(
             objs = ftjs()
         except Exception:
             return False
-        done = all(((objs.get(n) or {}).get("status") or {}).get("phase") in TERMINAL for n in survivors)
+        # Terminal for the generation the object has now: a spec change not handled yet still shows the
+        # previous run's terminal phase, with an older observedGeneration.
+        done = all(_finished_current(objs.get(n) or {}) for n in survivors)
         return done and not (set(objs) & plan.deleted) and not leftovers()
 
     say("settling")
@@ -390,6 +392,12 @@ def run_chaos(
     with contextlib.suppress(Exception):
         core.delete_namespace(namespace)
     return report
+
+
+def _finished_current(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation")
+    return status.get("phase") in TERMINAL and status.get("observedGeneration") == generation
 
 
 def main() -> int:

@@ -259,6 +259,7 @@ class ApiServerMetrics:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.seconds: Counter[tuple[str, str]] = Counter()
         self.timed: Counter[tuple[str, str]] = Counter()
+        self.refused: Counter[tuple[str, str]] = Counter()  # write requests answered 4xx (409s mostly)
         for line in text.splitlines():
             m = _SAMPLE.match(line)
             if not m:
@@ -273,6 +274,8 @@ class ApiServerMetrics:
             value = float(m.group(3))
             if m.group(1) == "apiserver_request_total":
                 self.requests[key] += int(value)
+                if labels.get("code", "").startswith("4"):
+                    self.refused[key] += int(value)
             elif m.group(1).endswith("_sum"):
                 self.seconds[key] += value
             else:
@@ -280,6 +283,9 @@ class ApiServerMetrics:
 
     def writes(self) -> Counter[tuple[str, str]]:
         return Counter({k: v for k, v in self.requests.items() if k[1] in WRITE_VERBS})
+
+    def refused_writes(self) -> Counter[tuple[str, str]]:
+        return Counter({k: v for k, v in self.refused.items() if k[1] in WRITE_VERBS})
 
     def latency_since(self, before: ApiServerMetrics, resources: Iterable[str]) -> dict[str, Any]:
         """Mean server-side latency (ms) and count of each request on ``resources`` since ``before``."""
@@ -354,7 +360,7 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
     by the Kubernetes API method (or other blocking call) they were inside."""
     api_frame = re.compile(r"^\w+\.(\w+) \((?:.*/)?kubernetes/client/api/\w+\.py")
     other = re.compile(r"(?:^|\.)(urlopen|model_validate|deepcopy|sanitize_for_serialization|sleep|wire) \(")
-    handler = re.compile(r"(?:^|\.)(ftj_changed|job_event|progress) \((?:.*/)?finetune_operator/handlers\.py")
+    handler = re.compile(r"(?:^|\.)(work|job_event|progress) \((?:.*/)?finetune_operator/handlers\.py")
     by_call: Counter[str] = Counter()
     by_handler: Counter[str] = Counter()
     total = 0
@@ -1026,6 +1032,19 @@ def main() -> int:
                 "operator_create_to_job_p50_s": stats(created_to_job).get("p50"),
                 "operator_create_to_job_p99_s": stats(created_to_job).get("p99"),
                 "operator_writes_per_job": round((op_total + op_events) / n, 2),
+                # Of those, write requests the API server refused (409 conflicts: a write from a stale
+                # read, retried on a fresh one); the progress window's, if any, are included.
+                "operator_refused_writes_per_job": round(
+                    sum(
+                        v
+                        for (res, _verb), v in (
+                            server_done.refused_writes() - server_before.refused_writes()
+                        ).items()
+                        if res in OPERATOR_RESOURCES
+                    )
+                    / n,
+                    2,
+                ),
                 # A FineTuneJob's create handler should run once (twice meant a second Job GET,
                 # status write and kopf PATCH per object).
                 "reconciles_per_job": round(

@@ -116,20 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # No handler needs a finalizer (children are owned; progress comes from one loop, not timers).
-        # Naming the old one makes kopf remove it from objects that older versions marked.
-        settings.persistence.finalizer = f"{c.GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{c.GROUP}")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=f"kopf.{c.GROUP}", key="last-handled-configuration"
-        )
+        # FineTuneJobs are reconciled from watch events through the operator's own queue (handlers.py),
+        # so kopf keeps no state on them: no finalizer, no last-handled or progress annotations.
         settings.execution.max_workers = config.max_workers
-        # After its own PATCH (the last-handled configuration) kopf skips an object's older events until
-        # the patched version arrives, but only for 5 s by default. In a burst the watch lags longer,
-        # so the event of the operator's own status write, which lacks the annotation, was taken for a
-        # new object and created again (every FineTuneJob reconciled twice at N=500: a second Job GET,
-        # status write and PATCH each). Normal waits end when the version arrives; this caps the rest.
-        settings.persistence.consistency_timeout = 60.0
         settings.posting.enabled = True
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +19,14 @@ from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.progress_loop import ProgressLoop
-from finetune_operator.reconcile import on_job_event, reconcile
+from finetune_operator.reconcile import legacy_finalizers, on_job_event, reconcile, release_legacy_finalizers
 from finetune_operator.resync import ResyncLoop
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.work_queue import WorkQueue
 
 POOL_PROBE_TIMEOUT = 10.0
+
+log = logging.getLogger("finetune_operator")
 
 
 def retry_delay(retry: int) -> float:
@@ -30,26 +34,42 @@ def retry_delay(retry: int) -> float:
     return float(min(2 ** max(retry, 0), 60))
 
 
-def _timed(name: str, fn: Callable[[], None], retry: int = 0) -> None:
-    """Run a handler body; transient API errors become kopf retries with backoff, never silent loss."""
+def _attempt(
+    ctx: Context, name: str, fn: Callable[[], None], retry: int = 0, body: dict[str, Any] | None = None
+) -> float | None:
+    """Run a handler body: None when it is done, or the delay before it must run again.
+
+    Transient API errors (a 409, throttling, a restarting or unreachable API server) and waits for a
+    missing Secret/PVC/ConfigMap come back with exponential backoff, never lost. A request the API
+    server refuses for good is logged, announced with a Warning Event and not retried until the
+    object changes.
+    """
     start = time.perf_counter()
     try:
         fn()
+        return None
     except ApiException as exc:
         if exc.status in (0, 409, 429) or exc.status >= 500:
-            raise kopf.TemporaryError(f"API {exc.status}: {exc.reason}", delay=retry_delay(retry)) from exc
-        raise kopf.PermanentError(f"API {exc.status}: {exc.reason}: {exc.body}") from exc
-    except RecheckLater as exc:
-        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from exc
+            log.warning("%s: API %s %s; retrying", name, exc.status, exc.reason)
+            return retry_delay(retry)
+        message = f"API {exc.status}: {exc.reason}: {str(exc.body)[:500]}"
+        log.error("%s failed: %s", name, message)
+        if body is not None:
+            ctx.post_event(body, "Warning", "ReconcileFailed", f"{message} (retried when the object changes)")
+        return None
+    except RecheckLater:
+        return retry_delay(retry)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         # Timeouts, refused connections, a failed-over API server: try again later.
-        raise kopf.TemporaryError(f"API unreachable: {exc}", delay=retry_delay(retry)) from exc
+        log.warning("%s: API unreachable (%s); retrying", name, exc)
+        return retry_delay(retry)
     finally:
         HANDLER_DURATION.labels(handler=name).observe(time.perf_counter() - start)
 
 
+Key = tuple[str | None, str]
 # The latest slim body of every FineTuneJob, by (namespace, name), kept from the watch by ``ftj_event``.
-FtjIndex = dict[tuple[str | None, str], list[dict[str, Any]]]
+FtjIndex = dict[Key, list[dict[str, Any]]]
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
@@ -61,26 +81,81 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     index: FtjIndex = {}
     register_safety_net(registry, settings, index)
 
-    @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
-    @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
-    @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
-    def ftj_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-        ctx: Context = memo["ctx"]
-        _timed("reconcile", lambda: reconcile(ctx, _plain(body)), retry)
+    handled: dict[Key, int] = {}  # the trigger of each key's last finished reconcile
+    retrying: dict[Key, int] = {}  # the trigger of a failed one, due again after its backoff
+    retries: dict[Key, int] = {}
+    queue: WorkQueue[Key] = WorkQueue(lambda key: _reconcile_key(key), settings.max_workers)
+
+    async def _reconcile_key(key: Key) -> float | None:
+        """Reconcile the latest body of ``key``; the retry delay, or None when done."""
+        bodies = index.get(key)
+        if not bodies:
+            return None  # deleted meanwhile
+        body = copy.deepcopy(bodies[0])
+        trigger = trigger_of(body)
+        ctx: Context = memo_ref["ctx"]
+        executor = memo_ref["executor"]
+        loop = asyncio.get_running_loop()
+        retry = retries.get(key, 0)
+
+        def work() -> None:
+            if legacy_finalizers(body):
+                release_legacy_finalizers(ctx, body)
+            if not body["metadata"].get("deletionTimestamp"):
+                reconcile(ctx, body)
+
+        delay = await loop.run_in_executor(executor, lambda: _attempt(ctx, "reconcile", work, retry, body))
+        if delay is None:
+            retries.pop(key, None)
+            retrying.pop(key, None)
+            handled[key] = trigger
+        else:
+            retries[key] = retry + 1
+            retrying[key] = trigger
+        return delay
+
+    memo_ref: dict[str, Any] = {}
 
     @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, registry=registry)
     async def ftj_event(
         event: kopf.RawEvent, memo: kopf.Memo, namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> None:
-        """Keeps the index (in the event loop: no thread per event). A deleted FineTuneJob leaves it and
-        finetune_operator_jobs. A watch event, not an on.delete handler: that would add a finalizer, and
-        deleting a FineTuneJob must never wait for us."""
+        """Keeps the index and queues a reconcile when the spec, labels, annotations or finalizers
+        changed since the last one (in the event loop: no thread per event). The operator's own status
+        writes queue nothing. A deleted FineTuneJob leaves the index and finetune_operator_jobs. Watch
+        events, not kopf's create/update/resume handlers: those PATCH a last-handled annotation onto
+        every object they handle (the most expensive request of a burst) and an on.delete handler
+        would add a finalizer, and deleting a FineTuneJob must never wait for us."""
+        key = (namespace, name)
         if event.get("type") == "DELETED":
-            index.pop((namespace, name), None)
+            index.pop(key, None)
+            handled.pop(key, None)
+            retrying.pop(key, None)
+            retries.pop(key, None)
+            queue.forget(key)
             ctx: Context = memo["ctx"]
             ctx.phases.set(f"{namespace}/{name}", None)
-        else:
-            index[(namespace, name)] = [_slim(body)]
+            return
+        slim = _slim(body)
+        index[key] = [slim]
+        trigger = trigger_of(slim)
+        if trigger != handled.get(key) and trigger != retrying.get(key) and "queue" in memo_ref:
+            queue.add(key)  # a failed attempt at this same state waits for its backoff
+
+    @kopf.on.startup(registry=registry)
+    async def start_reconcile_queue(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+        """Workers for the queue (at most max_workers reconciles at once, on kopf's thread pool), and
+        every object already listed queued once (kopf's resume)."""
+        memo_ref.update(ctx=memo["ctx"], executor=settings.execution.executor, queue=queue)
+        memo["reconcile_queue"] = asyncio.create_task(queue.run(), name="reconcile queue")
+        for key in list(index):
+            queue.add(key)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_reconcile_queue(memo: kopf.Memo, **_: Any) -> None:
+        task: asyncio.Task[None] | None = memo.get("reconcile_queue")
+        if task is not None:
+            task.cancel()
 
     @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
     def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -91,7 +166,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         owner = next((r for r in refs if r.get("kind") == c.KIND), {})
         cached = next(iter(index.get((meta.get("namespace"), str(owner.get("name"))), [])), None)
         deleted = event.get("type") == "DELETED"
-        _timed("job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
+        _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
 
     @kopf.on.startup(registry=registry)
     async def start_progress_loop(memo: kopf.Memo, **_: Any) -> None:
@@ -147,6 +222,17 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
     }
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """A detached deep copy: kopf's Body is a live view."""
-    return copy.deepcopy(dict(body))
+def trigger_of(slim: dict[str, Any]) -> int:
+    """What a reconcile answers to, as kopf's update handlers saw it: the object's identity, its spec
+    (by generation), labels, annotations, finalizers and deletion; not status (our own writes)."""
+    meta = slim.get("metadata") or {}
+    return hash(
+        (
+            meta.get("uid"),
+            meta.get("generation"),
+            bool(meta.get("deletionTimestamp")),
+            tuple(meta.get("finalizers") or ()),
+            frozenset((meta.get("labels") or {}).items()),
+            frozenset((meta.get("annotations") or {}).items()),
+        )
+    )

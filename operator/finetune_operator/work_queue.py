@@ -1,0 +1,121 @@
+"""A queue of object keys to reconcile, with the guarantees of controller-runtime's work queue.
+
+- A key is handled by at most one worker at a time, and queued at most once: a burst of events for
+  one object becomes one reconcile of its latest state.
+- A key added while it is being handled is handled again right after (nothing that changed during a
+  reconcile is missed).
+- A handler asks for a retry by returning a delay in seconds; the key comes back after it unless an
+  earlier add brings it back sooner.
+
+Pure asyncio, no kopf and no Kubernetes client: ``handlers.py`` feeds it from the FineTuneJob watch
+and hands it the reconcile (why the operator does not use kopf's create/update/resume handlers for
+that is explained there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+log = logging.getLogger("finetune_operator.work_queue")
+
+K = TypeVar("K", bound=Hashable)
+
+UNEXPECTED_ERROR_DELAY = 60.0
+
+
+class WorkQueue(Generic[K]):
+    """Start ``run()`` as a task; ``add`` keys from the event loop's thread."""
+
+    def __init__(self, handle: Callable[[K], Awaitable[float | None]], concurrency: int) -> None:
+        self._handle = handle
+        self._concurrency = max(concurrency, 1)
+        self._ready: asyncio.Queue[K] = asyncio.Queue()
+        self._queued: set[K] = set()
+        self._active: set[K] = set()
+        self._again: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        """Keys waiting for a worker (not counting those in progress or waiting for a retry)."""
+        return len(self._queued)
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    def add(self, key: K, after: float = 0.0) -> None:
+        """Handle ``key`` now (or in ``after`` seconds), once, by one worker."""
+        if after > 0:
+            timer = self._timers.get(key)
+            due = asyncio.get_running_loop().time() + after
+            if timer is not None and timer.when() <= due:
+                return  # already coming back sooner
+            if timer is not None:
+                timer.cancel()
+            self._timers[key] = asyncio.get_running_loop().call_later(after, self._fire, key)
+            return
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if key in self._active:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._idle.clear()
+            self._ready.put_nowait(key)
+
+    def forget(self, key: K) -> None:
+        """Drop a pending retry (the object is gone); a queued or running key still runs once."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._again.discard(key)
+
+    async def run(self) -> None:
+        """Run the workers until cancelled."""
+        workers = [
+            asyncio.create_task(self._work(), name=f"reconcile worker {i}") for i in range(self._concurrency)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            for timer in self._timers.values():
+                timer.cancel()
+
+    async def idle(self) -> None:
+        """Return once nothing is queued or in progress (retries waiting on a timer do not count)."""
+        await self._idle.wait()
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._ready.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            delay: float | None = None
+            try:
+                delay = await self._handle(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in a handler must not stop the worker; try again later
+                log.exception("reconcile failed unexpectedly; retrying in %.0f s", UNEXPECTED_ERROR_DELAY)
+                delay = UNEXPECTED_ERROR_DELAY
+            finally:
+                self._active.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.add(key)
+            elif delay is not None:
+                self.add(key, after=delay)
+            if not self._queued and not self._active:
+                self._idle.set()

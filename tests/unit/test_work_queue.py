@@ -1,0 +1,139 @@
+"""The reconcile queue: one worker per key at a time, one queued entry per key, nothing missed, retries
+after their delay (operator/finetune_operator/work_queue.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from finetune_operator import work_queue
+from finetune_operator.work_queue import WorkQueue
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def _running(queue: WorkQueue[str], body: Callable[[], Awaitable[None]]) -> None:
+    task = asyncio.create_task(queue.run())
+    try:
+        await body()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_a_burst_for_one_key_is_one_reconcile_and_keys_never_run_twice_at_once() -> None:
+    calls: Counter[str] = Counter()
+    active: set[str] = set()
+    overlaps = []
+    most = 0
+
+    async def handle(key: str) -> float | None:
+        nonlocal most
+        if key in active:
+            overlaps.append(key)
+        active.add(key)
+        most = max(most, len(active))
+        calls[key] += 1
+        await asyncio.sleep(0.02)
+        active.discard(key)
+        return None
+
+    async def body() -> None:
+        for _ in range(50):
+            for key in ("a", "b", "c", "d", "e"):
+                queue.add(key)
+        await queue.idle()
+
+    queue: WorkQueue[str] = WorkQueue(handle, concurrency=3)
+    asyncio.run(_running(queue, body))
+    assert calls == Counter({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1})
+    assert not overlaps
+    assert most == 3, "at most `concurrency` keys at once, and all of them used"
+
+
+def test_a_key_added_while_it_is_handled_is_handled_again_after() -> None:
+    seen: list[int] = []
+    version = 0
+
+    async def handle(key: str) -> float | None:
+        seen.append(version)
+        await asyncio.sleep(0.05)
+        return None
+
+    async def body() -> None:
+        nonlocal version
+        queue.add("x")
+        await _until(lambda: queue.busy == 1)
+        version = 1  # the object changed during the reconcile
+        queue.add("x")
+        queue.add("x")
+        await _until(lambda: len(seen) == 2)
+        await queue.idle()
+
+    queue: WorkQueue[str] = WorkQueue(handle, concurrency=4)
+    asyncio.run(_running(queue, body))
+    assert seen == [0, 1], "the change made during the first reconcile is reconciled once more"
+
+
+def test_a_retry_comes_back_after_its_delay_and_a_new_add_brings_it_back_sooner() -> None:
+    times: list[float] = []
+
+    async def handle(key: str) -> float | None:
+        times.append(time.monotonic())
+        return 0.3 if len(times) == 1 else None
+
+    async def body() -> None:
+        queue.add("k")
+        await _until(lambda: len(times) == 2)
+        await asyncio.sleep(0.4)
+
+    queue: WorkQueue[str] = WorkQueue(handle, concurrency=1)
+    asyncio.run(_running(queue, body))
+    assert len(times) == 2
+    assert times[1] - times[0] >= 0.29
+
+    times.clear()
+
+    async def sooner() -> None:
+        queue2.add("k")
+        await _until(lambda: len(times) == 1)
+        queue2.add("k")  # the object changed: no need to wait for the backoff
+        await _until(lambda: len(times) == 2)
+
+    queue2: WorkQueue[str] = WorkQueue(handle, concurrency=1)
+    asyncio.run(_running(queue2, sooner))
+    assert times[1] - times[0] < 0.25
+
+
+def test_a_crashing_handler_is_retried_and_forget_drops_a_pending_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(work_queue, "UNEXPECTED_ERROR_DELAY", 0.05)
+    calls: Counter[str] = Counter()
+
+    async def handle(key: str) -> float | None:
+        calls[key] += 1
+        if key == "bug" and calls[key] == 1:
+            raise RuntimeError("a bug")
+        return 0.2 if key == "gone" else None
+
+    async def body() -> None:
+        queue.add("bug")
+        queue.add("gone")
+        await _until(lambda: calls["bug"] == 2 and calls["gone"] == 1)
+        queue.forget("gone")  # deleted: its retry must not run
+        await asyncio.sleep(0.35)
+
+    queue: WorkQueue[str] = WorkQueue(handle, concurrency=2)
+    asyncio.run(_running(queue, body))
+    assert calls == Counter({"bug": 2, "gone": 1})
