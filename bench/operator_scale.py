@@ -115,6 +115,7 @@ class Recorder:
         self.job_criteria: dict[str, float] = {}  # SuccessCriteriaMet=True (before Complete)
         self.annotated: dict[str, float] = {}
         self.phase: dict[str, dict[str, float]] = defaultdict(dict)
+        self.current_phase: dict[str, str] = {}
         self.events: Counter[str] = Counter()
         self.last_event = time.monotonic()
 
@@ -126,6 +127,7 @@ class Recorder:
             self.last_event = t
             if phase:
                 self.phase[phase].setdefault(name, t)
+                self.current_phase[name] = phase
 
     def on_job(self, etype: str, obj: dict[str, Any], t: float) -> None:
         ftj = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB)
@@ -146,6 +148,11 @@ class Recorder:
     def count(self, phase: str) -> int:
         with self.lock:
             return len(self.phase.get(phase, {}))
+
+    def in_phase(self, phase: str) -> int:
+        """FineTuneJobs whose latest event shows ``phase`` (``count`` is: ever reached it)."""
+        with self.lock:
+            return sum(1 for p in self.current_phase.values() if p == phase)
 
 
 def watch_forever(
@@ -466,10 +473,15 @@ def measure_progress_loop(
     running: int,
     sweeps: int,
     interval: float,
+    write_interval: float,
     threads: int,
 ) -> dict[str, Any]:
     """Point every Running pod at the fake trainers, let the loop find them all (warm-up: one pod
-    LIST per job, then the endpoint is cached), then measure ``sweeps`` whole sweeps."""
+    LIST per job, then the endpoint is cached), then measure ``sweeps`` whole sweeps.
+
+    Progress is written at once the first time, then every ``write_interval``: all runs come due in
+    the same sweep, so per-sweep writes are only representative over a window of whole write
+    intervals (``window_in_write_intervals``; e.g. 8 sweeps of 15 s for 60 s)."""
     from kubernetes import client
 
     resp = core.list_namespaced_pod(
@@ -533,13 +545,16 @@ def measure_progress_loop(
         "running": running,
         "pods_pointed": len(pods),
         "interval_s": interval,
+        "write_interval_s": write_interval,
         "sweeps": n_sweeps,
+        "window_in_write_intervals": round(n_sweeps * interval / write_interval, 2) if write_interval else 0,
         "window_seconds": round(seconds, 1),
         "sweep_seconds_mean": round(sweep_mean, 2),
         "sweep_to_interval": round(sweep_mean / interval, 3),
         "scrapes_per_sweep": round((sum(trainers.scraped().values()) - scrapes_before) / n_sweeps, 1),
         "status_writes_per_sweep": round(status_writes / n_sweeps, 1),
         "status_writes_per_running_per_sweep": round(status_writes / n_sweeps / max(running, 1), 3),
+        "status_writes_per_second": round(status_writes / max(seconds, 1e-9), 2),
         "api_requests_per_sweep": dict(sorted(requests.items())),
         "operator_cpu_seconds_per_sweep": round((cpu_after - cpu_before) / n_sweeps, 2),
         "operator_cpu_fraction": round((cpu_after - cpu_before) / max(seconds, 1e-9), 3),
@@ -714,6 +729,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=16, help="client threads for the create burst")
     p.add_argument("--idle-seconds", type=float, default=60.0, help="idle window for counting writes")
     p.add_argument("--progress-interval", type=float, default=15.0, help="FTJ_PROGRESS_INTERVAL (s)")
+    p.add_argument(
+        "--progress-write-interval",
+        type=float,
+        default=60.0,
+        help="FTJ_PROGRESS_WRITE_INTERVAL (s; 0 writes every moved step, as before it existed)",
+    )
     p.add_argument("--max-workers", type=int, default=None, help="FTJ_MAX_WORKERS (operator default: 8)")
     p.add_argument("--timeout", type=float, default=None, help="per-phase timeout (default 120 + 1.2 s/job)")
     p.add_argument("--keep-log", action="store_true", help="keep the operator log (path in the report)")
@@ -784,6 +805,7 @@ def main() -> int:
         # (the operator runs outside the cluster, where pod IPs are not routable).
         op_env = {
             "FTJ_PROGRESS_INTERVAL": f"{args.progress_interval:g}",
+            "FTJ_PROGRESS_WRITE_INTERVAL": f"{args.progress_write_interval:g}",
             "FTJ_DEV_METRICS_ENDPOINTS": "true" if args.progress_sweeps else "false",
             "MALLOC_ARENA_MAX": "2",  # as the operator image sets it (Dockerfile)
         }
@@ -872,6 +894,7 @@ def main() -> int:
                 running=rec.in_phase("Running"),
                 sweeps=args.progress_sweeps,
                 interval=args.progress_interval,
+                write_interval=args.progress_write_interval,
                 threads=args.threads,
             )
             # From here scrapes fail, which writes nothing: the lifecycle count below leaves out the
