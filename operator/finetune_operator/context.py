@@ -20,6 +20,7 @@ from finetune_operator.event_policy import phase_event
 from finetune_operator.health import Heartbeats
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import RUNS, PhaseBook
+from finetune_operator.progress_book import ProgressBook
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.transitions import Change, observe_generation
 
@@ -41,6 +42,8 @@ class Context:
     specs: dict[tuple[str, int], FineTuneJobSpec] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     heartbeats: Heartbeats = field(default_factory=Heartbeats)
+    # Progress scraped but not yet written (progress_loop.py); a run's final write folds it in.
+    progress_book: ProgressBook = field(default_factory=ProgressBook)
 
     def parse_spec(self, body: dict[str, Any]) -> FineTuneJobSpec:
         """The typed spec, parsed (with its CEL rules) once per object generation."""

@@ -1,15 +1,25 @@
-"""Fold the rank-0 trainer's metrics into status while a run is Running (pure; scrape.py reads them)."""
+"""Fold the rank-0 trainer's metrics into status while a run is Running, and decide when to write them
+(pure; scrape.py reads them, progress_loop.py writes them)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from finetune_api.conditions import ConditionType, Reason
+from finetune_api.conditions import ConditionType, Phase, Reason
 from finetune_api.metrics import Metric, Stage
 from finetune_api.results import TrainingMetrics
 from finetune_api.status import FineTuneJobStatus, Progress
 from finetune_api.wellknown import timestamp
 from finetune_operator.status import condition, parse_time, set_condition
+
+
+@dataclass(frozen=True)
+class ScrapedProgress:
+    """The newest progress and metrics folded from a run's scrapes, written to status or not yet."""
+
+    progress: Progress | None
+    metrics: TrainingMetrics | None
 
 
 def stage_name(values: dict[str, float]) -> str | None:
@@ -129,3 +139,51 @@ def _judge_stall(
 
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def due(
+    last_written_at: float | None, now: float, old: FineTuneJobStatus, new: FineTuneJobStatus, interval: float
+) -> bool:
+    """Write ``new`` (the status with the latest scrape folded in) over ``old`` (the status as stored) now?
+
+    Progress moves on every scrape; writing each move was one status PUT per training job per sweep.
+    So a moved step, loss or ETA waits until ``interval`` seconds passed since the run's last progress
+    write (``last_written_at``, None when unknown, e.g. after a restart), while what a user or a
+    controller acts on is written at once (``urgent``). Times are monotonic seconds."""
+    if new.wire() == old.wire():
+        return False
+    if last_written_at is None or now - last_written_at >= interval:
+        return True
+    return urgent(old, new)
+
+
+def urgent(old: FineTuneJobStatus, new: FineTuneJobStatus) -> bool:
+    """A change someone acts on: a phase or condition (Stalled) flips, the run's first progress, the
+    trainer's stage or planned steps, a new evaluation result, checkpoint or final evaluation."""
+    if old.phase != new.phase or _flags(old) != _flags(new):
+        return True
+    was, now = old.progress or Progress(), new.progress or Progress()
+    if (was.step is None) != (now.step is None):
+        return True
+    if (was.stage, was.total_steps) != (now.stage, now.total_steps):
+        return True
+    before, after = old.metrics or TrainingMetrics(), new.metrics or TrainingMetrics()
+    if (before.eval_loss, before.best_eval_loss) != (after.eval_loss, after.best_eval_loss):
+        return True
+    return old.last_checkpoint != new.last_checkpoint or old.evaluation != new.evaluation
+
+
+def _flags(status: FineTuneJobStatus) -> set[tuple[str, str, str]]:
+    return {(c.type, c.status, c.reason) for c in status.conditions}
+
+
+def newest(stored: FineTuneJobStatus, scraped: ScrapedProgress | None) -> None:
+    """Fold progress scraped after the last progress write into ``stored`` (a run's final write: the
+    step it reached must not be lost). Only a Running run's, and never one behind what is stored."""
+    if scraped is None or scraped.progress is None or stored.phase != Phase.RUNNING:
+        return
+    known = stored.progress.step if stored.progress else None
+    if scraped.progress.step is None or (known is not None and scraped.progress.step < known):
+        return
+    stored.progress = scraped.progress
+    stored.metrics = scraped.metrics or stored.metrics

@@ -6,8 +6,9 @@ stopped operator, ``helm uninstall`` or a namespace deletion left objects Termin
 timer costs a task per object. This loop walks the Running FineTuneJobs from the in-memory
 FineTuneJob index (handlers.py) (no LIST per tick), scrapes with its own small concurrency and thread pool
 (so scrapes never take workers from reconciles), stops starting new scrapes when the sweep's
-deadline passes, and writes status only when something changed. It also removes finalizers left by
-older operator versions.
+deadline passes, and writes status only when something changed: what someone acts on at once, moved
+steps and losses at most every ``progress_write_interval`` (``progress.due``; the newest scrape waits
+in ``ctx.progress_book``). It also removes finalizers left by older operator versions.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from finetune_api.status import FineTuneJobStatus
 from finetune_operator import constants as c
 from finetune_operator.context import Context, write
 from finetune_operator.metrics import HANDLER_DURATION
-from finetune_operator.progress import apply_progress
+from finetune_operator.progress import ScrapedProgress, apply_progress, due
+from finetune_operator.progress_book import run_key
 from finetune_operator.scrape import Endpoint, ScrapeError, endpoint_of, fetch, parse_metrics, rank0_pod
 from finetune_operator.transitions import UNCHANGED, Change
 
@@ -64,6 +66,7 @@ class ProgressLoop:
         self.index = index
         settings = ctx.settings
         self.interval = settings.progress_interval_seconds
+        self.write_interval = settings.progress_write_interval_seconds
         self.scrape_timeout = settings.scrape_timeout_seconds
         self.concurrency = max(settings.scrape_concurrency, 1)
         # A sweep never takes longer than its interval (or one scrape timeout, if that is longer).
@@ -92,6 +95,7 @@ class ProgressLoop:
         running = [b for b in bodies if is_running(b)]
         live = {_job_key(b) for b in running}
         self.endpoints = {k: v for k, v in self.endpoints.items() if k in live}
+        self.ctx.progress_book.keep_only({run_key(b, _job_key(b)[1]) for b in running})
         legacy = [b for b in bodies if legacy_finalizers(b)]
         deadline = started + self.sweep_deadline
         counts = {"running": len(running), "refreshed": 0, "skipped": 0, "failed": 0, "unfinalized": 0}
@@ -113,7 +117,7 @@ class ProgressLoop:
                     detail = f"API {exc.status}: {exc.body}" if isinstance(exc, ApiException) else str(exc)
                     log.warning("progress refresh failed: %s: %s", type(exc).__name__, detail[:500])
 
-        tasks = [one(functools.partial(self.refresh, b), "refreshed") for b in running]
+        tasks = [one(functools.partial(self.refresh, b, started), "refreshed") for b in running]
         tasks += [one(functools.partial(self.unfinalize, b), "unfinalized") for b in legacy]
         await asyncio.gather(*tasks)
         HANDLER_DURATION.labels(handler="progress_sweep").observe(time.monotonic() - started)
@@ -124,8 +128,11 @@ class ProgressLoop:
     async def _in_pool(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
-    async def refresh(self, body: dict[str, Any]) -> None:
-        """Scrape one Running FineTuneJob's rank-0 trainer and fold the values into status."""
+    async def refresh(self, body: dict[str, Any], sweep_started: float) -> None:
+        """Scrape one Running FineTuneJob's rank-0 trainer and fold the values into status.
+
+        Write times are the sweep's start: sweeps start ``interval`` apart, so with a write interval
+        of 4 sweeps a run is written every 4th sweep, wherever in its sweep it was scraped."""
         started = time.monotonic()
         key = _job_key(body)
         endpoint = self.endpoints.get(key)
@@ -148,7 +155,8 @@ class ProgressLoop:
         except ScrapeError as exc:
             log.debug("scrape failed: %s", exc)
             self.endpoints.pop(key, None)  # the pod may have been replaced: look it up again
-        await self._in_pool(lambda: write_progress(self.ctx, body, values))
+        interval = self.write_interval
+        await self._in_pool(lambda: write_progress(self.ctx, body, values, sweep_started, interval))
         HANDLER_DURATION.labels(handler="progress").observe(time.monotonic() - started)
 
     async def unfinalize(self, body: dict[str, Any]) -> None:
@@ -156,25 +164,37 @@ class ProgressLoop:
         await self._in_pool(lambda: remove_finalizers(self.ctx, body, LEGACY_FINALIZERS))
 
 
-def write_progress(ctx: Context, body: dict[str, Any], values: dict[str, float]) -> None:
-    """Mirror one scrape into status; nothing is written when nothing changed."""
+def write_progress(
+    ctx: Context, body: dict[str, Any], values: dict[str, float], now: float, write_interval: float
+) -> None:
+    """Fold one scrape into the run's newest progress and write it to status when ``progress.due``
+    says so (``now``: monotonic seconds); nothing is written when nothing changed."""
     status = FineTuneJobStatus.from_stored(body.get("status"))
     if status.run is None:
         return
     job_name = status.run.job_name
     stall_timeout = int((body.get("spec") or {}).get("stallTimeoutSeconds") or DEFAULT_STALL_TIMEOUT)
     generation = body["metadata"].get("generation")
+    book, key = ctx.progress_book, run_key(body, job_name)
+    folded: list[ScrapedProgress] = []
 
     def mutate(fresh: dict[str, Any], st: FineTuneJobStatus) -> Change:
+        folded.clear()
         if st.run is None or st.run.job_name != job_name or st.phase != Phase.RUNNING:
             return UNCHANGED
-        if not values and st.progress is None:
+        latest = book.latest(key)
+        if not values and st.progress is None and latest is None:
             return UNCHANGED  # nothing scraped yet and nothing to flag
-        before = st.wire()
+        stored = st.model_copy(deep=True)
+        if latest is not None:  # the newest scrape, not the last write, is what this one follows
+            st.progress, st.metrics = latest.progress, latest.metrics
         apply_progress(st, values, datetime.now(UTC), stall_timeout, generation)
-        return Change(st.wire() != before)
+        folded.append(ScrapedProgress(st.progress, st.metrics))
+        return Change(due(book.written_at(key), now, stored, st, write_interval))
 
-    write(ctx, body, mutate)
+    written = write(ctx, body, mutate)
+    if folded:
+        book.record(key, folded[0], now if written is not None else None)
 
 
 def remove_finalizers(ctx: Context, body: dict[str, Any], names: Iterable[str]) -> None:

@@ -27,6 +27,7 @@ from finetune_operator.metrics import JOB_CREATED_LATENCY, STATUS_LATENCY, recor
 from finetune_operator.naming import spec_hash
 from finetune_operator.preflight import preflight, wait_for_preflight
 from finetune_operator.preflight_wait import WAITABLE, timeout_of
+from finetune_operator.progress_book import run_key
 from finetune_operator.run_identity import run_digest
 from finetune_operator.status import (
     JobView,
@@ -206,16 +207,16 @@ def observe(
         if secret is not None:
             _secret_missing(ctx, body, spec, job_name, secret)
             return
-    result = None
+    result = latest = None
     if observed.phase in Phase.TERMINAL:
         exit_code, message = termination_of(ctx.kube.job_pods(ns, job_name))
         result = outcome(observed, exit_code, message)
         if exit_code is None and message is None:
             result = summary_lost(result)
+        latest = ctx.progress_book.latest(run_key(body, job_name))  # scraped since the last write
     distributed = spec.distributed_or_default()
-    change = apply(
-        ctx, body, JobSeen(job_name, view, observed, result, distributed.gpus_per_node * distributed.nodes)
-    )
+    gpus = distributed.gpus_per_node * distributed.nodes
+    change = apply(ctx, body, JobSeen(job_name, view, observed, result, gpus, latest))
     if change is not None and change.finished:
         if view.completion_time or observed.phase == Phase.FAILED:
             STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))

@@ -18,6 +18,7 @@ from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus, PlanStatus, Progress, RunStatus
 from finetune_operator.constants import ANNOTATION_RERUN
 from finetune_operator.naming import run_name, spec_hash
+from finetune_operator.progress import ScrapedProgress, newest
 from finetune_operator.run_identity import CurrentRun, new_run_reason, run_digest
 from finetune_operator.status import (
     JobView,
@@ -88,13 +89,15 @@ class RunRefused:
 
 @dataclass(frozen=True)
 class JobSeen:
-    """The run's Job as it is now; ``result`` (with the trainer's summary) once it finished."""
+    """The run's Job as it is now; ``result`` (with the trainer's summary) once it finished, and
+    ``latest``, the progress scraped since the last progress write, folded in under the summary."""
 
     job_name: str
     view: JobView
     observed: Observed
     result: Outcome | None
     gpus: int
+    latest: ScrapedProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ def _finished(st: FineTuneJobStatus, e: JobSeen, result: Outcome, facts: Facts) 
     assert st.run is not None
     now = facts.now
     st.run.completion_time = e.view.completion_time or now
+    newest(st, e.latest)
     if result.summary:
         apply_summary(st, result.summary)
     used = gpu_seconds(e.view.start_time, st.run.completion_time, e.gpus)
