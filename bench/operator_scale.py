@@ -116,15 +116,19 @@ class Recorder:
         self.annotated: dict[str, float] = {}
         self.phase: dict[str, dict[str, float]] = defaultdict(dict)
         self.current_phase: dict[str, str] = {}
+        self.steps: dict[str, int] = {}  # status.progress.step as last seen
         self.events: Counter[str] = Counter()
         self.last_event = time.monotonic()
 
     def on_ftj(self, etype: str, obj: dict[str, Any], t: float) -> None:
         name = obj["metadata"]["name"]
         phase = (obj.get("status") or {}).get("phase")
+        step = ((obj.get("status") or {}).get("progress") or {}).get("step")
         with self.lock:
             self.events[f"finetunejobs/{etype}"] += 1
             self.last_event = t
+            if isinstance(step, int):
+                self.steps[name] = step
             if phase:
                 self.phase[phase].setdefault(name, t)
                 self.current_phase[name] = phase
@@ -148,6 +152,11 @@ class Recorder:
     def count(self, phase: str) -> int:
         with self.lock:
             return len(self.phase.get(phase, {}))
+
+    def behind(self, served: Counter[str]) -> int:
+        """FineTuneJobs whose status shows an older step than their fake trainer last served."""
+        with self.lock:
+            return sum(1 for name, step in served.items() if self.steps.get(name, -1) < step)
 
     def in_phase(self, phase: str) -> int:
         """FineTuneJobs whose latest event shows ``phase`` (``count`` is: ever reached it)."""
@@ -897,10 +906,19 @@ def main() -> int:
                 write_interval=args.progress_write_interval,
                 threads=args.threads,
             )
-            # From here scrapes fail, which writes nothing: the lifecycle count below leaves out the
-            # progress writes, which grow with a run's length (reported per sweep instead).
+            # From here scrapes fail and change nothing. Progress scraped since a run's last write
+            # is written within one write interval: wait for it, so the lifecycle count below leaves
+            # out every progress write (they grow with a run's length; reported per sweep instead).
+            served = trainers.scraped()
             trainers.close()
             trainers = None
+            closed = time.monotonic()
+            report["progress_loop"]["newest_progress_written"] = wait_until(
+                lambda: rec.behind(served) == 0,
+                args.progress_write_interval + 2 * args.progress_interval + 30,
+                lambda: f"the last scraped step in status ({rec.behind(served)} behind)",
+            )
+            report["progress_loop"]["newest_progress_written_seconds"] = round(time.monotonic() - closed, 1)
             progress_writes = Counter(ApiServerMetrics(api).writes())
             progress_writes.subtract(progress_before)
             report["progress_loop"]["operator_writes_outside_lifecycle"] = {

@@ -92,6 +92,7 @@ class Demo:
             "image.pullPolicy": "Never",
             "trainer.image": self.images["trainer"],
             "operator.progressIntervalSeconds": "1",
+            "operator.progressWriteIntervalSeconds": "5",  # the demo shows progress moving
         }
         strings = {"trainer.env.HF_HUB_OFFLINE": "1", "nodeSelector.finetuning\\.io/real-node": "true"}
         args = [

@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from finetune_api.conditions import ConditionType, Phase, Reason
+from finetune_api.conditions import ConditionType, Reason
 from finetune_api.metrics import Metric, Stage
 from finetune_api.results import TrainingMetrics
 from finetune_api.status import FineTuneJobStatus, Progress
 from finetune_api.wellknown import timestamp
 from finetune_operator.status import condition, parse_time, set_condition
-
-
-@dataclass(frozen=True)
-class ScrapedProgress:
-    """The newest progress and metrics folded from a run's scrapes, written to status or not yet."""
-
-    progress: Progress | None
-    metrics: TrainingMetrics | None
 
 
 def stage_name(values: dict[str, float]) -> str | None:
@@ -175,15 +166,3 @@ def urgent(old: FineTuneJobStatus, new: FineTuneJobStatus) -> bool:
 
 def _flags(status: FineTuneJobStatus) -> set[tuple[str, str, str]]:
     return {(c.type, c.status, c.reason) for c in status.conditions}
-
-
-def newest(stored: FineTuneJobStatus, scraped: ScrapedProgress | None) -> None:
-    """Fold progress scraped after the last progress write into ``stored`` (a run's final write: the
-    step it reached must not be lost). Only a Running run's, and never one behind what is stored."""
-    if scraped is None or scraped.progress is None or stored.phase != Phase.RUNNING:
-        return
-    known = stored.progress.step if stored.progress else None
-    if scraped.progress.step is None or (known is not None and scraped.progress.step < known):
-        return
-    stored.progress = scraped.progress
-    stored.metrics = scraped.metrics or stored.metrics

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Set
 from dataclasses import dataclass
 
-from finetune_operator.progress import ScrapedProgress
+from finetune_operator.status import ScrapedProgress
 
 # (FineTuneJob uid, Job name): a deleted and re-created FineTuneJob reuses its Job names.
 RunKey = tuple[str, str]

@@ -29,9 +29,10 @@ from finetune_api.status import FineTuneJobStatus
 from finetune_operator import constants as c
 from finetune_operator.context import Context, write
 from finetune_operator.metrics import HANDLER_DURATION
-from finetune_operator.progress import ScrapedProgress, apply_progress, due
+from finetune_operator.progress import apply_progress, due
 from finetune_operator.progress_book import run_key
 from finetune_operator.scrape import Endpoint, ScrapeError, endpoint_of, fetch, parse_metrics, rank0_pod
+from finetune_operator.status import ScrapedProgress
 from finetune_operator.transitions import UNCHANGED, Change
 
 log = logging.getLogger("finetune_operator.progress")

@@ -11,7 +11,7 @@ from finetune_api.conditions import ConditionType, Phase, Reason
 from finetune_api.exitcodes import meaning_of
 from finetune_api.planning.report import mirror as mirror_plan
 from finetune_api.results import TrainingMetrics
-from finetune_api.status import Condition, FineTuneJobStatus, HistoryEntry
+from finetune_api.status import Condition, FineTuneJobStatus, HistoryEntry, Progress
 from finetune_api.summary import Summary, SummaryError, parse_summary
 from finetune_api.wellknown import timestamp
 from finetune_operator.sanitize import clean_summary, clean_text, trainer_reason
@@ -206,6 +206,26 @@ def apply_summary(status: FineTuneJobStatus, summary: Summary) -> None:
     plan = mirror_plan(summary.plan, status.plan)
     if plan is not None:
         status.plan = plan
+
+
+@dataclass(frozen=True)
+class ScrapedProgress:
+    """The newest progress and metrics folded from a run's scrapes, written to status or not yet."""
+
+    progress: Progress | None
+    metrics: TrainingMetrics | None
+
+
+def newest(stored: FineTuneJobStatus, scraped: ScrapedProgress | None) -> None:
+    """Fold progress scraped after the last progress write into ``stored`` (a run's final write: the
+    step it reached must not be lost). Only a Running run's, and never one behind what is stored."""
+    if scraped is None or scraped.progress is None or stored.phase != Phase.RUNNING:
+        return
+    known = stored.progress.step if stored.progress else None
+    if scraped.progress.step is None or (known is not None and scraped.progress.step < known):
+        return
+    stored.progress = scraped.progress
+    stored.metrics = scraped.metrics or stored.metrics
 
 
 def push_history(status: FineTuneJobStatus, phase: str, reason: str | None, limit: int) -> None:

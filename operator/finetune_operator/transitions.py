@@ -18,15 +18,16 @@ from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus, PlanStatus, Progress, RunStatus
 from finetune_operator.constants import ANNOTATION_RERUN
 from finetune_operator.naming import run_name, spec_hash
-from finetune_operator.progress import ScrapedProgress, newest
 from finetune_operator.run_identity import CurrentRun, new_run_reason, run_digest
 from finetune_operator.status import (
     JobView,
     Observed,
     Outcome,
+    ScrapedProgress,
     apply_phase,
     apply_summary,
     gpu_seconds,
+    newest,
     push_history,
     set_condition,
 )

@@ -16,10 +16,17 @@ from finetune_api.conditions import ConditionType, Phase, Reason
 from finetune_api.metrics import Metric, Stage
 from finetune_api.results import CheckpointRef, TrainingMetrics
 from finetune_api.status import FineTuneJobStatus, Progress, RunStatus
-from finetune_operator.progress import ScrapedProgress, apply_progress, due
+from finetune_operator.progress import apply_progress, due
 from finetune_operator.progress_book import ProgressBook
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.status import JobView, apply_phase, condition, observe_job, outcome
+from finetune_operator.status import (
+    JobView,
+    ScrapedProgress,
+    apply_phase,
+    condition,
+    observe_job,
+    outcome,
+)
 from finetune_operator.transitions import Facts, JobSeen, next_phase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
