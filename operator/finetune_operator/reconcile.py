@@ -174,7 +174,7 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
             ctx.kube.job_events(ns, status.run.job_name), status.run.job_name, ns, status.run.start_time
         )
         if final is None:
-            apply(ctx, body, JobGone(status.run.job_name))
+            _job_gone(ctx, body, status.run.job_name)
         else:
             observe(ctx, body, final, spec)  # finished, then removed by its TTL: record the verdict
         return
@@ -222,6 +222,10 @@ def observe(
             STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))
         meta = body["metadata"]
         record_estimated_cost(meta["namespace"], meta["name"], None)
+
+
+def _job_gone(ctx: Context, body: dict[str, Any], job_name: str) -> None:
+    apply(ctx, body, JobGone(job_name, ctx.progress_book.latest(run_key(body, job_name))))
 
 
 def _secret_missing(
@@ -299,7 +303,7 @@ def on_job_event(
         if view.complete or view.failed_condition is not None:
             observe(ctx, body, job)
         else:
-            apply(ctx, body, JobGone(str(meta["name"])))
+            _job_gone(ctx, body, str(meta["name"]))
         return
     observe(ctx, body, job)
     with ctx.lock:

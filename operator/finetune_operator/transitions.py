@@ -103,9 +103,11 @@ class JobSeen:
 
 @dataclass(frozen=True)
 class JobGone:
-    """The run's Job was deleted before it finished, and no verdict of it is known."""
+    """The run's Job was deleted before it finished, and no verdict of it is known; ``latest`` as in
+    ``JobSeen``."""
 
     job_name: str
+    latest: ScrapedProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,7 @@ def _job_gone(st: FineTuneJobStatus, e: JobGone, facts: Facts) -> Change:
     if not is_current(facts.obj, st):
         return UNCHANGED  # the spec moved on: the new run retires this Job on purpose
     message = f"Job {e.job_name} was deleted while it ran."
+    newest(st, e.latest)
     return _fail(st, Reason.JOB_DELETED, message, facts)
 
 

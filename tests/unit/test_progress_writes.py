@@ -27,7 +27,7 @@ from finetune_operator.status import (
     observe_job,
     outcome,
 )
-from finetune_operator.transitions import Facts, JobSeen, next_phase
+from finetune_operator.transitions import Facts, JobGone, JobSeen, next_phase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 INTERVAL = 60.0
@@ -194,3 +194,12 @@ def test_an_older_scrape_never_replaces_newer_stored_progress():
     st = written(100)
     _finish(st, None, ScrapedProgress(Progress(step=90, total_steps=1000), None))
     assert st.progress is not None and st.progress.step == 100
+
+
+def test_a_job_deleted_while_it_ran_keeps_the_newest_progress():
+    st = written(100)
+    newest = after(st, scraped(140))
+    obj = {"metadata": {"name": "demo", "namespace": "ml", "generation": 1}, "spec": {}}
+    gone = JobGone("demo-r1", ScrapedProgress(newest.progress, newest.metrics))
+    assert next_phase(st, gone, Facts(obj, 1, "2026-01-01T00:10:00Z", 5)).counted == "failed"
+    assert st.phase == Phase.FAILED and st.progress is not None and st.progress.step == 140
