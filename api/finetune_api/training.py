@@ -56,7 +56,8 @@ class Hyperparameters(Model):
     gradient_checkpointing: bool | None = Field(
         default=None,
         description="Recompute activations in the backward pass (less memory, about 20-30% more compute); "
-        "unset means on for full and qlora, off for lora.",
+        "unset means on for full and qlora on a GPU, off for lora and off on a CPU (where memory is not "
+        "the limit).",
     )
     seed: int = Field(default=42, ge=0, description="Seed for weights of new layers, dropout and data order.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature (objective dpo).")
@@ -307,11 +308,14 @@ class TrainingSpec(Model):
     def learning_rate(self) -> float:
         return self.hyperparameters.learning_rate or DEFAULT_LEARNING_RATE[self.method]
 
-    def gradient_checkpointing(self) -> bool:
-        """hyperparameters.gradientCheckpointing, or its default: on where memory is the limit
-        (full, qlora)."""
+    def gradient_checkpointing(self, device: Literal["gpu", "cpu"] = "gpu") -> bool:
+        """hyperparameters.gradientCheckpointing, or its default: on where accelerator memory is the
+        limit (full and qlora on a GPU); off on a CPU, where it only costs compute (measured in
+        bench/trainer_throughput.py, docs/benchmarks.md)."""
         explicit = self.hyperparameters.gradient_checkpointing
-        return self.method in ("full", "qlora") if explicit is None else explicit
+        if explicit is not None:
+            return explicit
+        return device == "gpu" and self.method in ("full", "qlora")
 
     def lora_or_default(self) -> LoraSpec:
         return self.lora or LoraSpec()

@@ -44,13 +44,38 @@ def test_defaults_on_a_gpu_with_the_kernels_installed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "expected"), [("full", True), ("qlora", True), ("lora", False)], ids=["full", "qlora", "lora"]
+    ("method", "on_gpu", "on_cpu"),
+    [("full", True, False), ("qlora", True, False), ("lora", False, False)],
+    ids=["full", "qlora", "lora"],
 )
-def test_gradient_checkpointing_defaults_by_method(method: str, expected: bool) -> None:
-    assert resolve(spec(method), CPU).gradient_checkpointing is expected
-    assert (
-        resolve(spec(method, gradientCheckpointing=not expected), CPU).gradient_checkpointing is not expected
-    )
+def test_gradient_checkpointing_default_is_on_only_where_accelerator_memory_is_the_limit(
+    method: str, on_gpu: bool, on_cpu: bool
+) -> None:
+    """Unset: on for full and qlora on a CUDA device; off on a CPU, where it only costs compute
+    (bench/trainer_throughput.py measured it); an explicit value wins everywhere."""
+    assert resolve(spec(method), GPU).gradient_checkpointing is on_gpu
+    assert resolve(spec(method), BARE_GPU).gradient_checkpointing is on_gpu
+    assert resolve(spec(method), CPU).gradient_checkpointing is on_cpu
+    for machine in (GPU, CPU):
+        for explicit in (True, False):
+            asked = spec(method, gradientCheckpointing=explicit)
+            assert resolve(asked, machine).gradient_checkpointing is explicit
+
+
+def test_the_cpu_memory_plan_assumes_what_the_trainer_does_on_a_cpu() -> None:
+    """The plan made at run time on a CPU (device "cpu") counts activations without checkpointing,
+    as the trainer runs them there; on a GPU it counts them with checkpointing."""
+    from finetune_api.planning.architecture import from_config
+    from finetune_api.planning.memory import estimate
+
+    arch = from_config(
+        {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+         "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000}
+    )  # fmt: skip
+    full = spec("full", maxSequenceLength=1024)
+    assert estimate(full, arch, "cpu").activations > 2 * estimate(full, arch, "gpu").activations
+    on = spec("full", maxSequenceLength=1024, gradientCheckpointing=True)
+    assert estimate(on, arch, "cpu").activations == estimate(on, arch, "gpu").activations
 
 
 def test_unavailable_kernels_fall_back_with_a_line_naming_the_field() -> None:
@@ -110,10 +135,12 @@ def test_training_arguments_carry_the_resolved_options(tmp_path: Any) -> None:
     from finetune_trainer.recipes.base import RecipeContext, training_arguments
 
     data = SimpleNamespace(train=[{}] * 16, validation=[], test=[], format="prompt-completion")
-    ctx = RecipeContext(spec=spec("full", loggingSteps=5), data=data, checkpoint_dir=str(tmp_path))  # type: ignore[arg-type]
+    asked = spec("full", loggingSteps=5, gradientCheckpointing=True)
+    ctx = RecipeContext(spec=asked, data=data, checkpoint_dir=str(tmp_path))  # type: ignore[arg-type]
     args = training_arguments(ctx)
     assert args["logging_steps"] == 5 and args["optim"] == "adamw_torch_fused"
     assert args["activation_checkpointing"] is True and args["use_liger_kernel"] is False
+    assert args["activation_checkpointing_kwargs"] == {"use_reentrant": False}
     assert args["train_sampling_strategy"] == "group_by_length"
     assert isinstance(ctx.callbacks[-1], LogBeforeSave)
     dpo = RecipeContext(spec=spec(objective="dpo"), data=data, checkpoint_dir=str(tmp_path))  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ falls back to what runs everywhere, with one log line saying so. A speed option 
 - length-grouped batches for unpacked data: less padding per batch;
 - the optimizer (``auto``: fused AdamW; 8-bit and paged AdamW need a GPU and bitsandbytes);
 - Liger kernels (fused RMSNorm, RoPE, SwiGLU and linear+cross-entropy; CUDA and ``liger-kernel``);
-- gradient checkpointing (``auto``: on for full and qlora, off for lora);
+- gradient checkpointing (unset: on for full and qlora on a GPU, where accelerator memory is the limit;
+  off for lora, and off on a CPU, where it only costs compute);
 - the logging interval (each log is a host sync of the loss).
 """
 
@@ -133,7 +134,7 @@ def resolve(spec: Any, have: Available) -> Resolved:
         group_by_length=hp.group_by_length and not hp.packing,
         optimizer=optimizer,
         liger=liger,
-        gradient_checkpointing=spec.gradient_checkpointing(),
+        gradient_checkpointing=spec.gradient_checkpointing("gpu" if have.cuda else "cpu"),
         logging_steps=hp.logging_steps,
         fallbacks=tuple(fallbacks),
     )

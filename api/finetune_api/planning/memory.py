@@ -112,7 +112,7 @@ def estimate(spec: TrainingSpec, arch: Architecture, device: Device = "gpu") -> 
         optimizer = 2 * adapter * trainable
     if spec.objective == "dpo" and spec.method == "full":
         weights += 2 * n // (gpus if _zero_stage(spec) >= 3 else 1)  # the frozen 16-bit reference copy
-    activations, logits = _activations(spec, arch)
+    activations, logits = _activations(spec, arch, device)
     return MemoryEstimate(
         weights=weights,
         gradients=gradients,
@@ -144,13 +144,13 @@ def _full_states(spec: TrainingSpec, n: int, gpus: int) -> tuple[int, int, int, 
     return weights, gradients, optimizer, n
 
 
-def _activations(spec: TrainingSpec, arch: Architecture) -> tuple[int, int]:
+def _activations(spec: TrainingSpec, arch: Architecture, device: Device) -> tuple[int, int]:
     hp = spec.hyperparameters
     s, b, h = hp.max_sequence_length, hp.batch_size, arch.hidden
     # The 34·s·b·h of the paper assumes a 4h MLP: 11 of it is attention, 19 the MLP.
     mlp_scale = arch.intermediate / (4 * h) * (1.5 if arch.gated_mlp else 1.0)
     per_layer = int(s * b * h * (11 + 19 * mlp_scale))
-    if spec.gradient_checkpointing():
+    if spec.gradient_checkpointing(device):
         activations = arch.layers * 2 * s * b * h + per_layer
     else:
         activations = arch.layers * per_layer
