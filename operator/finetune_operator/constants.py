@@ -42,7 +42,3 @@ LABEL_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_RERUN: Final = f"{GROUP}/rerun"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_METRICS_ENDPOINT: Final = f"{GROUP}/metrics-endpoint"
-
-# Finalizers that older versions put on FineTuneJobs (ours, and kopf's marker); this one adds none and
-# removes these, so deleting an object never waits for the operator.
-LEGACY_FINALIZERS: Final = (f"{GROUP}/finalizer", "kopf.zalando.org/KopfFinalizerMarker")

@@ -19,7 +19,7 @@ from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.progress_loop import ProgressLoop
-from finetune_operator.reconcile import legacy_finalizers, on_job_event, reconcile, release_legacy_finalizers
+from finetune_operator.reconcile import on_job_event, reconcile
 from finetune_operator.resync import ResyncLoop
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.work_queue import WorkQueue
@@ -99,8 +99,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         retry = retries.get(key, 0)
 
         def work() -> None:
-            if legacy_finalizers(body):
-                release_legacy_finalizers(ctx, body)
+            # A deleted one's children go by ownership; the progress loop drops legacy finalizers.
             if not body["metadata"].get("deletionTimestamp"):
                 reconcile(ctx, body)
 
@@ -109,6 +108,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             retries.pop(key, None)
             retrying.pop(key, None)
             handled[key] = trigger
+            log.info("reconciled", extra={"ftj": f"{key[0]}/{key[1]}"})
         else:
             retries[key] = retry + 1
             retrying[key] = trigger
@@ -120,8 +120,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     async def ftj_event(
         event: kopf.RawEvent, memo: kopf.Memo, namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> None:
-        """Keeps the index and queues a reconcile when the spec, labels, annotations or finalizers
-        changed since the last one (in the event loop: no thread per event). The operator's own status
+        """Keeps the index and queues a reconcile when the spec, labels or annotations changed since the
+        last one (in the event loop: no thread per event). The operator's own status
         writes queue nothing. A deleted FineTuneJob leaves the index and finetune_operator_jobs. Watch
         events, not kopf's create/update/resume handlers: those PATCH a last-handled annotation onto
         every object they handle (the most expensive request of a burst) and an on.delete handler
@@ -224,14 +224,13 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
 
 def trigger_of(slim: dict[str, Any]) -> int:
     """What a reconcile answers to, as kopf's update handlers saw it: the object's identity, its spec
-    (by generation), labels, annotations, finalizers and deletion; not status (our own writes)."""
+    (by generation), labels, annotations and deletion; not status (our own writes)."""
     meta = slim.get("metadata") or {}
     return hash(
         (
             meta.get("uid"),
             meta.get("generation"),
             bool(meta.get("deletionTimestamp")),
-            tuple(meta.get("finalizers") or ()),
             frozenset((meta.get("labels") or {}).items()),
             frozenset((meta.get("annotations") or {}).items()),
         )

@@ -185,19 +185,6 @@ class Kube:
             sanitize=False,
         )
 
-    def set_ftj_finalizers(
-        self, namespace: str, name: str, finalizers: list[str], resource_version: str
-    ) -> None:
-        """Replace the finalizers of a FineTuneJob, only if it is still at ``resource_version`` (a 409
-        otherwise: someone else changed them meanwhile, read again)."""
-        patch = {"metadata": {"finalizers": finalizers or None, "resourceVersion": resource_version}}
-        self._call(
-            lambda: self.custom.patch_namespaced_custom_object(
-                c.GROUP, c.VERSION, namespace, c.PLURAL, name, patch, _preload_content=False
-            ),
-            "set_finetunejob_finalizers",
-        )
-
     def update_status(
         self,
         namespace: str,

@@ -56,14 +56,7 @@ from finetune_operator.transitions import (
 
 log = logging.getLogger("finetune_operator")
 
-__all__ = [
-    "Context",
-    "legacy_finalizers",
-    "observe",
-    "on_job_event",
-    "reconcile",
-    "release_legacy_finalizers",
-]
+__all__ = ["Context", "observe", "on_job_event", "reconcile"]
 
 
 def apply(ctx: Context, body: dict[str, Any], event: Event) -> Change | None:
@@ -75,20 +68,6 @@ def apply(ctx: Context, body: dict[str, Any], event: Event) -> Change | None:
         return next_phase(st, event, facts)
 
     return write(ctx, body, transition)
-
-
-def legacy_finalizers(body: dict[str, Any]) -> bool:
-    return any(f in c.LEGACY_FINALIZERS for f in body["metadata"].get("finalizers") or ())
-
-
-def release_legacy_finalizers(ctx: Context, body: dict[str, Any]) -> None:
-    """Remove the finalizers older versions added (other controllers' finalizers stay)."""
-    meta = body["metadata"]
-    keep = [f for f in meta.get("finalizers") or () if f not in c.LEGACY_FINALIZERS]
-    ctx.kube.set_ftj_finalizers(meta["namespace"], meta["name"], keep, str(meta.get("resourceVersion")))
-    log.info(
-        "removed the finalizers of an older version", extra={"ftj": f"{meta['namespace']}/{meta['name']}"}
-    )
 
 
 def reconcile(ctx: Context, body: dict[str, Any]) -> None:

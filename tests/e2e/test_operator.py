@@ -35,8 +35,17 @@ def test_job_shape_on_a_gpu_node(make_finetunejob):
     assert st["observedGeneration"] == ftj.get()["metadata"]["generation"]
 
 
+def _main_writes(meta: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Who wrote the object itself (not its status subresource), and when."""
+    fields = meta.get("managedFields") or []
+    return sorted(
+        (f.get("manager"), f.get("operation"), f.get("time")) for f in fields if not f.get("subresource")
+    )
+
+
 def test_success_fills_status_from_the_termination_message(make_finetunejob, kubectl):
     ftj = make_finetunejob()
+    created = _main_writes(ftj.get()["metadata"])
     ftj.wait_phase("Running")
     msg = trainer_summary(
         0,
@@ -69,6 +78,11 @@ def test_success_fills_status_from_the_termination_message(make_finetunejob, kub
     )
     # Only what someone acts on is an Event (each is an API write): not the routine Pending and Running.
     assert "JobCreated" not in events and "PodsRunning" not in events, events
+    # The operator writes status only: no bookkeeping annotation or other write on the object itself
+    # (kopf's last-handled-configuration PATCH was the costliest request of a burst, issue 11).
+    meta = ftj.get()["metadata"]
+    assert not [k for k in meta.get("annotations") or {} if k.startswith("kopf.")], meta.get("annotations")
+    assert _main_writes(meta) == created, "only status may be written after the user's create"
 
 
 def test_non_retriable_exit_fails_with_the_trainers_reason_and_no_retry(make_finetunejob):

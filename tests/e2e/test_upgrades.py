@@ -31,10 +31,9 @@ def succeed(ftj: Ftj) -> dict[str, Any]:
 
 
 def resumed(op: Any, name: str) -> bool:
-    """The operator's handler has run for ``name`` (kopf logs it once it is done: a resume, or an update
-    when the defaulted spec differs from the one kopf last handled)."""
+    """The operator has reconciled ``name`` (it logs each reconcile once it is done)."""
     return any(
-        ("Resuming is processed" in line or "Updating is processed" in line) and f'"name": "{name}"' in line
+        '"msg": "reconciled"' in line and f'/{name}"' in line
         for line in op.log_path.read_text(errors="replace").splitlines()
     )
 
