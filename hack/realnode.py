@@ -412,6 +412,14 @@ def _ctr(
 
 def import_images(paths: Paths, archives: dict[str, str]) -> dict[str, float]:
     """Import OCI archives (ref -> path) the node lacks; returns seconds per imported ref."""
+    # Containers a previous node left (its pods' exited containers; no kubelet runs yet): each holds a
+    # snapshot of the image it ran, so removing an old image freed nothing (29 GB of snapshots seen).
+    leftovers = _ctr(paths, "containers", "ls", "-q", check=False).stdout.split()
+    for cid in leftovers:
+        _ctr(paths, "tasks", "kill", "-s", "SIGKILL", cid, check=False)
+        _ctr(paths, "tasks", "rm", "-f", cid, check=False)
+    if leftovers:
+        _ctr(paths, "containers", "rm", *leftovers, check=False)
     have = set(_ctr(paths, "images", "ls", "-q").stdout.split())
     # Older builds of our images: the store lives in the cache, so it would only grow.
     stale = [r for r in have if r.startswith("localhost/finetune-") and r not in archives]
