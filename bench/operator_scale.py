@@ -744,7 +744,7 @@ def main() -> int:
         default=60.0,
         help="FTJ_PROGRESS_WRITE_INTERVAL (s; 0 writes every moved step, as before it existed)",
     )
-    p.add_argument("--max-workers", type=int, default=None, help="FTJ_MAX_WORKERS (operator default: 8)")
+    p.add_argument("--max-workers", type=int, default=None, help="FTJ_MAX_WORKERS (operator default: 32)")
     p.add_argument("--timeout", type=float, default=None, help="per-phase timeout (default 120 + 1.2 s/job)")
     p.add_argument("--keep-log", action="store_true", help="keep the operator log (path in the report)")
     p.add_argument("--py-spy", metavar="PATH", help="profile the operator with this py-spy (adds overhead)")
