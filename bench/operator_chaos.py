@@ -16,9 +16,10 @@ Prints one JSON object. What it does, in order:
 5. Lets it settle: every FineTuneJob that was not deleted ends Succeeded or Failed, every deleted one
    is gone with its children (garbage collector).
 6. Counts, each with the goal 0: ``duplicate_jobs`` (FineTuneJobs with two unfinished Jobs),
-   ``extra_runs`` (more Jobs ever created than spec changes + 1), ``orphans`` (Jobs, ConfigMaps and
-   pods of deleted FineTuneJobs), ``stuck_finalizers`` (FineTuneJobs being deleted, or carrying a
-   finalizer), ``not_terminal`` and ``stale_observed_generation``.
+   ``extra_runs`` (more Jobs ever created than spec changes + 1), ``orphans`` (Jobs, headless
+   Services, pods and ConfigMaps (earlier operators made one per run) of deleted FineTuneJobs),
+   ``stuck_finalizers`` (FineTuneJobs being deleted, or carrying a finalizer), ``not_terminal`` and
+   ``stale_observed_generation``.
 
 ``run_chaos`` is the same thing as a function; tests/e2e/test_chaos.py runs it at CI size.
 """
@@ -314,6 +315,7 @@ def run_chaos(
         out: dict[str, list[str]] = {}
         for kind, lister in (
             ("jobs", batch.list_namespaced_job),
+            ("services", core.list_namespaced_service),
             ("configmaps", core.list_namespaced_config_map),
             ("pods", core.list_namespaced_pod),
         ):

@@ -611,20 +611,31 @@ def wait_until(
 
 
 def build_direct_children(name: str, namespace: str, harness: ModuleType) -> list[dict[str, Any]]:
-    """The ConfigMap and Job the operator would create for ``name``, built by its own builders, without
-    an owner (an owner that does not exist would make the garbage collector delete them)."""
+    """What a hand-rolled script would create for ``name``: a ConfigMap holding the trainer's config
+    and the Job the operator's own builders make, without an owner (an owner that does not exist would
+    make the garbage collector delete them). The operator itself creates only the Job: the config
+    rides in its pod template's annotation."""
+    from finetune_api import wellknown
     from finetune_api.spec import FineTuneJobSpec
-    from finetune_operator.builders import Owner, build_children
+    from finetune_operator.builders import Owner, build_job, trainer_config
     from finetune_operator.naming import spec_hash
     from finetune_operator.settings import OperatorSettings
 
     raw = ftj_body(name, harness)["spec"]
+    spec = FineTuneJobSpec.model_validate(raw)
     settings = OperatorSettings(trainer_image="registry.local/finetune-trainer:test")
     owner = Owner(name=name, namespace=namespace, uid="")
-    children = build_children(owner, FineTuneJobSpec.model_validate(raw), 1, spec_hash(raw), settings)
-    for child in children:
-        child["metadata"].pop("ownerReferences", None)
-    return children
+    job = build_job(owner, spec, 1, spec_hash(raw), settings)
+    job["metadata"].pop("ownerReferences", None)
+    config = json.dumps(trainer_config(owner, spec, 1).wire(), sort_keys=True)
+    meta = {k: v for k, v in job["metadata"].items() if k in ("name", "namespace", "labels")}
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {wellknown.CONFIG_FILE: config},
+    }
+    return [configmap, job]
 
 
 def direct_baseline(

@@ -2,8 +2,9 @@
 
 A DEVELOPMENT AID, not part of the product. kwok's fake nodes run no containers, so for `make demo`
 and its test this script plays a very small kubelet for pods scheduled onto nodes labelled
-``finetuning.io/dev-runtime=true``: it materialises the pod's ConfigMap and emptyDir volumes in a
-local directory, rewrites the pod paths in the trainer config to that directory, runs the container's
+``finetuning.io/dev-runtime=true``: it materialises the pod's ConfigMap, downward API (the trainer's
+config, from the pod's ``finetuning.io/config`` annotation) and emptyDir volumes in a local
+directory, rewrites the pod paths in the trainer config to that directory, runs the container's
 command with this machine's Python, and reports the pod's phase, exit code and termination message
 back to the API server, as a kubelet would. It never runs images and never mounts anything: Secrets
 referenced by ``env``/``envFrom`` become environment variables and Secret volumes become files (mode
@@ -19,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,6 +53,23 @@ def free_port() -> int:
 
 class PodSetupError(RuntimeError):
     """The pod cannot be started here (the kubelet would report CreateContainerConfigError)."""
+
+
+FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+
+
+def downward_value(pod: client.V1Pod, item: client.V1DownwardAPIVolumeFile) -> str:
+    """What the kubelet writes for one downward API item; a missing label or annotation is empty."""
+    path = item.field_ref.field_path if item.field_ref is not None else None
+    meta = pod.metadata
+    simple = {"metadata.name": meta.name, "metadata.namespace": meta.namespace, "metadata.uid": meta.uid}
+    if path in simple:
+        return str(simple[path] or "")
+    match = FIELD_KEY.match(path or "")
+    if match is None:
+        raise PodSetupError(f"downward API item {item.path!r}: {path or 'resourceFieldRef'} is not supported")
+    values = (meta.labels if match.group(1) == "labels" else meta.annotations) or {}
+    return str(values.get(match.group(2), ""))
 
 
 @dataclass
@@ -193,6 +212,11 @@ class DevRuntime:
                     local.mkdir(parents=True, exist_ok=True)
                     for key, value in data.items():
                         (local / key).write_text(value)
+            elif vol.downward_api is not None:
+                for item in vol.downward_api.items or []:
+                    target = local / item.path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(downward_value(pod, item))
             elif vol.empty_dir is not None:
                 local.mkdir(parents=True, exist_ok=True)
             elif vol.secret is not None:
@@ -209,7 +233,8 @@ class DevRuntime:
                 local = self.pvcs[claim] / (mount.sub_path or "")
             else:
                 raise PodSetupError(
-                    f"volume {mount.name!r}: only configMap, secret, emptyDir and mapped PVCs are supported"
+                    f"volume {mount.name!r}: only configMap, downwardAPI, secret, emptyDir and mapped PVCs"
+                    " are supported"
                 )
             paths.add(mount.mount_path, local)
         return paths

@@ -20,7 +20,7 @@ class Phase:
 class ConditionType:
     """Condition types; each is documented in docs/ and in the CRD's status description."""
 
-    CREATED: Final = "Created"  # the run's ConfigMap and Job exist
+    CREATED: Final = "Created"  # the run's Job exists
     QUEUED: Final = "Queued"  # Kueue holds the Job suspended
     RUNNING: Final = "Running"  # at least one trainer pod is ready
     SUSPENDED: Final = "Suspended"  # spec.suspend holds the Job
@@ -61,6 +61,7 @@ class Reason:
         "PlanDoesNotFit"  # spec.admission.memoryCheck fail and the plan says DoesNotFit
     )
     LICENCE_NOT_ALLOWED: Final = "LicenceNotAllowed"  # the model's licence is not in the allowed list
+    CONFIG_TOO_LARGE: Final = "ConfigTooLarge"  # the trainer's config does not fit in a pod annotation
     # The reason of a phase condition set False because the phase moved on.
     NOW_PENDING: Final = "NowPending"
     NOW_QUEUED: Final = "NowQueued"
@@ -87,7 +88,8 @@ def reason_names() -> set[str]:
 
 CONDITION_DOCS: dict[str, str] = {
     ConditionType.CREATED: (
-        "The run's ConfigMap and Job exist (False, with the pre-flight reason, when none was made)."
+        "The run's Job (and a multi-node run's headless Service) exist (False, with the pre-flight "
+        "reason, when none was made)."
     ),
     ConditionType.QUEUED: "Kueue holds the run's Job suspended until it admits it.",
     ConditionType.RUNNING: "At least one trainer pod is ready.",
@@ -133,7 +135,7 @@ REASON_DOCS: dict[str, str] = {
     ),
     Reason.WAITING_FOR_CONFIGMAP: "Like WaitingForSecret, for a ConfigMap (then ConfigMapNotFound).",
     Reason.JOB_REJECTED: (
-        "The API server refused the run's Job, ConfigMap or Service (invalid, forbidden, over quota); its"
+        "The API server refused the run's Job or Service (invalid, forbidden, over quota); its"
         " message is in status.message and an Event. A previous run's Job keeps running until a new Job"
         " exists. Fix the cause, then set the finetuning.io/rerun annotation."
     ),
@@ -150,6 +152,11 @@ REASON_DOCS: dict[str, str] = {
     Reason.LICENCE_NOT_ALLOWED: (
         "The model's licence (`spec.model.licence`, or the model card's) is not in the operator's allowed "
         "licences, or is unknown where unknown licences are refused; no Job."
+    ),
+    Reason.CONFIG_TOO_LARGE: (
+        "The trainer's config (the spec, resolved) is over 200 KiB as JSON, more than the pod annotation "
+        "that carries it may hold (Kubernetes allows 256 KiB); status.message names the largest field; "
+        "no Job."
     ),
     **{
         reason: f"A phase condition that no longer holds: the FineTuneJob is now {phase}."

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ from finetune_api.exitcodes import NON_RETRIABLE_EXIT_CODES
 from finetune_api.launch import launch_command
 from finetune_api.spec import FineTuneJobSpec, JobRef, TrainerConfig
 from finetune_operator import constants as c
+from finetune_operator import pod_config
 from finetune_operator.naming import label_value, run_name
 from finetune_operator.pod_paths import resolve
 from finetune_operator.pod_storage import storage_parts
@@ -72,18 +72,6 @@ def trainer_config(
         metrics_port=wellknown.METRICS_PORT,
         allowed_licences=list(allowed_licences),
     )
-
-
-def build_configmap(
-    owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, allowed_licences: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    config = trainer_config(owner, spec, run, allowed_licences)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(owner, run, run_name(owner.name, run), spec_hash),
-        "data": {wellknown.CONFIG_FILE: json.dumps(config.wire(), indent=2, sort_keys=True)},
-    }
 
 
 def build_service(owner: Owner, run: int, spec_hash: str) -> dict[str, Any]:
@@ -190,13 +178,14 @@ def build_job(
     name = run_name(owner.name, run)
     dist = spec.distributed_or_default()
     resolved = resolve(spec)
+    config = pod_config.encode(trainer_config(owner, spec, run, settings.allowed_licences))
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": name}},
+        pod_config.volume(),
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": wellknown.CONFIG_DIR, "readOnly": True},
+        pod_config.mount(),
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -278,7 +267,10 @@ def build_job(
         "parallelism": dist.nodes,
         "suspend": bool(spec.suspend or sched.queue_name),
         "podFailurePolicy": pod_failure_policy(),
-        "template": {"metadata": {"labels": labels(owner, run)}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": labels(owner, run), "annotations": {c.ANNOTATION_CONFIG: config}},
+            "spec": pod_spec,
+        },
     }
     if dist.nodes > 1:
         job_spec["completionMode"] = "Indexed"
@@ -292,9 +284,10 @@ def build_job(
 def build_children(
     owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    """Everything a run needs, in creation order (the Job last, so its inputs exist first)."""
-    children = [build_configmap(owner, spec, run, spec_hash, settings.allowed_licences)]
-    if needs_service(spec):
-        children.append(build_service(owner, run, spec_hash))
-    children.append(build_job(owner, spec, run, spec_hash, settings))
-    return children
+    """Everything a run needs, in creation order: the Job last, so its pods find their Service. The
+    trainer's config is not a child: it rides in the Job's pod template (``pod_config``).
+
+    ``pod_config.ConfigTooLarge`` when the config does not fit in that annotation.
+    """
+    job = build_job(owner, spec, run, spec_hash, settings)
+    return [build_service(owner, run, spec_hash), job] if needs_service(spec) else [job]

@@ -42,3 +42,7 @@ LABEL_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_RERUN: Final = f"{GROUP}/rerun"
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_METRICS_ENDPOINT: Final = f"{GROUP}/metrics-endpoint"
+ANNOTATION_CONFIG: Final = f"{GROUP}/config"
+"""On a run's pod template: the trainer's config (compact JSON), which the downward API projects."""
+CONFIG_ANNOTATION_MAX_BYTES: Final = 200 * 1024
+"""Kubernetes allows 256 KiB of annotations per object; the rest is headroom for other controllers."""

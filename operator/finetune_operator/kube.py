@@ -100,7 +100,6 @@ class Kube:
         ns = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
             "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
             "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
         }

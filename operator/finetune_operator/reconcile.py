@@ -25,6 +25,7 @@ from finetune_operator.children import ChildRejected, create_run, retire_other_j
 from finetune_operator.context import Context, parse_status, write
 from finetune_operator.metrics import JOB_CREATED_LATENCY, STATUS_LATENCY, record_estimated_cost
 from finetune_operator.naming import spec_hash
+from finetune_operator.pod_config import ConfigTooLarge
 from finetune_operator.preflight import preflight, wait_for_preflight
 from finetune_operator.preflight_wait import WAITABLE, timeout_of
 from finetune_operator.progress_book import run_key
@@ -119,6 +120,9 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
     except ChildRejected as exc:
         log.warning("child rejected: %s", exc, extra={"ftj": f"{owner.namespace}/{owner.name}"})
         _refuse(ctx, body, (Reason.JOB_REJECTED, str(exc)), digest, token, admission.plan)
+        return
+    except ConfigTooLarge as exc:
+        _refuse(ctx, body, (Reason.CONFIG_TOO_LARGE, str(exc)), digest, token, admission.plan)
         return
     number, job_name = started.number, started.job["metadata"]["name"]
     if number > 1:  # run 1 has no earlier run to retire: no LIST of Jobs per new FineTuneJob

@@ -139,6 +139,8 @@ def test_defaults_are_cluster_wide_with_least_privilege(helm: Helm):
     assert rules["/namespaces"] == {"list", "watch"}, "kopf's start-up discovery, read-only"
     assert rules["finetuning.io/finetunejobs"] == {"get", "list", "watch", "patch"}
     assert rules["finetuning.io/finetunejobs/status"] == {"get", "update"}
+    assert rules["/configmaps"] == {"get"}, "the run's config rides in the pod: ConfigMaps are only checked"
+    assert rules["/services"] == {"create", "get"}, "a multi-node run's headless Service"
     assert "*" not in {v for verbs in rules.values() for v in verbs}
     assert not any(k.startswith("kopf.dev/") for k in rules)
     [crb] = find(docs, "ClusterRoleBinding")

@@ -66,6 +66,16 @@ def test_a_job_that_fits_records_its_plan(make_finetunejob, kubectl):
     assert "Fits" in wide.splitlines()[1]
 
 
+def test_a_config_too_large_for_the_pods_annotation_gets_no_job(make_finetunejob):
+    """The trainer's config travels in a pod annotation (256 KiB in all): a spec the schema allows but
+    the annotation cannot hold is refused with a reason naming the field, never truncated."""
+    ftj = make_finetunejob(evaluation={"reviewPrompts": ["p" * 4000] * 60})
+    st = ftj.wait_phase("Failed")
+    assert st["reason"] == "ConfigTooLarge", st
+    assert "spec.evaluation.reviewPrompts" in st["message"] and "200 KiB" in st["message"], st["message"]
+    assert ftj.jobs() == []
+
+
 @pytest.fixture
 def licensed_operator(
     cluster: Any, crd_installed: None, kube_api: Any, tmp_path: Path

@@ -175,19 +175,18 @@ def test_delete_removes_children(make_finetunejob, kube_api):
     ftj.wait_phase("Running")
     core = client.CoreV1Api(kube_api)
     assert core.read_namespaced_service(f"{ftj.name}-r1", ftj.namespace)
-    assert core.read_namespaced_config_map(f"{ftj.name}-r1", ftj.namespace)
+    selector = f"finetuning.io/finetunejob={ftj.name}"
+    assert not core.list_namespaced_config_map(ftj.namespace, label_selector=selector).items, (
+        "the trainer's config rides in the pod's annotation: no ConfigMap per run"
+    )
     ftj.custom.delete_namespaced_custom_object(
         "finetuning.io", "v1alpha1", ftj.namespace, "finetunejobs", ftj.name
     )
     wait_for(lambda: not ftj.jobs(), 60, "the Job garbage-collected")
     wait_for(
-        lambda: (
-            not core.list_namespaced_config_map(
-                ftj.namespace, label_selector=f"finetuning.io/finetunejob={ftj.name}"
-            ).items
-        ),
+        lambda: not core.list_namespaced_service(ftj.namespace, label_selector=selector).items,
         60,
-        "the ConfigMap garbage-collected",
+        "the headless Service garbage-collected",
     )
 
 

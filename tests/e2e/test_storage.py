@@ -133,8 +133,9 @@ def test_s3_model_data_and_output_reach_succeeded_with_objects_that_exist(
         checkpoint = status["lastCheckpoint"]
         assert checkpoint["step"] == 6 and checkpoint["uri"].startswith(f"{out}/checkpoints/run-1-")
         assert fs.exists(checkpoint["uri"].removeprefix("s3://") + "/ftj-complete.json")
-        # The credentials stayed references: not in the ConfigMap the operator rendered, nor in status.
-        cm = client.CoreV1Api(kube_api).read_namespaced_config_map("colours-r1", namespace)
-        assert objectstore.secret_key not in str(cm.data) and objectstore.secret_key not in str(status)
+        # The credentials stayed references: not in the Job the operator rendered (its pods' config
+        # annotation included), nor in status.
+        job = client.BatchV1Api(kube_api).read_namespaced_job("colours-r1", namespace)
+        assert objectstore.secret_key not in str(job.to_dict()) and objectstore.secret_key not in str(status)
     finally:
         kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0", check=False)

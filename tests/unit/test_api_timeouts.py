@@ -43,7 +43,7 @@ CALLS: dict[str, Callable[[Kube], Any]] = {
     "list_jobs": lambda k: k.list_jobs("ns", "a=b"),
     "job_pods": lambda k: k.job_pods("ns", "x"),
     "delete_job": lambda k: k.delete_job("ns", "x"),
-    "create": lambda k: k.create({"kind": "ConfigMap", "metadata": {"name": "x", "namespace": "ns"}}),
+    "create": lambda k: k.create({"kind": "Job", "metadata": {"name": "x", "namespace": "ns"}}),
     "update_status": lambda k: k.update_status("ns", "x", lambda obj: {"phase": "Running"}),
     "secret_exists": lambda k: k.secret_exists("ns", "x"),
     "cluster_has_resource": lambda k: k.cluster_has_resource("nvidia.com/gpu"),

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from finetune_api.exitcodes import ExitCode
 from finetune_api.spec import TrainerConfig
 from finetune_operator import constants as c
-from finetune_operator.builders import build_children, build_configmap, build_job, trainer_command
+from finetune_operator.builders import build_children, build_job, trainer_command
+from finetune_operator.pod_config import ConfigTooLarge
 
 
 def container(job):
@@ -50,7 +53,7 @@ def test_pod_failure_policy_fails_fast_on_user_errors_and_ignores_disruption(own
 def test_multi_node_is_indexed_with_headless_service(owner, settings, make_spec):
     spec = make_spec(method="full", distributed={"nodes": 3, "gpusPerNode": 8, "deepspeed": {"zeroStage": 3}})
     kinds = [m["kind"] for m in build_children(owner, spec, 2, "h", settings)]
-    assert kinds == ["ConfigMap", "Service", "Job"]
+    assert kinds == ["Service", "Job"]
     children = {m["kind"]: m for m in build_children(owner, spec, 2, "h", settings)}
     job, svc = children["Job"], children["Service"]
     assert job["spec"]["completionMode"] == "Indexed"
@@ -131,9 +134,7 @@ def test_pvc_sources_share_one_volume_and_output_is_writable(owner, settings, ma
     vols = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert vols["pvc-models"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     assert vols["pvc-results"]["persistentVolumeClaim"]["readOnly"] is False
-    cfg = TrainerConfig.model_validate(
-        json.loads(build_configmap(owner, spec, 1, "h")["data"]["config.json"])
-    )
+    cfg = config_of(job)
     assert cfg.paths.model == "/mnt/pvc/models/llama-3-8b"
     assert cfg.paths.dataset == "/mnt/pvc/models/data/train.jsonl"
     assert cfg.paths.output == "/mnt/pvc/results/runs/a"
@@ -146,14 +147,62 @@ def test_configmap_dataset_is_mounted_by_key(owner, settings, make_spec):
     assert mount["mountPath"] == "/data/train/train.jsonl"
 
 
-def test_configmap_holds_a_trainer_config_the_trainer_can_read(owner, make_spec):
+def config_of(job) -> TrainerConfig:
+    """The trainer's config as the pod's downward API volume would hand it over."""
+    return TrainerConfig.model_validate(
+        json.loads(job["spec"]["template"]["metadata"]["annotations"][CONFIG])
+    )
+
+
+CONFIG = "finetuning.io/config"
+
+
+def test_the_pod_carries_a_trainer_config_the_trainer_can_read(owner, settings, make_spec):
     spec = make_spec(method="qlora", hyperparameters={"epochs": 1, "learningRate": 1e-4})
-    cm = build_configmap(owner, spec, 4, "h")
-    cfg = TrainerConfig.model_validate(json.loads(cm["data"]["config.json"]))
-    assert cfg.job.run == 4 and cfg.job.name == "support-classifier"
+    job = build_job(owner, spec, 4, "h", settings)
+    text = job["spec"]["template"]["metadata"]["annotations"][CONFIG]
+    assert "\n" not in text and ", " not in text, "compact JSON: every byte counts against 256 KiB"
+    cfg = config_of(job)
+    assert cfg.job.run == 4 and cfg.job.name == "support-classifier" and cfg.job.uid == "0000-1111"
     assert cfg.spec.method == "qlora" and cfg.spec.learning_rate() == 1e-4
+    assert cfg.spec == spec.training()
     assert cfg.paths.dataset == "/data/train.jsonl"
     assert cfg.paths.output == "/output"
+    assert cfg.allowed_licences == list(settings.allowed_licences)
+
+
+def test_the_config_is_projected_by_the_downward_api_at_the_path_the_trainer_reads(
+    owner, settings, make_spec
+):
+    job = build_job(owner, make_spec(), 1, "h", settings)
+    pod = job["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert volume == {
+        "name": "config",
+        "downwardAPI": {
+            "items": [{"path": "config.json", "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG}']"}}]
+        },
+    }
+    [mount] = [m for m in container(job)["volumeMounts"] if m["name"] == "config"]
+    assert mount == {"name": "config", "mountPath": "/etc/finetune", "readOnly": True}
+    assert container(job)["command"][-2:] == ["--config", "/etc/finetune/config.json"]
+    assert not any("configMap" in v for v in pod["volumes"]), "no ConfigMap of the operator's own"
+
+
+def test_a_run_is_one_job_and_no_configmap(owner, settings, make_spec):
+    assert [m["kind"] for m in build_children(owner, make_spec(), 1, "h", settings)] == ["Job"]
+
+
+def test_a_config_too_large_for_an_annotation_is_refused_naming_the_field(owner, settings, make_spec):
+    prompts = ["p" * 4000] * 60  # the CRD allows 200 prompts of 4,000 characters: 800 kB
+    with pytest.raises(ConfigTooLarge) as refused:
+        build_job(owner, make_spec(evaluation={"reviewPrompts": prompts}), 1, "h", settings)
+    message = str(refused.value)
+    assert "spec.evaluation.reviewPrompts" in message, message
+    assert "200 KiB" in message and "finetuning.io/config" in message, message
+    assert refused.value.size > 200 * 1024
+    job = build_job(owner, make_spec(evaluation={"reviewPrompts": prompts[:45]}), 1, "h", settings)
+    assert len(config_of(job).spec.evaluation.review_prompts or []) == 45, "not truncated below the bound"
 
 
 def test_long_names_stay_within_63_characters(settings, make_spec):

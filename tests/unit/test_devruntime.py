@@ -40,3 +40,42 @@ def test_pod_paths_map_to_the_pod_directory_but_the_interpreter_stays(tmp_path, 
     assert rewritten["terminationLog"] == str(root / "termination-log")
     assert rewritten["metricsPort"] == port
     assert paths.map("/tmpfoo") == "/tmpfoo"
+
+
+def test_downward_api_volume_gets_the_pods_annotation_as_a_file(tmp_path):
+    """The operator hands the trainer its config in a pod annotation, projected by the downward API."""
+    dr = load_hack("devruntime")
+    config = '{"paths":{"output":"/output"}}'
+    item = client.V1DownwardAPIVolumeFile(
+        path="config.json",
+        field_ref=client.V1ObjectFieldSelector(field_path="metadata.annotations['finetuning.io/config']"),
+    )
+    name_item = client.V1DownwardAPIVolumeFile(
+        path="meta/name", field_ref=client.V1ObjectFieldSelector(field_path="metadata.name")
+    )
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name="x-r1-abc", namespace="ns", annotations={"finetuning.io/config": config}
+        ),
+        spec=client.V1PodSpec(
+            containers=[],
+            volumes=[
+                client.V1Volume(
+                    name="config", downward_api=client.V1DownwardAPIVolumeSource(items=[item, name_item])
+                )
+            ],
+        ),
+    )
+    container = client.V1Container(
+        name="trainer", volume_mounts=[client.V1VolumeMount(name="config", mount_path="/etc/finetune")]
+    )
+    runtime = dr.DevRuntime.__new__(dr.DevRuntime)
+    paths = runtime._volumes(pod, container, tmp_path)
+    assert Path(paths.map("/etc/finetune/config.json")).read_text() == config
+    assert Path(paths.map("/etc/finetune/meta/name")).read_text() == "x-r1-abc"
+
+    item.field_ref.field_path = "metadata.annotations['missing']"
+    assert runtime._volumes(pod, container, tmp_path / "again").map("/etc/finetune/config.json")
+    assert (tmp_path / "again" / "mounts" / "etc" / "finetune" / "config.json").read_text() == "", (
+        "a missing annotation is an empty file, as the kubelet writes it"
+    )

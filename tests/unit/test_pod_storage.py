@@ -37,10 +37,10 @@ def test_storage_secret_becomes_env_and_files_never_values(owner, settings, make
     }
     assert {"name": "FTJ_STORAGE_CREDENTIALS_DIR", "value": c.STORAGE_CREDENTIALS_MOUNT} in trainer["env"]
     # Nothing but references: no env value, ConfigMap or annotation carries anything from a Secret.
-    configmap = children[0]["data"]["config.json"]
-    assert "cloud-creds" not in configmap and "HF_TOKEN" not in configmap
+    config = children[-1]["spec"]["template"]["metadata"]["annotations"][c.ANNOTATION_CONFIG]
+    assert "cloud-creds" not in config and "HF_TOKEN" not in config
     assert all("value" not in e for e in trainer["env"] if e["name"] in ("HF_TOKEN",))
-    assert json.loads(configmap)["paths"]["dataset"] == "s3://data/train.jsonl"
+    assert json.loads(config)["paths"]["dataset"] == "s3://data/train.jsonl"
 
 
 def test_service_account_token_only_with_service_account_name(owner, settings, make_spec):

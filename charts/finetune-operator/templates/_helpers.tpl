@@ -81,11 +81,15 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
-# The run's resolved config (ConfigMap) and, for nodes > 1, the headless Service; configmap_exists for
-# spec.*.source.configMap.
+# For nodes > 1, the run's headless Service (the trainer's config needs no object: it rides in the
+# Job's pod template as an annotation, projected by the downward API).
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
+  resources: ["services"]
   verbs: ["create", "get"]
+# preflight: kube.configmap_exists for spec.*.source.configMap (metadata-only GET).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 # kube.job_pods: the rank-0 pod's address for progress, and pod states for status.
 - apiGroups: [""]
   resources: ["pods"]
