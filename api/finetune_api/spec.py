@@ -89,7 +89,7 @@ class Paths(Model):
 
 
 class TrainerConfig(Model):
-    """The JSON the operator renders into the run's ConfigMap and the trainer reads."""
+    """The JSON the operator renders into the run's pod annotation and the trainer reads."""
 
     version: Literal[1] = 1
     job: JobRef

@@ -14,7 +14,8 @@ TERMINATION_LOG: Final = "/dev/termination-log"
 CONFIG_DIR: Final = "/etc/finetune"
 CONFIG_FILE: Final = "config.json"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/{CONFIG_FILE}"
-"""The run's ConfigMap, mounted read-only: the trainer's config."""
+"""The trainer's config: the pod's ``finetuning.io/config`` annotation, projected read-only by the
+downward API."""
 
 TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 """RFC 3339 in UTC with whole seconds, as Kubernetes writes metav1.Time."""

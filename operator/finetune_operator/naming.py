@@ -1,6 +1,6 @@
 """Deterministic names for a run's children, valid Kubernetes names by construction.
 
-Every name the operator derives (Jobs, ConfigMaps, Services, volumes, label values) goes through
+Every name the operator derives (Jobs, Services, volumes, label values) goes through
 this module. A source that is already a valid name of the target kind and fits is used as it is,
 so the usual ``<name>-r<run>`` stays readable; any other source is lower-cased, stripped of the
 characters the kind forbids, shortened, and gets a hash of the *original* source as a suffix, so
@@ -32,7 +32,7 @@ def short_hash(source: str) -> str:
 def dns_label(source: str, limit: int = MAX_NAME) -> str:
     """An RFC 1035 label (lower-case alphanumerics and ``-``, starting with a letter) of at most ``limit``.
 
-    Valid for every object name the operator creates (Job, ConfigMap, Service), for volume names
+    Valid for every object name the operator creates (Job, Service), for volume names
     and for pod hostnames and subdomains.
     """
     if len(source) <= limit and _DNS_LABEL.match(source):
@@ -54,7 +54,7 @@ def label_value(source: str) -> str:
 
 
 def run_name(job_name: str, run: int) -> str:
-    """``<name>-r<run>``: the name of a run's Job, ConfigMap and headless Service.
+    """``<name>-r<run>``: the name of a run's Job and headless Service.
 
     The run suffix always survives; the FineTuneJob's name (a DNS subdomain of up to 253
     characters, dots allowed) is made a DNS label first.

@@ -66,7 +66,7 @@ class Facts:
 
 @dataclass(frozen=True)
 class RunStarted:
-    """The run's ConfigMap and Job were created: record it as the current run."""
+    """The run's Job was created: record it as the current run."""
 
     number: int
     job_name: str

@@ -171,6 +171,17 @@ def test_trainer_pod_trains_and_succeeds_through_the_termination_message(
     assert spec["securityContext"]["runAsUser"] == spec["securityContext"]["runAsGroup"] == TRAINER_UID
     assert spec["automountServiceAccountToken"] is False
     assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    # The trainer read its config from the pod's own annotation, projected by the real kubelet's
+    # downward API at /etc/finetune/config.json; the run made no ConfigMap.
+    [config] = [v for v in spec["volumes"] if v["name"] == "config"]
+    assert "downwardAPI" in config and "configMap" not in config, config
+    assert json.loads(pod["metadata"]["annotations"]["finetuning.io/config"])["job"]["name"] == ftj.name
+    from kubernetes import client
+
+    made = client.CoreV1Api(rapi).list_namespaced_config_map(
+        restricted_namespace, label_selector=f"finetuning.io/finetunejob={ftj.name}"
+    )
+    assert made.items == [], [cm.metadata.name for cm in made.items]
 
 
 def test_trainer_image_runs_as_its_own_user_on_a_read_only_root_without_a_token(
