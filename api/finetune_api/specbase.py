@@ -5,6 +5,9 @@ Kept apart from ``spec`` so that sub-models (``affinity``) can share it without 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from typing import Any
 
@@ -25,6 +28,22 @@ EXTENDED_RESOURCE = rf"^{_LABEL}([.]{_LABEL})*/{_NAME_PART}$"
 CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
 """ConfigMap and Secret keys; ``.`` and names starting with ``..`` are refused by CONFIG_KEY_RULE."""
 CONFIG_KEY_RULE = "self.key != '.' && !self.key.startsWith('..')"
+
+
+_RULES_CHECKED: ContextVar[bool] = ContextVar("finetune_api_rules_checked", default=False)
+
+
+@contextmanager
+def rules_already_checked() -> Iterator[None]:
+    """Build models from parts of a spec whose CEL rules were evaluated when it was validated, without
+    evaluating them again. The rules hold for what is derived from that spec, and in pure-Python CEL
+    they cost about a millisecond each: re-evaluating them took 3/4 of the time to build a run's Job.
+    Structural validation (types, bounds, patterns) still runs."""
+    token = _RULES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RULES_CHECKED.reset(token)
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -50,7 +69,7 @@ class Model(BaseModel):
     def _cel_rules(self) -> Model:
         """Evaluate the CRD's own CEL rules, so `ftj validate` refuses what the API server refuses."""
         rules = _rules_of(type(self).model_config.get("json_schema_extra"))
-        if rules:
+        if rules and not _RULES_CHECKED.get():
             wire = self.wire()
             for rule, message, field_path in rules:
                 if not _cel_program(rule)(wire):

@@ -9,6 +9,7 @@ from finetune_api import wellknown
 from finetune_api.exitcodes import NON_RETRIABLE_EXIT_CODES
 from finetune_api.launch import launch_command
 from finetune_api.spec import FineTuneJobSpec, JobRef, TrainerConfig
+from finetune_api.specbase import rules_already_checked
 from finetune_operator import constants as c
 from finetune_operator import pod_config
 from finetune_operator.naming import label_value, run_name
@@ -175,6 +176,14 @@ def pod_failure_policy() -> dict[str, Any]:
 def build_job(
     owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, settings: OperatorSettings
 ) -> dict[str, Any]:
+    """The run's Job, from a validated spec (its CEL rules are not evaluated again for the parts)."""
+    with rules_already_checked():
+        return _build_job(owner, spec, run, spec_hash, settings)
+
+
+def _build_job(
+    owner: Owner, spec: FineTuneJobSpec, run: int, spec_hash: str, settings: OperatorSettings
+) -> dict[str, Any]:
     name = run_name(owner.name, run)
     dist = spec.distributed_or_default()
     resolved = resolve(spec)
@@ -289,5 +298,6 @@ def build_children(
 
     ``pod_config.ConfigTooLarge`` when the config does not fit in that annotation.
     """
-    job = build_job(owner, spec, run, spec_hash, settings)
-    return [build_service(owner, run, spec_hash), job] if needs_service(spec) else [job]
+    with rules_already_checked():
+        job = build_job(owner, spec, run, spec_hash, settings)
+        return [build_service(owner, run, spec_hash), job] if needs_service(spec) else [job]

@@ -42,6 +42,8 @@ class Context:
     specs: dict[tuple[str, int], FineTuneJobSpec] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     heartbeats: Heartbeats = field(default_factory=Heartbeats)
+    # Told every FineTuneJob body the operator wrote or read (the handlers keep the newest as their copy).
+    remember: Callable[[dict[str, Any]], object] = field(default=lambda body: None)
     # Progress scraped but not yet written (progress_loop.py); a run's final write folds it in.
     progress_book: ProgressBook = field(default_factory=ProgressBook)
 
@@ -91,6 +93,8 @@ def write(ctx: Context, obj: dict[str, Any], transition: Transition) -> Change |
         return wire
 
     result = ctx.kube.update_status(meta["namespace"], meta["name"], wrapped, initial=obj)
+    if result is not None:
+        ctx.remember(result)
     change, st = attempt.change, attempt.written
     if result is None or change is None or st is None or st.phase is None:
         return None

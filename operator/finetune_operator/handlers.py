@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
 from finetune_operator.context import Context
+from finetune_operator.ftj_index import FtjIndex, Key
 from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.preflight_wait import RecheckLater
@@ -67,18 +68,13 @@ def _attempt(
         HANDLER_DURATION.labels(handler=name).observe(time.perf_counter() - start)
 
 
-Key = tuple[str | None, str]
-# The latest slim body of every FineTuneJob, by (namespace, name), kept from the watch by ``ftj_event``.
-FtjIndex = dict[Key, list[dict[str, Any]]]
-
-
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """Attach every handler to ``registry`` (no import-time side effects)."""
     # Not a kopf index: with one, kopf holds every object's handlers until all objects are indexed,
     # through one toggle per object whose every change wakes every waiting worker. At 2,000
     # FineTuneJobs a restarted operator spent minutes in that (0 handled after 3 minutes, the event
     # loop 69 % in ToggleSet notify_all); handlers that find no body here read it from the API.
-    index: FtjIndex = {}
+    index = FtjIndex()
     register_safety_net(registry, settings, index)
 
     handled: dict[Key, int] = {}  # the trigger of each key's last finished reconcile
@@ -128,7 +124,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         would add a finalizer, and deleting a FineTuneJob must never wait for us."""
         key = (namespace, name)
         if event.get("type") == "DELETED":
-            index.pop(key, None)
+            index.drop(key)
             handled.pop(key, None)
             retrying.pop(key, None)
             retries.pop(key, None)
@@ -136,8 +132,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             ctx: Context = memo["ctx"]
             ctx.phases.set(f"{namespace}/{name}", None)
             return
-        slim = _slim(body)
-        index[key] = [slim]
+        # An event older than what our own write put there still counts: the held body has its changes.
+        slim = index.offer(body) or index[key][0]
         trigger = trigger_of(slim)
         if trigger != handled.get(key) and trigger != retrying.get(key) and "queue" in memo_ref:
             queue.add(key)  # a failed attempt at this same state waits for its backoff
@@ -147,6 +143,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         """Workers for the queue (at most max_workers reconciles at once, on kopf's thread pool), and
         every object already listed queued once (kopf's resume)."""
         memo_ref.update(ctx=memo["ctx"], executor=settings.execution.executor, queue=queue)
+        memo["ctx"].remember = index.offer  # what our own writes return is the newest body
         memo["reconcile_queue"] = asyncio.create_task(queue.run(), name="reconcile queue")
         for key in list(index):
             queue.add(key)
@@ -202,24 +199,6 @@ def register_safety_net(registry: kopf.OperatorRegistry, settings: OperatorSetti
         if found:
             raise kopf.PermanentError("; ".join(found))
         return "ok"
-
-
-def _slim(body: kopf.Body) -> dict[str, Any]:
-    """What status decisions need, without managedFields and bookkeeping annotations (memory)."""
-    meta = dict(body.get("metadata") or {})
-    meta.pop("managedFields", None)
-    meta["annotations"] = {
-        k: v
-        for k, v in (meta.get("annotations") or {}).items()
-        if not k.startswith(f"kopf.{c.GROUP}/") and k != "kubectl.kubernetes.io/last-applied-configuration"
-    }
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": copy.deepcopy(meta),
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": copy.deepcopy(dict(body.get("status") or {})),
-    }
 
 
 def trigger_of(slim: dict[str, Any]) -> int:

@@ -279,6 +279,8 @@ def on_job_event(
     body = cached_owner
     if body is None or not _runs(body, owner, meta):
         body = ctx.kube.get_ftj(meta["namespace"], owner["name"])  # the cache may lag our own writes
+        if body is not None:
+            ctx.remember(body)
     if body is None or not _runs(body, owner, meta):
         return
     if deleted:

@@ -1,0 +1,69 @@
+"""The operator's copy of every FineTuneJob it watches: the newest slim body of each, by (namespace, name).
+
+Filled from the watch (``handlers.py``) and from the operator's own writes: a status write returns the
+object as stored, which the watch delivers only later. Without that, a Job event right after our own
+write found the run missing from the copy and read the FineTuneJob from the API server again (325
+GETs at ~270 ms each in a burst of 500). The newest resourceVersion wins, so a late watch event
+never replaces a fresher body.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+Key = tuple[str | None, str]
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What status decisions need, without managedFields and bookkeeping annotations (memory)."""
+    meta = dict(body.get("metadata") or {})
+    meta.pop("managedFields", None)
+    meta["annotations"] = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if not k.startswith("kopf.") and k != "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": copy.deepcopy(meta),
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+def _version(body: Mapping[str, Any]) -> int | None:
+    value = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    return int(value) if value.isdigit() else None
+
+
+class FtjIndex(dict[Key, list[dict[str, Any]]]):
+    """A dict (key -> [slim body]) that the event loop and worker threads both offer bodies to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def offer(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Keep ``body`` (slimmed) unless the index holds a newer version of the same object; the body
+        kept, or None when it was older."""
+        meta = body.get("metadata") or {}
+        key: Key = (meta.get("namespace"), str(meta.get("name")))
+        new = slim(body)
+        mine = _version(new)
+        with self._lock:
+            held = next(iter(self.get(key, ())), None)
+            if held is not None and mine is not None:
+                theirs = _version(held)
+                same_object = (held.get("metadata") or {}).get("uid") == meta.get("uid")
+                if same_object and theirs is not None and theirs > mine:
+                    return None
+            self[key] = [new]
+        return new
+
+    def drop(self, key: Key) -> None:
+        with self._lock:
+            self.pop(key, None)

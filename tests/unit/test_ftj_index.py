@@ -1,0 +1,57 @@
+"""The operator's copy of FineTuneJobs: the newest version wins, whichever path brings it
+(operator/finetune_operator/ftj_index.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator.ftj_index import FtjIndex
+
+
+def body(rv: str, uid: str = "u1", phase: str | None = None, **meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "finetuning.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "a", "namespace": "ns", "uid": uid, "resourceVersion": rv, **meta},
+        "spec": {"method": "lora"},
+        "status": {"phase": phase} if phase else {},
+    }
+
+
+def test_a_late_watch_event_never_replaces_what_our_own_write_returned() -> None:
+    index = FtjIndex()
+    assert index.offer(body("10", phase="Pending"))
+    written = index.offer(body("12", phase="Running"))  # our status write's response
+    assert written is not None
+    assert index.offer(body("11", phase="Pending")) is None  # the watch catching up
+    assert index[("ns", "a")][0]["status"] == {"phase": "Running"}
+    assert index.offer(body("13", phase="Succeeded"))
+    assert index[("ns", "a")][0]["status"] == {"phase": "Succeeded"}
+
+
+def test_a_recreated_object_or_an_unreadable_version_replaces_the_copy() -> None:
+    index = FtjIndex()
+    index.offer(body("50", uid="old"))
+    assert index.offer(body("20", uid="new")) is not None  # deleted and created again: another object
+    assert index[("ns", "a")][0]["metadata"]["uid"] == "new"
+    assert index.offer(body("not-a-number")) is not None
+    index.drop(("ns", "a"))
+    assert ("ns", "a") not in index
+
+
+def test_the_copy_is_slim() -> None:
+    index = FtjIndex()
+    kept = index.offer(
+        body(
+            "1",
+            managedFields=[{"manager": "kubectl"}],
+            annotations={
+                "kopf.finetuning.io/last-handled-configuration": "{}",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "finetuning.io/rerun": "x",
+            },
+        )
+    )
+    assert kept is not None
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"finetuning.io/rerun": "x"}
