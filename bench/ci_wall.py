@@ -40,8 +40,20 @@ OWN = {"repo", "cache", "data", "gopath", "run.log"}
 TARGET = re.compile(r"^Makefile:\d+: (?:update target '([^']+)'|target '([^']+)' does not exist)")
 
 
+def unmount_under(root: Path) -> list[str]:
+    """Unmount what a previous run left mounted under ``root`` (a killed or failed buildah build
+    keeps its overlay mounted, and then the directory cannot be removed), deepest first."""
+    prefix = str(root.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
+    left = sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True)
+    for mount in left:
+        subprocess.run(["umount", mount], check=False, capture_output=True)
+    return left
+
+
 def cold_env(workdir: Path) -> dict[str, str]:
     cache, data, gopath = workdir / "cache", workdir / "data", workdir / "gopath"
+    unmount_under(workdir)
     for d in (cache, data, gopath):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
