@@ -44,7 +44,8 @@ def unmount_under(root: Path) -> list[str]:
     """Unmount what a previous run left mounted under ``root`` (a killed or failed buildah build
     keeps its overlay mounted, and then the directory cannot be removed), deepest first."""
     prefix = str(root.resolve()) + "/"
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
+    fields = (line.split() for line in Path("/proc/mounts").read_text().splitlines())
+    mounts = [f[1] for f in fields if len(f) > 1]
     left = sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True)
     for mount in left:
         subprocess.run(["umount", mount], check=False, capture_output=True)
