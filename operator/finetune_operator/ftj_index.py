@@ -37,7 +37,7 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _version(body: Mapping[str, Any]) -> int | None:
     value = str((body.get("metadata") or {}).get("resourceVersion") or "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdecimal() and value.isascii() else None
 
 
 class FtjIndex(dict[Key, list[dict[str, Any]]]):
@@ -47,23 +47,41 @@ class FtjIndex(dict[Key, list[dict[str, Any]]]):
         super().__init__()
         self._lock = threading.Lock()
 
-    def offer(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Keep ``body`` (slimmed) unless the index holds a newer version of the same object; the body
-        kept, or None when it was older."""
+    def offer(self, body: Mapping[str, Any], insert: bool = True) -> dict[str, Any] | None:
+        """Keep ``body`` (slimmed) unless the index holds a newer version; the body kept, or None.
+
+        resourceVersions are etcd revisions, one counter for the resource type, so they also order a
+        deleted object against a new one of the same name. ``insert=False`` (what the operator itself
+        wrote or read) only refreshes an object the watch has shown and not deleted since: a write
+        that returns after the object was deleted must not bring it back.
+        """
         meta = body.get("metadata") or {}
         key: Key = (meta.get("namespace"), str(meta.get("name")))
         new = slim(body)
         mine = _version(new)
         with self._lock:
             held = next(iter(self.get(key, ())), None)
-            if held is not None and mine is not None:
-                theirs = _version(held)
-                same_object = (held.get("metadata") or {}).get("uid") == meta.get("uid")
-                if same_object and theirs is not None and theirs > mine:
-                    return None
+            if held is None and not insert:
+                return None
+            if held is not None and not insert and _uid(held) != meta.get("uid"):
+                return None
+            theirs = _version(held) if held is not None else None
+            if mine is not None and theirs is not None and theirs > mine:
+                return None
             self[key] = [new]
         return new
 
-    def drop(self, key: Key) -> None:
+    def drop(self, key: Key, uid: str | None) -> bool:
+        """Forget ``key`` if it is the object ``uid`` (a late DELETED of an older object of the same
+        name must not remove the new one); whether it was dropped."""
         with self._lock:
+            held = next(iter(self.get(key, ())), None)
+            if held is not None and uid is not None and _uid(held) != uid:
+                return False
             self.pop(key, None)
+            return True
+
+
+def _uid(body: Mapping[str, Any]) -> str | None:
+    uid = (body.get("metadata") or {}).get("uid")
+    return str(uid) if uid is not None else None

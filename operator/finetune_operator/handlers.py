@@ -51,7 +51,7 @@ def _attempt(
         return None
     except ApiException as exc:
         if exc.status in (0, 409, 429) or exc.status >= 500:
-            log.warning("%s: API %s %s; retrying", name, exc.status, exc.reason)
+            log.warning("%s: API %s %s (transient)", name, exc.status, exc.reason)
             return retry_delay(retry)
         message = f"API {exc.status}: {exc.reason}: {str(exc.body)[:500]}"
         log.error("%s failed: %s", name, message)
@@ -62,7 +62,7 @@ def _attempt(
         return retry_delay(retry)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         # Timeouts, refused connections, a failed-over API server: try again later.
-        log.warning("%s: API unreachable (%s); retrying", name, exc)
+        log.warning("%s: API unreachable (%s) (transient)", name, exc)
         return retry_delay(retry)
     finally:
         HANDLER_DURATION.labels(handler=name).observe(time.perf_counter() - start)
@@ -99,7 +99,18 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             if not body["metadata"].get("deletionTimestamp"):
                 reconcile(ctx, body)
 
-        delay = await loop.run_in_executor(executor, lambda: _attempt(ctx, "reconcile", work, retry, body))
+        try:
+            delay = await loop.run_in_executor(
+                executor, lambda: _attempt(ctx, "reconcile", work, retry, body)
+            )
+        except Exception:  # a bug, not the API: back off like a transient failure, never spin
+            log.exception("reconcile failed", extra={"ftj": f"{key[0]}/{key[1]}"})
+            delay = retry_delay(retry)
+        held = next(iter(index.get(key, ())), None)
+        if held is None or held["metadata"].get("uid") != body["metadata"].get("uid"):
+            return (
+                None  # deleted (or replaced by a new object of this name) meanwhile: its own events queue it
+            )
         if delay is None:
             retries.pop(key, None)
             retrying.pop(key, None)
@@ -124,7 +135,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         would add a finalizer, and deleting a FineTuneJob must never wait for us."""
         key = (namespace, name)
         if event.get("type") == "DELETED":
-            index.drop(key)
+            if not index.drop(key, body.get("metadata", {}).get("uid")):
+                return  # a late event of an older object of this name: the new one stays
             handled.pop(key, None)
             retrying.pop(key, None)
             retries.pop(key, None)
@@ -143,7 +155,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         """Workers for the queue (at most max_workers reconciles at once, on kopf's thread pool), and
         every object already listed queued once (kopf's resume)."""
         memo_ref.update(ctx=memo["ctx"], executor=settings.execution.executor, queue=queue)
-        memo["ctx"].remember = index.offer  # what our own writes return is the newest body
+        # What our own writes return is the newest body of an object the watch still shows.
+        memo["ctx"].remember = lambda obj: index.offer(obj, insert=False)
         memo["reconcile_queue"] = asyncio.create_task(queue.run(), name="reconcile queue")
         for key in list(index):
             queue.add(key)

@@ -44,7 +44,7 @@ def needs_resync(body: dict[str, Any]) -> bool:
     status = body.get("status") or {}
     meta = body.get("metadata") or {}
     if not status.get("run") and _age_seconds(body) < NEW_OBJECT_GRACE_SECONDS:
-        # Not handled yet: kopf's create/resume handler (which retries) owns it. Resyncing it too
+        # Not handled yet: the reconcile queue (which retries) owns it. Resyncing it too
         # starts the same run twice whenever a burst keeps objects queued longer than one interval
         # (at N=500 every object was reconciled twice: 2 ConfigMap and 2 Job POSTs per run).
         return False

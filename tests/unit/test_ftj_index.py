@@ -29,14 +29,31 @@ def test_a_late_watch_event_never_replaces_what_our_own_write_returned() -> None
     assert index[("ns", "a")][0]["status"] == {"phase": "Succeeded"}
 
 
-def test_a_recreated_object_or_an_unreadable_version_replaces_the_copy() -> None:
+def test_a_recreated_object_replaces_the_copy_and_late_events_of_the_old_one_do_not() -> None:
     index = FtjIndex()
     index.offer(body("50", uid="old"))
-    assert index.offer(body("20", uid="new")) is not None  # deleted and created again: another object
+    assert index.offer(body("60", uid="new")) is not None  # deleted and created again: a newer revision
+    assert index.offer(body("55", uid="old")) is None  # the old object's late event
     assert index[("ns", "a")][0]["metadata"]["uid"] == "new"
-    assert index.offer(body("not-a-number")) is not None
-    index.drop(("ns", "a"))
+    # The old object's late DELETED leaves the new one alone; its own DELETED removes it.
+    assert index.drop(("ns", "a"), "old") is False
+    assert ("ns", "a") in index
+    assert index.drop(("ns", "a"), "new") is True
     assert ("ns", "a") not in index
+    assert index.offer(body("not-a-number")) is not None
+
+
+def test_what_the_operator_wrote_never_brings_back_a_deleted_object() -> None:
+    """A status write that returns after the DELETED event (the progress loop, a running reconcile)."""
+    index = FtjIndex()
+    index.offer(body("10", phase="Running"))
+    index.drop(("ns", "a"), "u1")
+    assert index.offer(body("11", phase="Running"), insert=False) is None
+    assert ("ns", "a") not in index
+    index.offer(body("20", uid="u2"))  # recreated
+    assert index.offer(body("21", uid="u1"), insert=False) is None, "another object's write"
+    assert index[("ns", "a")][0]["metadata"]["uid"] == "u2"
+    assert index.offer(body("22", uid="u2", phase="Pending"), insert=False) is not None
 
 
 def test_the_copy_is_slim() -> None:
