@@ -152,14 +152,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @kopf.on.startup(registry=registry)
     async def start_reconcile_queue(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
-        """Workers for the queue (at most max_workers reconciles at once, on kopf's thread pool), and
-        every object already listed queued once (kopf's resume)."""
+        """Workers for the queue (at most max_workers reconciles at once, on kopf's thread pool). kopf
+        starts watching after its start-up handlers: each object's first listed event queues it (resume)."""
         memo_ref.update(ctx=memo["ctx"], executor=settings.execution.executor, queue=queue)
         # What our own writes return is the newest body of an object the watch still shows.
         memo["ctx"].remember = lambda obj: index.offer(obj, insert=False)
         memo["reconcile_queue"] = asyncio.create_task(queue.run(), name="reconcile queue")
-        for key in list(index):
-            queue.add(key)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_reconcile_queue(memo: kopf.Memo, **_: Any) -> None:

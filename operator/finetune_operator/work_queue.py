@@ -40,10 +40,6 @@ class WorkQueue(Generic[K]):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def __len__(self) -> int:
-        """Keys waiting for a worker (not counting those in progress or waiting for a retry)."""
-        return len(self._queued)
-
     @property
     def busy(self) -> int:
         return len(self._active)
