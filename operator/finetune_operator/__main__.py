@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
 
-    threads = config.max_workers + config.resync_concurrency + config.scrape_concurrency
+    threads = config.max_workers + config.scrape_concurrency
     api = load_api_client(args.kubeconfig, config.api_timeouts, pool_size=threads + 4)
     kube = Kube(api)
 
@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=message)
         except LookupError:
-            # Outside a kopf handler (the progress and resync loops' threads) kopf's poster and its
-            # queue are not in context: post it ourselves (it used to be lost after the status write).
+            # Outside a kopf handler (the progress loop's threads, the reconcile queue's work) kopf's
+            # poster and its queue are not in context: post it ourselves (it used to be lost after the
+            # status write).
             kube.post_event(obj, kind, reason, message, EVENT_COMPONENT)
 
     clusterwide = args.all_namespaces or not namespaces

@@ -6,7 +6,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import kopf
@@ -75,12 +75,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     # FineTuneJobs a restarted operator spent minutes in that (0 handled after 3 minutes, the event
     # loop 69 % in ToggleSet notify_all); handlers that find no body here read it from the API.
     index = FtjIndex()
-    register_safety_net(registry, settings, index)
-
     handled: dict[Key, int] = {}  # the trigger of each key's last finished reconcile
     retrying: dict[Key, int] = {}  # the trigger of a failed one, due again after its backoff
     retries: dict[Key, int] = {}
+    # Every reconcile goes through it, the resync's too: one worker per FineTuneJob at a time.
     queue: WorkQueue[Key] = WorkQueue(lambda key: _reconcile_key(key), settings.max_workers)
+    register_safety_net(registry, index, queue)
 
     async def _reconcile_key(key: Key) -> float | None:
         """Reconcile the latest body of ``key``; the retry delay, or None when done."""
@@ -157,7 +157,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         memo_ref.update(ctx=memo["ctx"], executor=settings.execution.executor, queue=queue)
         # What our own writes return is the newest body of an object the watch still shows.
         memo["ctx"].remember = lambda obj: index.offer(obj, insert=False)
-        memo["reconcile_queue"] = asyncio.create_task(queue.run(), name="reconcile queue")
+        memo["reconcile_queue"] = start_watched(memo, queue.run(), "reconcile queue")
 
     @kopf.on.cleanup(registry=registry)
     async def stop_reconcile_queue(memo: kopf.Memo, **_: Any) -> None:
@@ -180,7 +180,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     async def start_progress_loop(memo: kopf.Memo, **_: Any) -> None:
         """One loop for every Running FineTuneJob instead of a timer per object: no finalizer."""
         loop = ProgressLoop(memo["ctx"], index)
-        memo["progress_loop"] = asyncio.create_task(loop.run(), name="progress loop")
+        memo["progress_loop"] = start_watched(memo, loop.run(), "progress loop")
 
     @kopf.on.cleanup(registry=registry)
     async def stop_progress_loop(memo: kopf.Memo, **_: Any) -> None:
@@ -189,13 +189,22 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             task.cancel()
 
 
-def register_safety_net(registry: kopf.OperatorRegistry, settings: OperatorSettings, index: FtjIndex) -> None:
-    """The periodic resync of unfinished FineTuneJobs, and a liveness probe that can fail."""
+def start_watched(memo: kopf.Memo, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A long-running task of the operator: its end by anything but a cancellation fails the probe."""
+    task = asyncio.create_task(work, name=name)
+    ctx: Context = memo["ctx"]
+    ctx.heartbeats.watch(task)
+    return task
+
+
+def register_safety_net(registry: kopf.OperatorRegistry, index: FtjIndex, queue: WorkQueue[Key]) -> None:
+    """The periodic resync of unfinished FineTuneJobs (through the reconcile queue), and a liveness
+    probe that can fail."""
 
     @kopf.on.startup(registry=registry)
     async def start_resync_loop(memo: kopf.Memo, **_: Any) -> None:
-        loop = ResyncLoop(memo["ctx"], index)
-        memo["resync_loop"] = asyncio.create_task(loop.run(), name="resync loop")
+        loop = ResyncLoop(memo["ctx"], index, queue)
+        memo["resync_loop"] = start_watched(memo, loop.run(), "resync loop")
 
     @kopf.on.cleanup(registry=registry)
     async def stop_resync_loop(memo: kopf.Memo, **_: Any) -> None:

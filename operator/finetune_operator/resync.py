@@ -2,11 +2,17 @@
 
 kopf does not retry event handlers, so a Job event whose handling failed (the API server restarting
 at that moment) is gone, and a watch can miss an event altogether. This loop walks the FineTuneJobs
-in the FineTuneJob index (handlers.py) (memory: no LIST per tick) and runs the same ``reconcile`` the handlers
-run for each one that is not finished or whose run is not the one its spec asks for: a missing run
-is started, a finished Job is folded into status, a vanished Job is reported. It uses its own small
-thread pool, so it never takes workers from the handlers, and beats a heartbeat the liveness probe
-checks.
+in the FineTuneJob index (handlers.py) (memory: no LIST per tick) and hands each one that is not
+finished, or whose run is not the one its spec asks for, to the reconcile queue (work_queue.py): a
+missing run is started, a finished Job is folded into status, a vanished Job is reported. Through the
+queue, never beside it: one worker per FineTuneJob at a time, and a failed attempt is retried with
+the queue's backoff.
+
+A sweep waits until the queue has handled each of its keys once (at most one interval; the rest stay
+queued), so the next sweep never piles onto a backlog. The heartbeat the liveness probe checks
+beats when a sweep has nothing left to wait for, and while it waits whenever the queue finished a
+reconcile: its silence means the loop stopped, or the queue stopped reconciling while FineTuneJobs
+waited for it.
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -27,8 +32,6 @@ from finetune_operator import constants as c
 from finetune_operator.context import Context
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.naming import spec_hash
-from finetune_operator.preflight_wait import RecheckLater
-from finetune_operator.reconcile import reconcile
 from finetune_operator.run_identity import current_run, new_run_reason, run_digest, used_tokens
 from finetune_operator.status import parse_time
 
@@ -37,6 +40,16 @@ log = logging.getLogger("finetune_operator.resync")
 Index = Mapping[Any, Iterable[dict[str, Any]]]
 HEARTBEAT = "resync"
 NEW_OBJECT_GRACE_SECONDS = 600.0
+PROGRESS_CHECK_SECONDS = 5.0
+
+
+class Queue(Protocol):
+    """What the sweep needs of the reconcile queue (work_queue.WorkQueue)."""
+
+    @property
+    def finished(self) -> int: ...
+
+    def add_watched(self, key: Any) -> asyncio.Future[None]: ...
 
 
 def needs_resync(body: dict[str, Any]) -> bool:
@@ -80,49 +93,51 @@ def _age_seconds(body: dict[str, Any]) -> float:
 
 
 class ResyncLoop:
-    """Start with ``asyncio.create_task(loop.run())`` from an operator start-up handler."""
+    """Start with ``asyncio.create_task(loop.run())`` from an operator start-up handler, in the event
+    loop that runs ``queue``."""
 
-    def __init__(self, ctx: Context, index: Index) -> None:
+    def __init__(self, ctx: Context, index: Index, queue: Queue) -> None:
         self.ctx = ctx
         self.index = index
+        self.queue = queue
         self.interval = ctx.settings.resync_interval_seconds
-        self.concurrency = max(ctx.settings.resync_concurrency, 1)
-        # Silence longer than a tick plus one API call per worker's share means the loop is stuck.
+        # Longer than a few API calls of one reconcile with nothing finished: the queue is stuck.
         self.max_silence = self.interval + 4 * ctx.settings.api_read_timeout_seconds + 60
-        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="resync")
 
     async def run(self) -> None:
-        try:
-            while True:
-                started = time.monotonic()
-                self.ctx.heartbeats.beat(HEARTBEAT, self.max_silence)
-                try:
-                    await self.sweep()
-                except Exception:
-                    log.exception("resync sweep failed; the next one starts on schedule")
-                await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.1))
-        finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        while True:
+            started = time.monotonic()
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("resync sweep failed; the next one starts on schedule")
+            await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.1))
 
     async def sweep(self) -> dict[str, int]:
-        """One pass over the index; returns counts (for tests and logs)."""
+        """Queue every FineTuneJob that needs it and wait (at most an interval) until each was handled;
+        returns counts (for tests and logs)."""
         started = time.monotonic()
-        bodies = [b for key in list(self.index) for b in list(self.index.get(key, ())) if needs_resync(b)]
-        counts = {"checked": len(bodies), "failed": 0}
-        gate = asyncio.Semaphore(self.concurrency)
-        loop = asyncio.get_running_loop()
-
-        async def one(body: dict[str, Any]) -> None:
-            async with gate:
-                try:
-                    await loop.run_in_executor(self.pool, reconcile, self.ctx, body)
-                except RecheckLater:
-                    pass  # still waiting for a Secret/PVC/ConfigMap: status says so
-                except Exception as exc:  # one object's trouble never stops the sweep
-                    counts["failed"] += 1
-                    log.warning("resync failed: %s: %s", type(exc).__name__, str(exc)[:300])
-                self.ctx.heartbeats.beat(HEARTBEAT, self.max_silence)
-
-        await asyncio.gather(*(one(b) for b in bodies))
+        keys = [key for key in list(self.index) if any(map(needs_resync, list(self.index.get(key, ()))))]
+        waiting = {self.queue.add_watched(key) for key in keys}
+        pending = await self._wait(waiting, started + self.interval)
         HANDLER_DURATION.labels(handler="resync_sweep").observe(time.monotonic() - started)
+        counts = {"queued": len(keys), "pending": len(pending)}
+        if pending:
+            log.info(
+                "resync: not all handled within the interval; they stay queued", extra={"counts": counts}
+            )
+        else:
+            self.ctx.heartbeats.beat(HEARTBEAT, self.max_silence)
         return counts
+
+    async def _wait(self, waiting: set[asyncio.Future[None]], deadline: float) -> set[asyncio.Future[None]]:
+        """Wait for the queue to handle the sweep's keys until ``deadline``, beating while it makes
+        progress; what is still pending then."""
+        finished = self.queue.finished
+        while waiting and time.monotonic() < deadline:
+            timeout = min(PROGRESS_CHECK_SECONDS, deadline - time.monotonic())
+            _, waiting = await asyncio.wait(waiting, timeout=max(timeout, 0.0))
+            if self.queue.finished != finished:
+                finished = self.queue.finished
+                self.ctx.heartbeats.beat(HEARTBEAT, self.max_silence)
+        return waiting

@@ -36,7 +36,6 @@ class OperatorSettings:
     scrape_timeout_seconds: float = 3.0
     api_connect_timeout_seconds: float = 5.0
     resync_interval_seconds: float = 60.0
-    resync_concurrency: int = 4
     api_read_timeout_seconds: float = 30.0
     scrape_concurrency: int = 8
     dev_metrics_endpoints: bool = False
@@ -95,7 +94,6 @@ class OperatorSettings:
             dev_metrics_endpoints=_flag("FTJ_DEV_METRICS_ENDPOINTS", e),
             history_limit=int(e.get("FTJ_HISTORY_LIMIT", base.history_limit)),
             resync_interval_seconds=float(e.get("FTJ_RESYNC_INTERVAL", base.resync_interval_seconds)),
-            resync_concurrency=int(e.get("FTJ_RESYNC_CONCURRENCY", base.resync_concurrency)),
             api_connect_timeout_seconds=float(
                 e.get("FTJ_API_CONNECT_TIMEOUT", base.api_connect_timeout_seconds)
             ),

@@ -6,10 +6,11 @@
   reconcile is missed).
 - A handler asks for a retry by returning a delay in seconds; the key comes back after it unless an
   earlier add brings it back sooner.
+- ``add_watched`` also says when the key has been handled since (the periodic resync waits on it).
 
 Pure asyncio, no kopf and no Kubernetes client: ``handlers.py`` feeds it from the FineTuneJob watch
-and hands it the reconcile (why the operator does not use kopf's create/update/resume handlers for
-that is explained there).
+and the periodic resync (resync.py), and hands it the reconcile (why the operator does not use kopf's
+create/update/resume handlers for that is explained there).
 """
 
 from __future__ import annotations
@@ -37,12 +38,19 @@ class WorkQueue(Generic[K]):
         self._active: set[K] = set()
         self._again: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._waiters: dict[K, list[asyncio.Future[None]]] = {}
+        self._finished = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def busy(self) -> int:
         return len(self._active)
+
+    @property
+    def finished(self) -> int:
+        """How many handlings have ended so far (whatever their outcome): progress."""
+        return self._finished
 
     def add(self, key: K, after: float = 0.0) -> None:
         """Handle ``key`` now (or in ``after`` seconds), once, by one worker."""
@@ -65,12 +73,21 @@ class WorkQueue(Generic[K]):
             self._idle.clear()
             self._ready.put_nowait(key)
 
+    def add_watched(self, key: K) -> asyncio.Future[None]:
+        """``add`` now; the future is done once a handling of ``key`` that started after this call has
+        ended (whatever its outcome), or once the key is forgotten."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        self.add(key)
+        return waiter
+
     def forget(self, key: K) -> None:
         """Drop a pending retry (the object is gone); a queued or running key still runs once."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         self._again.discard(key)
+        _release(self._waiters.pop(key, []))
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -98,6 +115,7 @@ class WorkQueue(Generic[K]):
             key = await self._ready.get()
             self._queued.discard(key)
             self._active.add(key)
+            waiters = self._waiters.pop(key, [])
             delay: float | None = None
             try:
                 delay = await self._handle(key)
@@ -108,6 +126,8 @@ class WorkQueue(Generic[K]):
                 delay = UNEXPECTED_ERROR_DELAY
             finally:
                 self._active.discard(key)
+                self._finished += 1
+                _release(waiters)
             if key in self._again:
                 self._again.discard(key)
                 self.add(key)
@@ -115,3 +135,9 @@ class WorkQueue(Generic[K]):
                 self.add(key, after=delay)
             if not self._queued and not self._active:
                 self._idle.set()
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

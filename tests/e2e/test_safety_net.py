@@ -123,7 +123,7 @@ def test_a_lost_job_event_is_recovered_by_the_resync(isolated_operator, kube_api
         core.patch_namespace(ns, {"metadata": {"labels": {label: None}}})
         st = ftj.wait_phase("Succeeded", timeout=30)
         assert st["run"]["completionTime"]
-        # The resync posts the Event from its own thread pool (it raised LookupError there, lost).
+        # The resync's reconcile posts the Event (from its own thread pool it once raised LookupError, lost).
         wait_for(lambda: "Succeeded" in ftj.event_reasons(), 30, "the Succeeded Event from the resync")
         assert "LookupError" not in op.log_tail(400)
     finally:

@@ -137,3 +137,33 @@ def test_a_crashing_handler_is_retried_and_forget_drops_a_pending_retry(
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=2)
     asyncio.run(_running(queue, body))
     assert calls == Counter({"bug": 2, "gone": 1})
+
+
+def test_a_watched_add_is_done_after_a_handling_that_started_later_or_when_forgotten() -> None:
+    started: list[str] = []
+    gates = [asyncio.Event() for _ in range(3)]  # one per handling
+
+    async def handle(key: str) -> float | None:
+        started.append(key)
+        await gates[len(started) - 1].wait()
+        return None
+
+    async def body() -> None:
+        queue.add("k")
+        await _until(lambda: queue.busy == 1)
+        watched = queue.add_watched("k")  # while "k" is handled: only the next handling counts
+        gates[0].set()
+        await _until(lambda: len(started) == 2)
+        assert queue.finished == 1 and not watched.done()
+        gates[1].set()
+        await asyncio.wait_for(watched, 5)
+        queue.add("gone")
+        await _until(lambda: queue.busy == 1)
+        forgotten = queue.add_watched("gone")
+        queue.forget("gone")  # deleted meanwhile: nobody waits for a handling that will not come
+        assert forgotten.done()
+        gates[2].set()
+
+    queue: WorkQueue[str] = WorkQueue(handle, concurrency=1)
+    asyncio.run(_running(queue, body))
+    assert started == ["k", "k", "gone"]
