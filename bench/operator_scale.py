@@ -260,6 +260,39 @@ class ProcSampler(threading.Thread):
         return self.rss, self.cpu
 
 
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of every process on this machine, grouped by what it is: the control plane's
+    parts, the operator, this bench, and the rest. Two of these subtracted show where a phase's CPU
+    went (the machine's cores are shared by all of them)."""
+    import psutil
+
+    groups = (
+        ("kube-apiserver", "kube-apiserver"),
+        ("etcd", "etcd"),
+        ("kube-controller-manager", "kube-controller-manager"),
+        ("kube-scheduler", "kube-scheduler"),
+        ("kwok", "kwok"),
+        ("operator", "finetune_operator"),
+    )
+    me = os.getpid()
+    out: Counter[str] = Counter()
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        times = proc.info.get("cpu_times")
+        if times is None:
+            continue
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        key = "bench" if proc.info["pid"] == me else next((k for k, n in groups if n in cmd), "other")
+        out[key] += times.user + times.system
+    return dict(out)
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in after}
+    spent = {k: v for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+    spent["total"] = round(sum(spent.values()), 2)
+    return spent
+
+
 _SAMPLE = re.compile(
     r"^(apiserver_request_total|apiserver_request_duration_seconds_(?:sum|count))\{([^}]*)\}\s+(\S+)"
 )
@@ -682,11 +715,13 @@ def direct_baseline(
                     time.sleep(0.2 * (attempt + 1))
 
     say(f"direct baseline: {count} ConfigMaps + Jobs with {threads} threads")
+    cpu0 = cpu_by_process()
     t0 = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(create, names))
     ok = wait_until(lambda: len(rec.job_added) >= count, timeout, "every direct Job")
     t_jobs = max(rec.job_added.values(), default=time.monotonic())
+    cpu1 = cpu_by_process()
     stop.set()
     latency = [rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added]
     with contextlib.suppress(Exception):
@@ -696,6 +731,7 @@ def direct_baseline(
         "complete": ok,
         "jobs_per_s": round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2),
         "create_to_job_seconds": stats(latency),
+        "cpu_seconds_by_process": cpu_spent(cpu0, cpu1),
     }
 
 
@@ -759,6 +795,11 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=None, help="per-phase timeout (default 120 + 1.2 s/job)")
     p.add_argument("--keep-log", action="store_true", help="keep the operator log (path in the report)")
     p.add_argument("--py-spy", metavar="PATH", help="profile the operator with this py-spy (adds overhead)")
+    p.add_argument(
+        "--py-spy-cpu",
+        action="store_true",
+        help="with --py-spy: on-CPU samples only (where the operator's CPU goes), kept with the log",
+    )
     p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
     p.add_argument("--unrelated-jobs", type=int, default=0, help="unrelated Jobs in the namespace first")
     p.add_argument(
@@ -839,7 +880,9 @@ def main() -> int:
         rss_start, cpu_start = sampler.snapshot()
         spy = None
         if args.py_spy:
-            spy_args = ["record", "--pid", str(op.proc.pid), "--idle", "--nonblocking", "--rate", "25"]
+            spy_args = ["record", "--pid", str(op.proc.pid), "--nonblocking", "--rate", "25"]
+            if not args.py_spy_cpu:
+                spy_args.append("--idle")
             spy = subprocess.Popen(
                 [args.py_spy, *spy_args, "--format", "raw", "-o", str(workdir / "profile.txt")],
                 stdout=subprocess.DEVNULL,
@@ -879,6 +922,7 @@ def main() -> int:
                 rec.created[name] = time.monotonic()
 
         say(f"creating {args.count} FineTuneJobs with {args.threads} threads")
+        machine_cpu_start = cpu_by_process()
         t0 = time.monotonic()
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(create, names))
@@ -892,6 +936,7 @@ def main() -> int:
         )
         t_jobs = time.monotonic()
         cpu_after_jobs = sampler.snapshot()[1]
+        machine_cpu_jobs = cpu_by_process()
         running_ok = wait_until(
             lambda: rec.count("Running") >= args.count,
             phase_timeout,
@@ -1119,6 +1164,8 @@ def main() -> int:
                     "running": round(rec.count("Running") / max(t_running - t0, 1e-9), 2),
                     "succeeded": round(rec.count("Succeeded") / max(t_done - t_finish, 1e-9), 2),
                 },
+                # where the machine's CPU went from the first FineTuneJob POST to the last Job
+                "cpu_seconds_by_process_until_all_jobs": cpu_spent(machine_cpu_start, machine_cpu_jobs),
                 "phase_seconds": {
                     "all_jobs_created": round(t_jobs - t0, 2),
                     "all_running": round(t_running - t0, 2),

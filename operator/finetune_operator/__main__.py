@@ -15,9 +15,9 @@ from typing import Any, cast
 
 import kopf
 
-from finetune_operator import constants as c
 from finetune_operator.context import Context
 from finetune_operator.handlers import register
+from finetune_operator.kopf_tuning import tune
 from finetune_operator.kube import Kube, load_api_client
 from finetune_operator.leader import ApiLeaseLock, LeaderElector, LeaseSettings, run_as_leader
 from finetune_operator.metrics import LEADER, PhaseBook, serve
@@ -117,27 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # FineTuneJobs are reconciled from watch events through the operator's own queue (handlers.py),
-        # so kopf keeps no state on them: no finalizer, no last-handled or progress annotations.
-        settings.execution.max_workers = config.max_workers
-        settings.posting.enabled = True
-        settings.posting.level = logging.INFO
-        settings.watching.server_timeout = 300
-        # A watch whose connection went half-open is dropped and re-established, not waited on forever.
-        settings.watching.client_timeout = 300 + 60
-        settings.watching.connect_timeout = config.api_connect_timeout_seconds
-        settings.networking.connect_timeout = config.api_connect_timeout_seconds
-        settings.networking.request_timeout = config.api_read_timeout_seconds
-        # No limit on kopf's per-object workers (its default). With a kopf index, kopf held every
-        # handler until the index held every object, filled by those same workers, so a limit below
-        # the number of FineTuneJobs deadlocked at start-up; the index is the operator's own now
-        # (handlers.py), and a limit would still only queue objects. Handlers run on at most
-        # max_workers threads; an idle per-object worker is a small task that exits after 5 s.
-        settings.queueing.worker_limit = None
-        # Only the operator's own Jobs are listed and watched (filtered by the API server, not here).
-        settings.watching.label_selectors["batch", "jobs"] = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
-        if fixed:
-            settings.scanning.disabled = True  # fixed namespaces: no cluster-wide namespace/CRD reads
+        tune(settings, config, fixed, args.verbose)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

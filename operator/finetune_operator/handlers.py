@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -78,6 +80,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     handled: dict[Key, int] = {}  # the trigger of each key's last finished reconcile
     retrying: dict[Key, int] = {}  # the trigger of a failed one, due again after its backoff
     retries: dict[Key, int] = {}
+    in_flight: dict[Key, int] = {}  # the trigger each running reconcile works on
+    parked = ParkedJobEvents()
     # Every reconcile goes through it, the resync's too: one worker per FineTuneJob at a time.
     queue: WorkQueue[Key] = WorkQueue(lambda key: _reconcile_key(key), settings.max_workers)
     register_safety_net(registry, index, queue)
@@ -88,6 +92,14 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         if not bodies:
             return None  # deleted meanwhile
         body = copy.deepcopy(bodies[0])
+        # Until its bookkeeping is done, events of this same state (our own status writes) queue nothing.
+        in_flight[key] = trigger_of(body)
+        try:
+            return await _reconcile_body(key, body)
+        finally:
+            in_flight.pop(key, None)
+
+    async def _reconcile_body(key: Key, body: dict[str, Any]) -> float | None:
         trigger = trigger_of(body)
         ctx: Context = memo_ref["ctx"]
         executor = memo_ref["executor"]
@@ -99,6 +111,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             if not body["metadata"].get("deletionTimestamp"):
                 reconcile(ctx, body)
 
+        parked.open(key)
         try:
             delay = await loop.run_in_executor(
                 executor, lambda: _attempt(ctx, "reconcile", work, retry, body)
@@ -106,6 +119,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         except Exception:  # a bug, not the API: back off like a transient failure, never spin
             log.exception("reconcile failed", extra={"ftj": f"{key[0]}/{key[1]}"})
             delay = retry_delay(retry)
+        finally:
+            waiting = parked.close(key)
+        if waiting:
+            await loop.run_in_executor(executor, lambda: _job_events(ctx, key, waiting))
         held = next(iter(index.get(key, ())), None)
         if held is None or held["metadata"].get("uid") != body["metadata"].get("uid"):
             return (
@@ -147,8 +164,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # An event older than what our own write put there still counts: the held body has its changes.
         slim = index.offer(body) or index[key][0]
         trigger = trigger_of(slim)
-        if trigger != handled.get(key) and trigger != retrying.get(key) and "queue" in memo_ref:
-            queue.add(key)  # a failed attempt at this same state waits for its backoff
+        if trigger in (handled.get(key), retrying.get(key), in_flight.get(key)) or "queue" not in memo_ref:
+            return  # our own status write, or a failed attempt at this state (waits for its backoff)
+        queue.add(key)
 
     @kopf.on.startup(registry=registry)
     async def start_reconcile_queue(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -165,16 +183,30 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         if task is not None:
             task.cancel()
 
+    def _job_events(ctx: Context, key: Key, events: list[tuple[dict[str, Any], bool]]) -> None:
+        """The Job events parked during ``key``'s reconcile, against the body it left in the index."""
+        for job, deleted in events:
+            cached = next(iter(index.get(key, ())), None)
+            _attempt(ctx, "job_event", functools.partial(on_job_event, ctx, job, cached, deleted=deleted))
+
     @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
     def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        """Fold a Job's change into its FineTuneJob's status. A Job the operator's copy of its
+        FineTuneJob does not name yet is usually the one a reconcile just created and is about to
+        record: its event waits for that reconcile instead of a GET of the FineTuneJob."""
         ctx: Context = memo["ctx"]
         job: dict[str, Any] = dict(event["object"])
         meta: dict[str, Any] = job.get("metadata") or {}
         refs: list[dict[str, Any]] = meta.get("ownerReferences") or []
         owner = next((r for r in refs if r.get("kind") == c.KIND), {})
-        cached = next(iter(index.get((meta.get("namespace"), str(owner.get("name"))), [])), None)
+        key = (meta.get("namespace"), str(owner.get("name")))
+        cached = next(iter(index.get(key, [])), None)
         deleted = event.get("type") == "DELETED"
-        _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
+
+        def defer() -> bool:
+            return parked.park(key, job, deleted)
+
+        _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted, defer=defer))
 
     @kopf.on.startup(registry=registry)
     async def start_progress_loop(memo: kopf.Memo, **_: Any) -> None:
@@ -219,6 +251,37 @@ def register_safety_net(registry: kopf.OperatorRegistry, index: FtjIndex, queue:
         if found:
             raise kopf.PermanentError("; ".join(found))
         return "ok"
+
+
+class ParkedJobEvents:
+    """Job events that wait for the reconcile of their FineTuneJob that is running now.
+
+    ``park`` (a handler thread) and ``close`` (the reconcile's end, in the event loop) take one lock:
+    an event is either parked before the reconcile ends and handed back by ``close``, or refused and
+    handled by its caller at once; never lost between the two. The newest event per Job is kept.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Key, dict[str, tuple[dict[str, Any], bool]]] = {}
+
+    def open(self, key: Key) -> None:
+        with self._lock:
+            self._open.setdefault(key, {})
+
+    def park(self, key: Key, job: dict[str, Any], deleted: bool) -> bool:
+        with self._lock:
+            waiting = self._open.get(key)
+            if waiting is None:
+                return False
+            name = str((job.get("metadata") or {}).get("name"))
+            waiting.pop(name, None)  # re-inserted last: events are handed back in arrival order
+            waiting[name] = (job, deleted)
+            return True
+
+    def close(self, key: Key) -> list[tuple[dict[str, Any], bool]]:
+        with self._lock:
+            return list((self._open.pop(key, None) or {}).values())
 
 
 def trigger_of(slim: dict[str, Any]) -> int:

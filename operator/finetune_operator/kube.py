@@ -19,7 +19,7 @@ from kubernetes.client import BatchV1Api, CoreV1Api, CustomObjectsApi, rest
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
-from finetune_operator.metrics import API_ERRORS
+from finetune_operator.metrics import API_ERRORS, API_REQUESTS
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
@@ -41,9 +41,23 @@ class DeadlineRESTClient(rest.RESTClientObject):
         self.timeouts = timeouts
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        API_REQUESTS.labels(verb=method.upper(), resource=resource_of(url)).inc()
         if not kwargs.get("_request_timeout"):
             kwargs["_request_timeout"] = self.timeouts
         return super().request(method, url, *args, **kwargs)
+
+
+def resource_of(url: str) -> str:
+    """The resource a request URL names, with its subresource: ``/api/v1/namespaces/a/pods/b/status``
+    is ``pods/status``; ``/apis/g/v/namespaces/a/finetunejobs`` is ``finetunejobs``."""
+    path = urllib3.util.parse_url(url).path or ""
+    parts = [p for p in path.split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:] if parts[:1] == ["apis"] else parts
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        rest = rest[2:] or ["namespaces"]
+    if not rest:
+        return "other"
+    return rest[0] if len(rest) < 3 else f"{rest[0]}/{rest[2]}"
 
 
 def with_timeouts(

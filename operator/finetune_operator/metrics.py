@@ -36,6 +36,13 @@ API_ERRORS = Counter(
     ["operation"],
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "finetune_operator_api_requests_total",
+    "Kubernetes API requests the operator's handlers and loops sent (not kopf's watches), by HTTP verb"
+    " and resource (subresource after a slash).",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)
 JOB_CREATED_LATENCY = Histogram(
     "finetune_operator_job_created_latency_seconds",
     "From a FineTuneJob's creation (or its new generation) to its run's Job being created.",

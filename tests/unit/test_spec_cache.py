@@ -47,3 +47,34 @@ def test_specs_are_bounded_and_an_evicted_one_is_not_checked_against_its_rules_a
     broken = {**wire, "method": "lora", "quantization": {"bits": 4}}
     with pytest.raises(ValueError, match="qlora"):
         ctx.parse_spec(_body("u9", 1, broken))
+
+
+def test_a_cel_rule_is_compiled_once_when_many_threads_meet_it_first(monkeypatch) -> None:
+    """celpy builds a parser on first use: 32 reconcile threads each built one in a burst."""
+    import threading
+    import time
+
+    import celpy
+
+    compiled: list[str] = []
+
+    class Counting(celpy.Environment):  # type: ignore[misc]
+        def compile(self, text: str) -> Any:
+            compiled.append(text)
+            time.sleep(0.05)  # as slow as celpy's first parser build, which let the threads meet
+            return super().compile(text)
+
+    monkeypatch.setattr(celpy, "Environment", Counting)
+    rule = "self.a != 'never-compiled-before'"
+    start = threading.Barrier(8)
+
+    def first_use() -> None:
+        start.wait()
+        assert specbase._cel_program(rule)({"a": "x"})
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert compiled == [rule]
