@@ -266,22 +266,21 @@ def cpu_by_process() -> dict[str, float]:
     went (the machine's cores are shared by all of them)."""
     import psutil
 
-    groups = (
-        ("kube-apiserver", "kube-apiserver"),
-        ("etcd", "etcd"),
-        ("kube-controller-manager", "kube-controller-manager"),
-        ("kube-scheduler", "kube-scheduler"),
-        ("kwok", "kwok"),
-        ("operator", "finetune_operator"),
-    )
+    parts = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok", "py-spy")
     me = os.getpid()
     out: Counter[str] = Counter()
     for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
         times = proc.info.get("cpu_times")
         if times is None:
             continue
-        cmd = " ".join(proc.info.get("cmdline") or [])
-        key = "bench" if proc.info["pid"] == me else next((k for k, n in groups if n in cmd), "other")
+        cmd = proc.info.get("cmdline") or [""]
+        # by executable (paths in arguments name the cluster's directory, .local/kwok/...)
+        exe = os.path.basename(cmd[0])
+        key = next((k for k in parts if exe == k or exe.startswith(k + "-")), "other")
+        if proc.info["pid"] == me:
+            key = "bench"
+        elif "finetune_operator" in cmd[1:3]:
+            key = "operator"
         out[key] += times.user + times.system
     return dict(out)
 
