@@ -377,10 +377,14 @@ def operator_metrics(text: str) -> dict[str, Any]:
     """The operator's own view: its latency histograms, handler durations and API errors."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, Any] = {"handler_seconds": {}, "api_errors": {}}
+    out: dict[str, Any] = {"handler_seconds": {}, "api_errors": {}, "api_requests": {}, "resync_queued": 0}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if fam.name == "finetune_operator_handler_duration_seconds" and s.name.endswith(
+            if fam.name == "finetune_operator_api_requests" and s.name.endswith("_total"):
+                out["api_requests"][f"{s.labels['verb']} {s.labels['resource']}"] = int(s.value)
+            elif fam.name == "finetune_operator_resync_queued" and s.name.endswith("_total"):
+                out["resync_queued"] = int(s.value)
+            elif fam.name == "finetune_operator_handler_duration_seconds" and s.name.endswith(
                 ("_sum", "_count")
             ):
                 h = out["handler_seconds"].setdefault(s.labels["handler"], {})
@@ -1142,10 +1146,17 @@ def main() -> int:
                     2,
                 ),
                 # A FineTuneJob's create handler should run once (twice meant a second Job GET,
-                # status write and kopf PATCH per object).
+                # status write and kopf PATCH per object); the periodic resync's reconciles of
+                # unfinished objects (through the same queue) are counted apart.
                 "reconciles_per_job": round(
-                    (op_metrics["handler_seconds"].get("reconcile") or {}).get("count", 0) / n, 2
+                    (
+                        (op_metrics["handler_seconds"].get("reconcile") or {}).get("count", 0)
+                        - op_metrics["resync_queued"]
+                    )
+                    / n,
+                    2,
                 ),
+                "resync_reconciles_per_job": round(op_metrics["resync_queued"] / n, 2),
                 "rss_peak_mib": round(rss_peak_run / mib, 1),
                 "cold_start": cold,
                 "load_average_end": [round(x, 2) for x in os.getloadavg()],

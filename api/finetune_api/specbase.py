@@ -70,9 +70,11 @@ class Model(BaseModel):
         """Evaluate the CRD's own CEL rules, so `ftj validate` refuses what the API server refuses."""
         rules = _rules_of(type(self).model_config.get("json_schema_extra"))
         if rules and not _RULES_CHECKED.get():
-            wire = self.wire()
+            from celpy.adapter import json_to_cel
+
+            activation = {"self": json_to_cel(self.wire())}  # converted once for all its rules
             for rule, message, field_path in rules:
-                if not _cel_program(rule)(wire):
+                if not _cel_program(rule)(activation):
                     where = field_path.lstrip(".")
                     raise ValueError(f"{where}: {message}" if where else message)
         return self
@@ -109,12 +111,11 @@ def _cel_program(rule: str) -> Any:
 
 def _compile(rule: str) -> Any:
     import celpy  # pure Python; imported on first use
-    from celpy.adapter import json_to_cel
 
     env = celpy.Environment()
     program = env.program(env.compile(rule))
 
-    def check(obj: dict[str, Any]) -> bool:
-        return bool(program.evaluate({"self": json_to_cel(obj)}))
+    def check(activation: dict[str, Any]) -> bool:
+        return bool(program.evaluate(activation))
 
     return check

@@ -43,6 +43,11 @@ API_REQUESTS = Counter(
     ["verb", "resource"],
     registry=REGISTRY,
 )
+RESYNC_QUEUED = Counter(
+    "finetune_operator_resync_queued_total",
+    "FineTuneJobs the periodic resync handed to the reconcile queue (its background lane).",
+    registry=REGISTRY,
+)
 JOB_CREATED_LATENCY = Histogram(
     "finetune_operator_job_created_latency_seconds",
     "From a FineTuneJob's creation (or its new generation) to its run's Job being created.",

@@ -30,7 +30,7 @@ from finetune_api.conditions import Phase
 from finetune_api.spec import FineTuneJobSpec
 from finetune_operator import constants as c
 from finetune_operator.context import Context
-from finetune_operator.metrics import HANDLER_DURATION
+from finetune_operator.metrics import HANDLER_DURATION, RESYNC_QUEUED
 from finetune_operator.naming import spec_hash
 from finetune_operator.run_identity import current_run, new_run_reason, run_digest, used_tokens
 from finetune_operator.status import parse_time
@@ -49,7 +49,7 @@ class Queue(Protocol):
     @property
     def finished(self) -> int: ...
 
-    def add_watched(self, key: Any) -> asyncio.Future[None]: ...
+    def add_watched(self, key: Any, background: bool = False) -> asyncio.Future[None]: ...
 
 
 def needs_resync(body: dict[str, Any]) -> bool:
@@ -118,7 +118,8 @@ class ResyncLoop:
         returns counts (for tests and logs)."""
         started = time.monotonic()
         keys = [key for key in list(self.index) if any(map(needs_resync, list(self.index.get(key, ()))))]
-        waiting = {self.queue.add_watched(key) for key in keys}
+        waiting = {self.queue.add_watched(key, background=True) for key in keys}
+        RESYNC_QUEUED.inc(len(keys))
         pending = await self._wait(waiting, started + self.interval)
         HANDLER_DURATION.labels(handler="resync_sweep").observe(time.monotonic() - started)
         counts = {"queued": len(keys), "pending": len(pending)}

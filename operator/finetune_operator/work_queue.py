@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -33,7 +34,11 @@ class WorkQueue(Generic[K]):
     def __init__(self, handle: Callable[[K], Awaitable[float | None]], concurrency: int) -> None:
         self._handle = handle
         self._concurrency = max(concurrency, 1)
-        self._ready: asyncio.Queue[K] = asyncio.Queue()
+        # Two lanes: what the watch brought first, then the resync's background sweep.
+        self._ready: deque[K] = deque()
+        self._later: deque[K] = deque()
+        self._in_later: set[K] = set()  # queued keys whose only place is the background lane
+        self._available = asyncio.Semaphore(0)  # one per lane entry (a promoted key leaves a stale one)
         self._queued: set[K] = set()
         self._active: set[K] = set()
         self._again: set[K] = set()
@@ -52,8 +57,10 @@ class WorkQueue(Generic[K]):
         """How many handlings have ended so far (whatever their outcome): progress."""
         return self._finished
 
-    def add(self, key: K, after: float = 0.0) -> None:
-        """Handle ``key`` now (or in ``after`` seconds), once, by one worker."""
+    def add(self, key: K, after: float = 0.0, background: bool = False) -> None:
+        """Handle ``key`` now (or in ``after`` seconds), once, by one worker. A ``background`` key waits
+        until no other key is queued (a resync sweep of 2,000 objects never delays a new one); an
+        ordinary add of a key waiting in the background moves it ahead."""
         if after > 0:
             timer = self._timers.get(key)
             due = asyncio.get_running_loop().time() + after
@@ -68,17 +75,43 @@ class WorkQueue(Generic[K]):
             timer.cancel()
         if key in self._active:
             self._again.add(key)
-        elif key not in self._queued:
+        elif key in self._queued:
+            if not background and key in self._in_later:
+                self._in_later.discard(key)
+                self._push(self._ready, key)
+        else:
             self._queued.add(key)
             self._idle.clear()
-            self._ready.put_nowait(key)
+            if background:
+                self._in_later.add(key)
+                self._push(self._later, key)
+            else:
+                self._push(self._ready, key)
 
-    def add_watched(self, key: K) -> asyncio.Future[None]:
+    def _push(self, lane: deque[K], key: K) -> None:
+        lane.append(key)
+        self._available.release()
+
+    async def _next(self) -> K:
+        """The next queued key, the watch's lane first; skips the stale entry a promoted key left."""
+        while True:
+            await self._available.acquire()
+            if self._ready:
+                key = self._ready.popleft()
+                if key in self._queued and key not in self._in_later:
+                    return key
+            else:
+                key = self._later.popleft()
+                if key in self._in_later:
+                    self._in_later.discard(key)
+                    return key
+
+    def add_watched(self, key: K, background: bool = False) -> asyncio.Future[None]:
         """``add`` now; the future is done once a handling of ``key`` that started after this call has
         ended (whatever its outcome), or once the key is forgotten."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(waiter)
-        self.add(key)
+        self.add(key, background=background)
         return waiter
 
     def forget(self, key: K) -> None:
@@ -112,7 +145,7 @@ class WorkQueue(Generic[K]):
 
     async def _work(self) -> None:
         while True:
-            key = await self._ready.get()
+            key = await self._next()
             self._queued.discard(key)
             self._active.add(key)
             waiters = self._waiters.pop(key, [])

@@ -167,3 +167,32 @@ def test_a_watched_add_is_done_after_a_handling_that_started_later_or_when_forgo
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=1)
     asyncio.run(_running(queue, body))
     assert started == ["k", "k", "gone"]
+
+
+def test_background_keys_wait_for_the_watchs_keys_and_an_event_moves_one_ahead() -> None:
+    """A resync sweep queues every unfinished object in the background lane: a new FineTuneJob's
+    reconcile never waits behind 2,000 of them, and an event for a key waiting there promotes it."""
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def handle(key: str) -> float | None:
+        if key == "first":
+            await gate.wait()
+        order.append(key)
+        return None
+
+    async def body() -> None:
+        queue.add("first")  # holds the only worker while the lanes fill
+        await _until(lambda: queue.busy == 1)
+        for key in ("b1", "b2", "b3"):
+            queue.add(key, background=True)
+        queue.add("new")
+        queue.add("b3")  # an event for a key waiting in the background
+        queue.add("b1", background=True)  # already queued: no second entry
+        gate.set()
+        await _until(lambda: len(order) == 5)
+        await queue.idle()
+
+    queue: WorkQueue[str] = WorkQueue(handle, 1)
+    asyncio.run(_running(queue, body))
+    assert order == ["first", "new", "b3", "b1", "b2"]
