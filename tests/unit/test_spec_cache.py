@@ -50,29 +50,27 @@ def test_specs_are_bounded_and_an_evicted_one_is_not_checked_against_its_rules_a
 
 
 def test_a_cel_rule_is_compiled_once_when_many_threads_meet_it_first(monkeypatch) -> None:
-    """celpy builds a parser on first use: 32 reconcile threads each built one in a burst."""
+    """32 reconcile threads meet their first FineTuneJobs at once: each compiled every rule."""
     import threading
     import time
 
-    import celpy
+    import cel
 
     compiled: list[str] = []
+    real = cel.compile
 
-    class Counting(celpy.Environment):  # type: ignore[misc]
-        def compile(self, text: str) -> Any:
-            compiled.append(text)
-            time.sleep(0.05)  # as slow as celpy's first parser build, which let the threads meet
-            return super().compile(text)
+    def counting(text: str) -> Any:
+        compiled.append(text)
+        time.sleep(0.05)  # as slow as cel-python's first parser build, which let the threads meet
+        return real(text)
 
-    monkeypatch.setattr(celpy, "Environment", Counting)
+    monkeypatch.setattr(cel, "compile", counting)
     rule = "self.a != 'never-compiled-before'"
     start = threading.Barrier(8)
 
     def first_use() -> None:
         start.wait()
-        from celpy.adapter import json_to_cel
-
-        assert specbase._cel_program(rule)({"self": json_to_cel({"a": "x"})})
+        assert specbase._cel_program(rule)({"self": {"a": "x"}})
 
     threads = [threading.Thread(target=first_use) for _ in range(8)]
     for t in threads:
@@ -80,3 +78,9 @@ def test_a_cel_rule_is_compiled_once_when_many_threads_meet_it_first(monkeypatch
     for t in threads:
         t.join()
     assert compiled == [rule]
+
+
+def test_a_rule_that_cannot_be_evaluated_does_not_hold() -> None:
+    """As in the API server, where an evaluation error fails validation."""
+    assert not specbase._cel_program("self.missing == 1")({"self": {}})
+    assert specbase._cel_program("!has(self.missing) || self.missing == 1")({"self": {}})
