@@ -17,6 +17,9 @@ from finetune_operator import constants as c
 from finetune_operator.settings import OperatorSettings
 
 
+IDLE_WORKER_SECONDS = 1.0
+
+
 class NoDiffBase(kopf.DiffBaseStorage):
     """A diff base that is never built, read or stored.
 
@@ -57,8 +60,12 @@ def tune(
     # handler until the index held every object, filled by those same workers, so a limit below
     # the number of FineTuneJobs deadlocked at start-up; the index is the operator's own now
     # (handlers.py), and a limit would still only queue objects. Handlers run on at most
-    # max_workers threads; an idle per-object worker is a small task that exits after 5 s.
+    # max_workers threads; an idle per-object worker is a small task that exits after a second.
     settings.queueing.worker_limit = None
+    # An idle per-object worker holds the object's last raw event (managedFields included) until it
+    # exits: after 5 s by default, so a burst kept one per recently changed FineTuneJob and Job alive.
+    # The handlers are quick and idempotent; a worker started again costs a task, not an API call.
+    settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
     # Only the operator's own Jobs are listed and watched (filtered by the API server, not here).
     settings.watching.label_selectors["batch", "jobs"] = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
     if fixed_namespaces:

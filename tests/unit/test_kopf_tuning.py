@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from finetune_operator.kopf_tuning import NoDiffBase, tune
+from finetune_operator.kopf_tuning import IDLE_WORKER_SECONDS, NoDiffBase, tune
 from finetune_operator.settings import OperatorSettings
 
 
@@ -23,6 +23,7 @@ def test_kopf_keeps_no_diff_base_and_no_per_event_success_lines() -> None:
         assert not kopf_objects.isEnabledFor(logging.INFO)
         assert kopf_objects.isEnabledFor(logging.WARNING)
         assert settings.queueing.worker_limit is None
+        assert settings.queueing.idle_timeout == IDLE_WORKER_SECONDS < 5.0
         assert settings.scanning.disabled
     finally:
         kopf_objects.setLevel(level)
