@@ -16,7 +16,6 @@ import kopf
 from finetune_operator import constants as c
 from finetune_operator.settings import OperatorSettings
 
-
 IDLE_WORKER_SECONDS = 1.0
 
 
