@@ -614,11 +614,9 @@ def measure_progress_loop(
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def ftj_body(name: str, harness: ModuleType, suspend: bool = False) -> dict[str, Any]:
+def ftj_body(name: str, harness: ModuleType) -> dict[str, Any]:
     spec = harness.deep_merge(harness.BASE_SPEC, {"distributed": {"gpusPerNode": 0}})
     spec.pop("resources", None)
-    if suspend:
-        spec["suspend"] = True
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
@@ -648,9 +646,7 @@ def wait_until(
     return False
 
 
-def build_direct_children(
-    name: str, namespace: str, harness: ModuleType, suspend: bool = False
-) -> list[dict[str, Any]]:
+def build_direct_children(name: str, namespace: str, harness: ModuleType) -> list[dict[str, Any]]:
     """What a hand-rolled script would create for ``name``: a ConfigMap holding the trainer's config
     and the Job the operator's own builders make, without an owner (an owner that does not exist would
     make the garbage collector delete them). The operator itself creates only the Job: the config
@@ -661,7 +657,7 @@ def build_direct_children(
     from finetune_operator.naming import spec_hash
     from finetune_operator.settings import OperatorSettings
 
-    raw = ftj_body(name, harness, suspend)["spec"]
+    raw = ftj_body(name, harness)["spec"]
     spec = FineTuneJobSpec.model_validate(raw)
     settings = OperatorSettings(trainer_image="registry.local/finetune-trainer:test")
     owner = Owner(name=name, namespace=namespace, uid="")
@@ -678,93 +674,15 @@ def build_direct_children(
     return [configmap, job]
 
 
-def operator_suspended_burst(
-    api: Any,
-    harness: ModuleType,
-    kubeconfig: Path,
-    op_env: dict[str, str],
-    workdir: Path,
-    count: int,
-    threads: int,
-    timeout: float,
-) -> dict[str, Any]:
-    """``count`` suspended FineTuneJobs created through a fresh operator in a namespace of their own,
-    timed from the first POST to each Job's ADDED event: the operator's path with no pod started in
-    the window, to compare with ``direct_baseline(suspend=True)``. The direct path's window ends
-    before its Jobs' pods are created, scheduled and run; the operator's window (seconds longer) holds
-    that work for its first Jobs, on the same two cores. Suspended, neither path starts a pod."""
-    from kubernetes import client
-
-    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
-    namespace = f"bench-suspended-{os.getpid()}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    op = harness.OperatorProcess(kubeconfig, [namespace], workdir / "operator-suspended.log", op_env).start()
-    rec = Recorder()
-    stop, ready = threading.Event(), threading.Event()
-    threading.Thread(
-        target=watch_forever,
-        args=(
-            batch.list_namespaced_job,
-            (namespace,),
-            {"label_selector": LABEL_JOB},
-            rec.on_job,
-            stop,
-            ready,
-        ),
-        daemon=True,
-    ).start()
-    ready.wait(30)
-    time.sleep(1)
-    names = [f"s{i:05d}" for i in range(count)]
-
-    def create(name: str) -> None:
-        with rec.lock:
-            rec.created[name] = time.monotonic()
-        for attempt in range(5):
-            try:
-                custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, ftj_body(name, harness, suspend=True)
-                )
-                break
-            except client.ApiException as exc:
-                if exc.status not in (429, 500, 503) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-
-    say(f"operator path, suspended: {count} FineTuneJobs with {threads} threads")
-    cpu0 = cpu_by_process()
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(create, names))
-    ok = wait_until(lambda: len(rec.job_added) >= count, timeout, "every suspended run's Job")
-    t_jobs = max(rec.job_added.values(), default=time.monotonic())
-    cpu1 = cpu_by_process()
-    stop.set()
-    op.kill(signal.SIGTERM)
-    latency = [rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added]
-    with contextlib.suppress(Exception):
-        core.delete_namespace(namespace, propagation_policy="Background")
-    wait_until(
-        lambda: not _exists(lambda: core.read_namespace(namespace)), 300, "the suspended namespace gone"
-    )
-    return {
-        "complete": ok,
-        "jobs_per_s": round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2),
-        "create_to_job_seconds": stats(latency),
-        "cpu_seconds_by_process": cpu_spent(cpu0, cpu1),
-    }
-
-
 def direct_baseline(
-    api: Any, harness: ModuleType, count: int, threads: int, timeout: float, suspend: bool = False
+    api: Any, harness: ModuleType, count: int, threads: int, timeout: float
 ) -> dict[str, Any]:
     """The API server's own ceiling on this machine, now: the same ConfigMaps and Jobs created directly
-    with the same client concurrency, timed to the Job's ADDED event on a watch, as for the operator.
-    ``suspend``: Jobs created suspended (no pods), for a comparison without the pods' start-up."""
+    with the same client concurrency, timed to the Job's ADDED event on a watch, as for the operator."""
     from kubernetes import client
 
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    namespace = f"bench-direct-{'s' if suspend else 'r'}-{os.getpid()}"
+    namespace = f"bench-direct-{os.getpid()}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     rec = Recorder()
     stop, ready = threading.Event(), threading.Event()
@@ -783,7 +701,7 @@ def direct_baseline(
     ready.wait(30)
     time.sleep(1)
     names = [f"d{i:05d}" for i in range(count)]
-    manifests = {n: build_direct_children(n, namespace, harness, suspend) for n in names}
+    manifests = {n: build_direct_children(n, namespace, harness) for n in names}
     creators = {"ConfigMap": core.create_namespaced_config_map, "Job": batch.create_namespaced_job}
 
     def create(name: str) -> None:
@@ -885,11 +803,6 @@ def main() -> int:
         action="store_true",
         help="with --py-spy: on-CPU samples only (where the operator's CPU goes), kept with the log",
     )
-    p.add_argument(
-        "--no-suspended-pair",
-        action="store_true",
-        help="skip the suspended comparison (both paths create suspended Jobs: no pod in either window)",
-    )
     p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
     p.add_argument("--unrelated-jobs", type=int, default=0, help="unrelated Jobs in the namespace first")
     p.add_argument(
@@ -963,18 +876,6 @@ def main() -> int:
         if args.max_workers:
             op_env["FTJ_MAX_WORKERS"] = str(args.max_workers)
         op_env.update(kv.split("=", 1) for kv in args.operator_env)
-        if not args.no_direct and not args.no_suspended_pair:
-            direct_s = direct_baseline(api, harness, args.count, args.threads, phase_timeout, suspend=True)
-            operator_s = operator_suspended_burst(
-                api, harness, kubeconfig, op_env, workdir, args.count, args.threads, phase_timeout
-            )
-            report["suspended_pair"] = {
-                "direct": direct_s,
-                "operator": operator_s,
-                "ratio_operator_to_direct": round(operator_s["jobs_per_s"] / direct_s["jobs_per_s"], 2)
-                if direct_s["jobs_per_s"]
-                else None,
-            }
         log_path = workdir / "operator.log"
         op = harness.OperatorProcess(kubeconfig, [namespace], log_path, op_env).start()
         sampler = ProcSampler(op.proc.pid)
@@ -1226,19 +1127,6 @@ def main() -> int:
                 "ratio_operator_to_direct": round(operator_rate / direct["jobs_per_s"], 2)
                 if direct.get("jobs_per_s")
                 else None,
-                # Both paths creating suspended Jobs: no pod start-up in either window (see
-                # operator_suspended_burst); the operator's own cost next to the API server's.
-                "suspended_ratio_operator_to_direct": (report.get("suspended_pair") or {}).get(
-                    "ratio_operator_to_direct"
-                ),
-                "suspended_operator_create_to_job_p99_s": (
-                    ((report.get("suspended_pair") or {}).get("operator") or {}).get("create_to_job_seconds")
-                    or {}
-                ).get("p99"),
-                "suspended_direct_create_to_job_p99_s": (
-                    ((report.get("suspended_pair") or {}).get("direct") or {}).get("create_to_job_seconds")
-                    or {}
-                ).get("p99"),
                 "direct_create_to_job_p50_s": (direct.get("create_to_job_seconds") or {}).get("p50"),
                 "direct_create_to_job_p99_s": (direct.get("create_to_job_seconds") or {}).get("p99"),
                 "operator_create_to_job_p50_s": stats(created_to_job).get("p50"),
