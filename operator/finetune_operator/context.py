@@ -59,7 +59,7 @@ class Context:
 
         The most recently used SPEC_CACHE specs are kept: at 2,000 FineTuneJobs a parsed spec for
         each was ~23 MB of the operator's memory. One parsed again skips its CEL rules, which
-        that generation already passed (pure-Python CEL is ~90 % of a parse).
+        that generation already passed (CEL is most of a parse).
         """
         meta = body["metadata"]
         key = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
