@@ -5,6 +5,7 @@ Kept apart from ``spec`` so that sub-models (``affinity``) can share it without 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +48,11 @@ def rules_already_checked() -> Iterator[None]:
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
-    """One CEL rule for ``x-kubernetes-validations`` (fieldPath makes the error name the field)."""
+    """One CEL rule for ``x-kubernetes-validations`` (fieldPath makes the error name the field).
+
+    Evaluated here by common-expression-language, where ``size()`` of a string counts bytes and the
+    API server counts characters: bound a string's length with ``matches`` (``^.{0,63}$``) or the
+    schema's ``maxLength``, not ``size()``."""
     out: JsonDict = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
@@ -88,6 +93,7 @@ def _rules_of(extra: object) -> list[tuple[str, str, str]]:
     ]
 
 
+_log = logging.getLogger("finetune_api.cel")
 _COMPILED: dict[str, Any] = {}
 _COMPILING = threading.Lock()
 
@@ -116,7 +122,10 @@ def _compile(rule: str) -> Any:
     def check(activation: dict[str, Any]) -> bool:
         try:
             return program.execute(activation) is True
-        except Exception:  # a rule that cannot be evaluated does not hold
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a rule that cannot be evaluated does not hold (a Rust panic too)
+            _log.debug("CEL rule %r could not be evaluated: %s: %s", rule, type(exc).__name__, exc)
             return False
 
     return check

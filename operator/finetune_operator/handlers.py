@@ -120,9 +120,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             log.exception("reconcile failed", extra={"ftj": f"{key[0]}/{key[1]}"})
             delay = retry_delay(retry)
         finally:
-            waiting = parked.close(key)
-        if waiting:
-            await loop.run_in_executor(executor, lambda: _job_events(ctx, key, waiting))
+            # The Job events that arrived meanwhile, in order; the key closes once none is left.
+            try:
+                while waiting := parked.drain(key):
+                    await loop.run_in_executor(executor, functools.partial(_job_events, ctx, key, waiting))
+            finally:
+                parked.close(key)  # never left open (its Jobs' events would wait for good)
         held = next(iter(index.get(key, ())), None)
         if held is None or held["metadata"].get("uid") != body["metadata"].get("uid"):
             return (
@@ -164,9 +167,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # An event older than what our own write put there still counts: the held body has its changes.
         slim = index.offer(body) or index[key][0]
         trigger = trigger_of(slim)
-        if trigger in (handled.get(key), retrying.get(key), in_flight.get(key)) or "queue" not in memo_ref:
-            return  # our own status write, or a failed attempt at this state (waits for its backoff)
-        queue.add(key)
+        if "queue" in memo_ref and should_queue(
+            trigger, in_flight.get(key), handled.get(key), retrying.get(key)
+        ):
+            queue.add(key)
 
     @kopf.on.startup(registry=registry)
     async def start_reconcile_queue(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -184,16 +188,21 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             task.cancel()
 
     def _job_events(ctx: Context, key: Key, events: list[tuple[dict[str, Any], bool]]) -> None:
-        """The Job events parked during ``key``'s reconcile, against the body it left in the index."""
+        """The Job events parked during ``key``'s reconcile, against the body it left in the index;
+        one that fails unexpectedly is logged and the others still run (the resync repairs it)."""
         for job, deleted in events:
             cached = next(iter(index.get(key, ())), None)
-            _attempt(ctx, "job_event", functools.partial(on_job_event, ctx, job, cached, deleted=deleted))
+            try:
+                _attempt(ctx, "job_event", functools.partial(on_job_event, ctx, job, cached, deleted=deleted))
+            except Exception:
+                log.exception("job event failed", extra={"ftj": f"{key[0]}/{key[1]}"})
 
     @kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.OPERATOR_NAME}, registry=registry)
     def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        """Fold a Job's change into its FineTuneJob's status. A Job the operator's copy of its
-        FineTuneJob does not name yet is usually the one a reconcile just created and is about to
-        record: its event waits for that reconcile instead of a GET of the FineTuneJob."""
+        """Fold a Job's change into its FineTuneJob's status. While the FineTuneJob is being
+        reconciled, its Jobs' events wait for that reconcile and are handled after it, in order: the
+        Job it creates reaches this watch before the status write naming it returns, and would
+        otherwise need a GET of the FineTuneJob (the operator's copy does not name it yet)."""
         ctx: Context = memo["ctx"]
         job: dict[str, Any] = dict(event["object"])
         meta: dict[str, Any] = job.get("metadata") or {}
@@ -202,11 +211,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         key = (meta.get("namespace"), str(owner.get("name")))
         cached = next(iter(index.get(key, [])), None)
         deleted = event.get("type") == "DELETED"
-
-        def defer() -> bool:
-            return parked.park(key, job, deleted)
-
-        _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted, defer=defer))
+        if parked.park(key, job, deleted):
+            return
+        _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
 
     @kopf.on.startup(registry=registry)
     async def start_progress_loop(memo: kopf.Memo, **_: Any) -> None:
@@ -256,9 +263,11 @@ def register_safety_net(registry: kopf.OperatorRegistry, index: FtjIndex, queue:
 class ParkedJobEvents:
     """Job events that wait for the reconcile of their FineTuneJob that is running now.
 
-    ``park`` (a handler thread) and ``close`` (the reconcile's end, in the event loop) take one lock:
-    an event is either parked before the reconcile ends and handed back by ``close``, or refused and
+    ``park`` (a handler thread) and ``drain`` (the reconcile's end, in the event loop) take one lock:
+    an event is either parked while the key is open and handed back by ``drain``, or refused and
     handled by its caller at once; never lost between the two. The newest event per Job is kept.
+    The key stays open while what ``drain`` handed back is handled, and closes on the ``drain`` that
+    finds nothing: an event newer than a parked one is never handled before it.
     """
 
     def __init__(self) -> None:
@@ -279,9 +288,29 @@ class ParkedJobEvents:
             waiting[name] = (job, deleted)
             return True
 
-    def close(self, key: Key) -> list[tuple[dict[str, Any], bool]]:
+    def close(self, key: Key) -> None:
         with self._lock:
-            return list((self._open.pop(key, None) or {}).values())
+            self._open.pop(key, None)
+
+    def drain(self, key: Key) -> list[tuple[dict[str, Any], bool]]:
+        """What is parked for ``key`` (the key stays open), or nothing (and the key closes)."""
+        with self._lock:
+            waiting = self._open.get(key)
+            if not waiting:
+                self._open.pop(key, None)
+                return []
+            self._open[key] = {}
+            return list(waiting.values())
+
+
+def should_queue(trigger: int, running: int | None, handled: int | None, retrying: int | None) -> bool:
+    """Does an event whose object is in state ``trigger`` need a reconcile? Not for the state a
+    running reconcile works on (its own status writes); otherwise not for the state last handled, nor
+    for one whose failed attempt waits for its backoff. While a reconcile runs, only its state counts:
+    a change made and undone during it still differs from what it works on."""
+    if running is not None:
+        return trigger != running
+    return trigger not in (handled, retrying)
 
 
 def trigger_of(slim: dict[str, Any]) -> int:

@@ -8,7 +8,6 @@ drive from tests and benchmarks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -259,18 +258,12 @@ def _runs(body: dict[str, Any], owner: dict[str, Any], job_meta: dict[str, Any])
 
 
 def on_job_event(
-    ctx: Context,
-    job: dict[str, Any],
-    cached_owner: dict[str, Any] | None = None,
-    deleted: bool = False,
-    defer: Callable[[], bool] | None = None,
+    ctx: Context, job: dict[str, Any], cached_owner: dict[str, Any] | None = None, deleted: bool = False
 ) -> None:
     """A Job changed: fold it into its FineTuneJob, unless nothing status depends on changed.
 
     A deleted Job's final state counts too: finished, it is recorded (even when its pods went with
-    it); unfinished, the run failed with JobDeleted. When the operator's copy of the FineTuneJob does
-    not name this Job as its run yet, ``defer`` may take the event (True: it comes back once the
-    reconcile that is writing the run has finished) instead of a GET of the FineTuneJob.
+    it); unfinished, the run failed with JobDeleted.
     """
     meta = job.get("metadata") or {}
     owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == c.KIND), None)
@@ -285,8 +278,6 @@ def on_job_event(
             return
     body = cached_owner
     if body is None or not _runs(body, owner, meta):
-        if defer is not None and defer():
-            return
         body = ctx.kube.get_ftj(meta["namespace"], owner["name"])  # the cache may lag our own writes
         if body is not None:
             ctx.remember(body)

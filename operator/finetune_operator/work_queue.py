@@ -44,6 +44,7 @@ class WorkQueue(Generic[K]):
         self._again: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._waiters: dict[K, list[asyncio.Future[None]]] = {}
+        self._handling: dict[K, list[asyncio.Future[None]]] = {}  # released when the handling ends
         self._finished = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -70,6 +71,8 @@ class WorkQueue(Generic[K]):
                 timer.cancel()
             self._timers[key] = asyncio.get_running_loop().call_later(after, self._fire, key)
             return
+        if background and (key in self._timers or key in self._active):
+            return  # a retry after its backoff, or the handling in progress, serves the sweep too
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -110,6 +113,9 @@ class WorkQueue(Generic[K]):
         """``add`` now; the future is done once a handling of ``key`` that started after this call has
         ended (whatever its outcome), or once the key is forgotten."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if background and key in self._active:
+            self._handling[key].append(waiter)  # the handling in progress serves a background add
+            return waiter
         self._waiters.setdefault(key, []).append(waiter)
         self.add(key, background=background)
         return waiter
@@ -148,7 +154,7 @@ class WorkQueue(Generic[K]):
             key = await self._next()
             self._queued.discard(key)
             self._active.add(key)
-            waiters = self._waiters.pop(key, [])
+            waiters = self._handling[key] = self._waiters.pop(key, [])
             delay: float | None = None
             try:
                 delay = await self._handle(key)
@@ -160,6 +166,7 @@ class WorkQueue(Generic[K]):
             finally:
                 self._active.discard(key)
                 self._finished += 1
+                self._handling.pop(key, None)
                 _release(waiters)
             if key in self._again:
                 self._again.discard(key)

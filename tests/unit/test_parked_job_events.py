@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from finetune_operator.handlers import ParkedJobEvents
+from finetune_operator.handlers import ParkedJobEvents, should_queue
 
 KEY = ("ns", "ftj")
 
@@ -19,9 +19,11 @@ def test_an_event_is_parked_only_while_its_finetunejobs_reconcile_runs() -> None
     parked.open(KEY)
     assert parked.park(KEY, job("ftj-r1"), False)
     assert not parked.park(("ns", "other"), job("other-r1"), False)
-    assert parked.close(KEY) == [(job("ftj-r1"), False)]
-    assert not parked.park(KEY, job("ftj-r1", active=1), False), "closed: handled by the caller again"
-    assert parked.close(KEY) == []
+    assert parked.drain(KEY) == [(job("ftj-r1"), False)]
+    assert parked.park(KEY, job("ftj-r1", active=1), False), "still open while the drained ones are handled"
+    assert parked.drain(KEY) == [(job("ftj-r1", active=1), False)]
+    assert parked.drain(KEY) == [], "nothing left: the key closes"
+    assert not parked.park(KEY, job("ftj-r1", active=2), False), "closed: handled by the caller again"
 
 
 def test_the_newest_event_of_each_job_is_handed_back_in_arrival_order() -> None:
@@ -30,7 +32,7 @@ def test_the_newest_event_of_each_job_is_handed_back_in_arrival_order() -> None:
     parked.park(KEY, job("ftj-r1"), False)
     parked.park(KEY, job("ftj-r2"), False)
     parked.park(KEY, job("ftj-r1", active=1), True)
-    assert parked.close(KEY) == [(job("ftj-r2"), False), (job("ftj-r1", active=1), True)]
+    assert parked.drain(KEY) == [(job("ftj-r2"), False), (job("ftj-r1", active=1), True)]
 
 
 def _race(rounds_left: int) -> None:
@@ -48,7 +50,9 @@ def _race(rounds_left: int) -> None:
     for t in threads:
         t.start()
     start.wait()
-    handed_back = [j["metadata"]["name"] for j, _ in parked.close(KEY)]  # type: ignore[index]
+    handed_back: list[str] = []
+    while batch := parked.drain(KEY):
+        handed_back += [j["metadata"]["name"] for j, _ in batch]  # type: ignore[index]
     for t in threads:
         t.join()
     assert sorted(handed_back) == sorted(accepted), f"round {rounds_left}"
@@ -58,3 +62,31 @@ def test_no_event_is_lost_between_a_park_and_the_reconciles_end() -> None:
     """Threads park while the reconcile closes: every event is either handed back or refused."""
     for i in range(50):
         _race(i)
+
+
+def test_an_event_newer_than_a_parked_one_is_never_handled_before_it() -> None:
+    """Review finding: a parked event replayed after a newer one was handled directly rewrote status
+    backwards (Kueue: Queued after Running). While the key is open every event parks, and it stays
+    open until a drain finds nothing."""
+    parked = ParkedJobEvents()
+    parked.open(KEY)
+    assert parked.park(KEY, job("ftj-r1"), False)  # E1, while the reconcile runs
+    first = parked.drain(KEY)  # the reconcile ended: E1 is being handled ...
+    assert parked.park(KEY, job("ftj-r1", active=1), False), "... so E2 waits behind it"
+    assert first == [(job("ftj-r1"), False)]
+    assert parked.drain(KEY) == [(job("ftj-r1", active=1), False)]
+    assert parked.drain(KEY) == []
+    parked.open(KEY)
+    parked.close(KEY)
+    assert not parked.park(KEY, job("ftj-r1"), False), "close drops the key whatever is left"
+
+
+def test_a_change_undone_while_a_reconcile_runs_is_reconciled_again() -> None:
+    """Review finding: with the last handled state compared first, a label added and removed while a
+    reconcile of the added one ran left the object unreconciled in its final state."""
+    handled, added = 1, 2
+    assert not should_queue(added, running=added, handled=handled, retrying=None), "its own status write"
+    assert should_queue(handled, running=added, handled=handled, retrying=None)
+    assert not should_queue(handled, running=None, handled=handled, retrying=None)
+    assert not should_queue(added, running=None, handled=handled, retrying=added), "waits for its backoff"
+    assert should_queue(3, running=None, handled=handled, retrying=added)

@@ -196,3 +196,36 @@ def test_background_keys_wait_for_the_watchs_keys_and_an_event_moves_one_ahead()
     queue: WorkQueue[str] = WorkQueue(handle, 1)
     asyncio.run(_running(queue, body))
     assert order == ["first", "new", "b3", "b1", "b2"]
+
+
+def test_a_sweep_neither_cancels_a_retrys_backoff_nor_runs_a_running_key_twice() -> None:
+    """Review findings: the resync's background add cancelled a failed key's retry timer (it ran at
+    once, or waited behind a whole burst), and one of a key being handled queued a second full
+    reconcile ahead of the background lane."""
+    calls: Counter[str] = Counter()
+    gate = asyncio.Event()
+
+    async def handle(key: str) -> float | None:
+        calls[key] += 1
+        if key == "running":
+            await gate.wait()
+        return None
+
+    async def body() -> None:
+        queue.add("retrying", after=30)
+        swept = queue.add_watched("retrying", background=True)
+        assert "retrying" in queue._timers and "retrying" not in queue._queued
+        queue.add("running")
+        await _until(lambda: queue.busy == 1)
+        during = queue.add_watched("running", background=True)
+        assert not during.done()
+        gate.set()
+        await asyncio.wait_for(during, 5)  # released by the handling that was in progress
+        await queue.idle()
+        assert calls["running"] == 1 and calls["retrying"] == 0
+        assert not swept.done(), "released by the retry's own handling, after its backoff"
+        queue.forget("retrying")
+        assert swept.done()
+
+    queue: WorkQueue[str] = WorkQueue(handle, 2)
+    asyncio.run(_running(queue, body))
