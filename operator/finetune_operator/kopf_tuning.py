@@ -65,6 +65,8 @@ def tune(
     # exits: after 5 s by default, so a burst kept one per recently changed FineTuneJob and Job alive.
     # The handlers are quick and idempotent; a worker started again costs a task, not an API call.
     settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
+    if config.list_chunk_size > 0:
+        settings.watching.chunk_size = config.list_chunk_size
     # Only the operator's own Jobs are listed and watched (filtered by the API server, not here).
     settings.watching.label_selectors["batch", "jobs"] = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
     if fixed_namespaces:

@@ -283,6 +283,9 @@ def on_job_event(
             ctx.remember(body)
     if body is None or not _runs(body, owner, meta):
         return
+    status = body.get("status") or {}
+    if status.get("phase") in Phase.TERMINAL and (status.get("run") or {}).get("completionTime"):
+        return  # this run finished and is recorded: a restart over thousands of them reads no pods
     if deleted:
         view = JobView.from_job(job)
         if view.complete or view.failed_condition is not None:

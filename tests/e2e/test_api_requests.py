@@ -85,3 +85,41 @@ def test_a_burst_of_new_finetunejobs_gets_no_finetunejob_and_is_reconciled_once_
     )
     # Pending, and Running for those whose pod is ready (a 409 retried would add one).
     assert requests_sent(metrics, "PUT", "finetunejobs/status") <= 2 * COUNT + 2
+
+
+def test_a_restart_over_finished_runs_reads_no_pods_and_writes_nothing(isolated_operator, kube_api):
+    """Each finished run's Job is listed again at start-up; its event used to read the run's pods
+    (termination messages) although the FineTuneJob already records the result."""
+    from kubernetes import client
+
+    from harness import Ftj
+
+    op = isolated_operator()
+    ns = isolated_operator.namespace
+    custom = client.CustomObjectsApi(kube_api)
+    names = [f"done-{i}" for i in range(3)]
+    for name in names:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}}
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {**body, "spec": BASE_SPEC})
+    for name in names:
+        ftj = Ftj(kube_api, ns, name)
+        ftj.wait_phase("Running")
+        ftj.finish_pods(f"{name}-r1", 0)
+        ftj.wait_phase("Succeeded")
+    op.kill()
+
+    again = isolated_operator()
+    wait_for(
+        lambda: handled_job_events(again.metrics()) >= len(names), 60, "every finished Job's event handled"
+    )
+    metrics = again.metrics()
+    assert requests_sent(metrics, "GET", "pods") == 0, "the results are recorded already"
+    for verb in ("POST", "PUT", "PATCH", "DELETE"):
+        assert not re.search(
+            rf'verb="{verb}"',
+            "\n".join(
+                line
+                for line in metrics.splitlines()
+                if line.startswith("finetune_operator_api_requests_total")
+            ),
+        ), f"a restart over finished runs sent a {verb}"

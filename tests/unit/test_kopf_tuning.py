@@ -25,6 +25,7 @@ def test_kopf_keeps_no_diff_base_and_no_per_event_success_lines() -> None:
         assert settings.queueing.worker_limit is None
         assert settings.queueing.idle_timeout == IDLE_WORKER_SECONDS < 5.0
         assert settings.scanning.disabled
+        assert settings.watching.chunk_size == 100, "the initial LIST in pages (memory at restart)"
     finally:
         kopf_objects.setLevel(level)
 
