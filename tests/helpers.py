@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 # hack/ scripts, loaded by path through hack/hack_loader.py (the one loader; re-exported for the tests).
 sys.path.append(str(Path(__file__).resolve().parent.parent / "hack"))
 from hack_loader import load_hack
 
-__all__ = ["kubectl_runner", "load_hack", "wait_for"]
+__all__ = ["kubectl_runner", "load_hack", "running", "until", "wait_for"]
 
 T = TypeVar("T")
 
@@ -60,3 +61,29 @@ def kubectl_runner(kubeconfig: str | Path) -> Callable[..., subprocess.Completed
         return res
 
     return run
+
+
+class _Runs(Protocol):
+    async def run(self) -> None: ...
+
+
+async def running(worker: _Runs, body: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``body`` while ``worker.run()`` (the reconcile queue, a loop) runs as a task; then cancel it
+    and check it ended by that cancellation, not by an error of its own."""
+    import pytest
+
+    task = asyncio.create_task(worker.run())
+    try:
+        await body()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """In an event loop: return once ``predicate()`` holds, fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)

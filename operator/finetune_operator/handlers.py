@@ -6,7 +6,6 @@ import asyncio
 import copy
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -20,6 +19,7 @@ from finetune_operator.context import Context
 from finetune_operator.ftj_index import FtjIndex, Key
 from finetune_operator.health import problems
 from finetune_operator.metrics import HANDLER_DURATION
+from finetune_operator.parked_job_events import ParkedJobEvents
 from finetune_operator.preflight_wait import RecheckLater
 from finetune_operator.progress_loop import ProgressLoop
 from finetune_operator.reconcile import on_job_event, reconcile
@@ -93,14 +93,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             return None  # deleted meanwhile
         body = copy.deepcopy(bodies[0])
         # Until its bookkeeping is done, events of this same state (our own status writes) queue nothing.
-        in_flight[key] = trigger_of(body)
+        trigger = in_flight[key] = trigger_of(body)
         try:
-            return await _reconcile_body(key, body)
+            return await _reconcile_body(key, body, trigger)
         finally:
             in_flight.pop(key, None)
 
-    async def _reconcile_body(key: Key, body: dict[str, Any]) -> float | None:
-        trigger = trigger_of(body)
+    async def _reconcile_body(key: Key, body: dict[str, Any], trigger: int) -> float | None:
         ctx: Context = memo_ref["ctx"]
         executor = memo_ref["executor"]
         loop = asyncio.get_running_loop()
@@ -209,10 +208,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         refs: list[dict[str, Any]] = meta.get("ownerReferences") or []
         owner = next((r for r in refs if r.get("kind") == c.KIND), {})
         key = (meta.get("namespace"), str(owner.get("name")))
-        cached = next(iter(index.get(key, [])), None)
         deleted = event.get("type") == "DELETED"
         if parked.park(key, job, deleted):
             return
+        cached = next(iter(index.get(key, [])), None)
         _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
 
     @kopf.on.startup(registry=registry)
@@ -258,49 +257,6 @@ def register_safety_net(registry: kopf.OperatorRegistry, index: FtjIndex, queue:
         if found:
             raise kopf.PermanentError("; ".join(found))
         return "ok"
-
-
-class ParkedJobEvents:
-    """Job events that wait for the reconcile of their FineTuneJob that is running now.
-
-    ``park`` (a handler thread) and ``drain`` (the reconcile's end, in the event loop) take one lock:
-    an event is either parked while the key is open and handed back by ``drain``, or refused and
-    handled by its caller at once; never lost between the two. The newest event per Job is kept.
-    The key stays open while what ``drain`` handed back is handled, and closes on the ``drain`` that
-    finds nothing: an event newer than a parked one is never handled before it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[Key, dict[str, tuple[dict[str, Any], bool]]] = {}
-
-    def open(self, key: Key) -> None:
-        with self._lock:
-            self._open.setdefault(key, {})
-
-    def park(self, key: Key, job: dict[str, Any], deleted: bool) -> bool:
-        with self._lock:
-            waiting = self._open.get(key)
-            if waiting is None:
-                return False
-            name = str((job.get("metadata") or {}).get("name"))
-            waiting.pop(name, None)  # re-inserted last: events are handed back in arrival order
-            waiting[name] = (job, deleted)
-            return True
-
-    def close(self, key: Key) -> None:
-        with self._lock:
-            self._open.pop(key, None)
-
-    def drain(self, key: Key) -> list[tuple[dict[str, Any], bool]]:
-        """What is parked for ``key`` (the key stays open), or nothing (and the key closes)."""
-        with self._lock:
-            waiting = self._open.get(key)
-            if not waiting:
-                self._open.pop(key, None)
-                return []
-            self._open[key] = {}
-            return list(waiting.values())
 
 
 def should_queue(trigger: int, running: int | None, handled: int | None, retrying: int | None) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from finetune_operator.handlers import ParkedJobEvents, should_queue
+from finetune_operator.handlers import should_queue
+from finetune_operator.parked_job_events import ParkedJobEvents
 
 KEY = ("ns", "ftj")
 

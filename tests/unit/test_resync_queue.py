@@ -8,17 +8,15 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
-
-import pytest
 
 from finetune_operator.context import Context
 from finetune_operator.metrics import REGISTRY, PhaseBook
 from finetune_operator.resync import HEARTBEAT, ResyncLoop
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.work_queue import WorkQueue
+from helpers import running, until
 
 Key = tuple[str, str]
 RUNNING = {"phase": "Running", "run": {"number": 1, "jobName": "x-r1"}}
@@ -70,16 +68,6 @@ def _queue(reconciles: Reconciles, pool: ThreadPoolExecutor) -> WorkQueue[Key]:
     return WorkQueue(handle, concurrency=8)
 
 
-async def _running(queue: WorkQueue[Key], body: Callable[[], Awaitable[None]]) -> None:
-    task = asyncio.create_task(queue.run())
-    try:
-        await body()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-
 def _sweeps_timed() -> float:
     name = "finetune_operator_handler_duration_seconds_count"
     return REGISTRY.get_sample_value(name, {"handler": "resync_sweep"}) or 0.0
@@ -95,14 +83,14 @@ def test_a_sweep_never_reconciles_a_job_a_queue_worker_is_reconciling() -> None:
         for _ in range(3):
             for key in keys:  # watch events: the queue's workers take them
                 queue.add(key)
-            await asyncio.wait_for(_until(lambda: queue.busy == len(keys)), 5)
+            await asyncio.wait_for(until(lambda: queue.busy == len(keys)), 5)
             counts = await sweeper.sweep()  # while every one of them is being reconciled
             assert counts == {"queued": len(keys), "pending": 0}
             await queue.idle()
 
     with ThreadPoolExecutor(8) as pool:
         queue = _queue(reconciles, pool)
-        asyncio.run(_running(queue, body))
+        asyncio.run(running(queue, body))
     assert reconciles.overlaps == []
     # Each round: the event's reconcile only; the sweep is served by the handling in progress (a second
     # full reconcile of each running key per interval was a review finding). A change made meanwhile
@@ -123,7 +111,7 @@ def test_every_unfinished_job_is_reconciled_each_sweep_and_the_sweep_is_timed() 
 
     with ThreadPoolExecutor(2) as pool:
         queue = _queue(reconciles, pool)
-        asyncio.run(_running(queue, body))
+        asyncio.run(running(queue, body))
     assert _sweeps_timed() == timed + 2
     assert reconciles.calls == Counter({("ns", "running"): 2, ("ns", "pending"): 2})
     assert ctx.heartbeats.silent() == []
@@ -153,9 +141,4 @@ def test_the_heartbeat_goes_silent_when_the_queue_stops_reconciling() -> None:
         assert ctx.heartbeats.silent(now=judged) == [], "a sweep whose keys were handled beats"
 
     queue: WorkQueue[Key] = WorkQueue(stuck, concurrency=1)
-    asyncio.run(_running(queue, body))
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.002)
+    asyncio.run(running(queue, body))

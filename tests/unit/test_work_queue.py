@@ -6,29 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from finetune_operator import work_queue
 from finetune_operator.work_queue import WorkQueue
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
-async def _running(queue: WorkQueue[str], body: Callable[[], Awaitable[None]]) -> None:
-    task = asyncio.create_task(queue.run())
-    try:
-        await body()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+from helpers import running, until
 
 
 def test_a_burst_for_one_key_is_one_reconcile_and_keys_never_run_twice_at_once() -> None:
@@ -55,7 +38,7 @@ def test_a_burst_for_one_key_is_one_reconcile_and_keys_never_run_twice_at_once()
         await queue.idle()
 
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=3)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
     assert calls == Counter({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1})
     assert not overlaps
     assert most == 3, "at most `concurrency` keys at once, and all of them used"
@@ -73,15 +56,15 @@ def test_a_key_added_while_it_is_handled_is_handled_again_after() -> None:
     async def body() -> None:
         nonlocal version
         queue.add("x")
-        await _until(lambda: queue.busy == 1)
+        await until(lambda: queue.busy == 1)
         version = 1  # the object changed during the reconcile
         queue.add("x")
         queue.add("x")
-        await _until(lambda: len(seen) == 2)
+        await until(lambda: len(seen) == 2)
         await queue.idle()
 
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=4)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
     assert seen == [0, 1], "the change made during the first reconcile is reconciled once more"
 
 
@@ -94,11 +77,11 @@ def test_a_retry_comes_back_after_its_delay_and_a_new_add_brings_it_back_sooner(
 
     async def body() -> None:
         queue.add("k")
-        await _until(lambda: len(times) == 2)
+        await until(lambda: len(times) == 2)
         await asyncio.sleep(0.4)
 
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=1)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
     assert len(times) == 2
     assert times[1] - times[0] >= 0.29
 
@@ -106,12 +89,12 @@ def test_a_retry_comes_back_after_its_delay_and_a_new_add_brings_it_back_sooner(
 
     async def sooner() -> None:
         queue2.add("k")
-        await _until(lambda: len(times) == 1)
+        await until(lambda: len(times) == 1)
         queue2.add("k")  # the object changed: no need to wait for the backoff
-        await _until(lambda: len(times) == 2)
+        await until(lambda: len(times) == 2)
 
     queue2: WorkQueue[str] = WorkQueue(handle, concurrency=1)
-    asyncio.run(_running(queue2, sooner))
+    asyncio.run(running(queue2, sooner))
     assert times[1] - times[0] < 0.25
 
 
@@ -130,12 +113,12 @@ def test_a_crashing_handler_is_retried_and_forget_drops_a_pending_retry(
     async def body() -> None:
         queue.add("bug")
         queue.add("gone")
-        await _until(lambda: calls["bug"] == 2 and calls["gone"] == 1)
+        await until(lambda: calls["bug"] == 2 and calls["gone"] == 1)
         queue.forget("gone")  # deleted: its retry must not run
         await asyncio.sleep(0.35)
 
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=2)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
     assert calls == Counter({"bug": 2, "gone": 1})
 
 
@@ -150,22 +133,22 @@ def test_a_watched_add_is_done_after_a_handling_that_started_later_or_when_forgo
 
     async def body() -> None:
         queue.add("k")
-        await _until(lambda: queue.busy == 1)
+        await until(lambda: queue.busy == 1)
         watched = queue.add_watched("k")  # while "k" is handled: only the next handling counts
         gates[0].set()
-        await _until(lambda: len(started) == 2)
+        await until(lambda: len(started) == 2)
         assert queue.finished == 1 and not watched.done()
         gates[1].set()
         await asyncio.wait_for(watched, 5)
         queue.add("gone")
-        await _until(lambda: queue.busy == 1)
+        await until(lambda: queue.busy == 1)
         forgotten = queue.add_watched("gone")
         queue.forget("gone")  # deleted meanwhile: nobody waits for a handling that will not come
         assert forgotten.done()
         gates[2].set()
 
     queue: WorkQueue[str] = WorkQueue(handle, concurrency=1)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
     assert started == ["k", "k", "gone"]
 
 
@@ -183,18 +166,18 @@ def test_background_keys_wait_for_the_watchs_keys_and_an_event_moves_one_ahead()
 
     async def body() -> None:
         queue.add("first")  # holds the only worker while the lanes fill
-        await _until(lambda: queue.busy == 1)
+        await until(lambda: queue.busy == 1)
         for key in ("b1", "b2", "b3"):
             queue.add(key, background=True)
         queue.add("new")
         queue.add("b3")  # an event for a key waiting in the background
         queue.add("b1", background=True)  # already queued: no second entry
         gate.set()
-        await _until(lambda: len(order) == 5)
+        await until(lambda: len(order) == 5)
         await queue.idle()
 
     queue: WorkQueue[str] = WorkQueue(handle, 1)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
     assert order == ["first", "new", "b3", "b1", "b2"]
 
 
@@ -216,7 +199,7 @@ def test_a_sweep_neither_cancels_a_retrys_backoff_nor_runs_a_running_key_twice()
         swept = queue.add_watched("retrying", background=True)
         assert "retrying" in queue._timers and "retrying" not in queue._queued
         queue.add("running")
-        await _until(lambda: queue.busy == 1)
+        await until(lambda: queue.busy == 1)
         during = queue.add_watched("running", background=True)
         assert not during.done()
         gate.set()
@@ -228,4 +211,4 @@ def test_a_sweep_neither_cancels_a_retrys_backoff_nor_runs_a_running_key_twice()
         assert swept.done()
 
     queue: WorkQueue[str] = WorkQueue(handle, 2)
-    asyncio.run(_running(queue, body))
+    asyncio.run(running(queue, body))
