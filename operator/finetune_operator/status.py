@@ -80,6 +80,11 @@ class JobView:
             completion_time=st.get("completionTime"),
         )
 
+    @classmethod
+    def created_suspended(cls) -> JobView:
+        """A Job as the operator creates it for ``spec.suspend`` or a Kueue queue: suspended, no pods."""
+        return cls.from_job({"spec": {"suspend": True}})
+
 
 @dataclass(frozen=True)
 class Observed:

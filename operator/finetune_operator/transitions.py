@@ -28,6 +28,7 @@ from finetune_operator.status import (
     apply_summary,
     gpu_seconds,
     newest,
+    observe_job,
     push_history,
     set_condition,
 )
@@ -219,15 +220,18 @@ def _started(st: FineTuneJobStatus, e: RunStarted, facts: Facts) -> Change:
     st.conditions = set_condition(
         st.conditions, ConditionType.CREATED, True, Reason.JOB_CREATED, created, now, generation
     )
-    if e.suspend:
-        apply_phase(st, Phase.SUSPENDED, Reason.SUSPENDED_BY_USER, "spec.suspend is true.", generation, now)
-    elif e.queue:
-        message = "Waiting for Kueue to admit the Job."
-        apply_phase(st, Phase.QUEUED, Reason.QUEUED_BY_KUEUE, message, generation, now)
+    if e.suspend or e.queue:
+        # The Job was created suspended: record exactly what its first event will show, so that
+        # event writes nothing (one status write per held start instead of two).
+        held = observe_job(JobView.created_suspended(), e.suspend, e.queue)
+        apply_phase(st, held.phase, held.reason, held.message, generation, now)
     else:
+        # Pending until the pods run; the Job's first event (waiting for pods) keeps this (_job_seen).
         apply_phase(st, Phase.PENDING, Reason.JOB_CREATED, created, generation, now)
-    for ctype in (ConditionType.SUCCEEDED, ConditionType.FAILED):
-        st.conditions = set_condition(st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation)
+        for ctype in (ConditionType.SUCCEEDED, ConditionType.FAILED):
+            st.conditions = set_condition(
+                st.conditions, ctype, False, Reason.JOB_CREATED, "", now, generation
+            )
     return Change(True, counted=STARTED)
 
 

@@ -7,6 +7,7 @@ events the reconcile shell folds in. A cell is ``-`` (nothing changes, so nothin
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, get_args
 
 import pytest
@@ -170,6 +171,43 @@ def test_a_new_run_supersedes_a_live_one_and_resets_what_the_old_run_reported():
     assert [(h.number, h.phase) for h in st.history] == [(1, "Superseded")]
     assert condition(st, ConditionType.CREATED).status == "True"
     assert condition(st, ConditionType.RUNNING).status == "False"
+
+
+HELD_STARTS = {
+    "running": ({}, {"active": 1}),
+    "suspended": ({"suspend": True}, {}),
+    "queued": ({"queue": True}, {}),
+}
+
+
+@pytest.mark.parametrize("before", ["no run", "Running", "Suspended", "Succeeded", "Failed"])
+@pytest.mark.parametrize("start", list(HELD_STARTS))
+def test_the_first_event_of_the_job_a_start_created_writes_nothing(start: str, before: str):
+    """The start knows how it created the Job (suspended for spec.suspend or a Kueue queue), so its
+    write already records the phase and conditions that Job's first event implies: that event costs
+    no second status write (issue 11: a suspended burst wrote status twice per object)."""
+    held, job_status = HELD_STARTS[start]
+    st = STATES[before].model_copy(deep=True)
+    number = 2 if st.run else 1
+    job_name = f"demo-r{number}"
+    event = RunStarted(number, job_name, "h2", "", None, held.get("suspend", False), held.get("queue", False))
+    assert next_phase(st, event, facts(2)).counted == "started"
+    suspended = bool(held)
+    first = seen(job_status, suspended, user=held.get("suspend", False), queue=held.get("queue", False))
+    assert outcome_of(st, dataclasses.replace(first, job_name=job_name), facts(2)) == "-"
+
+
+def test_a_suspended_start_resumes_and_a_queued_start_is_admitted():
+    for held, phase in (({"suspend": True}, Phase.SUSPENDED), ({"queue": True}, Phase.QUEUED)):
+        st = state(None)
+        event = RunStarted(1, JOB, "h1", "", None, held.get("suspend", False), held.get("queue", False))
+        next_phase(st, event, facts())
+        assert condition(st, phase).status == "True"
+        assert outcome_of(st, seen({"active": 1}), facts()) == WAIT
+        assert outcome_of(st, seen({"active": 1, "ready": 1}), facts()) == RUN
+        assert (
+            condition(st, phase).status == "False" and condition(st, ConditionType.RUNNING).status == "True"
+        )
 
 
 def test_a_retried_start_is_recorded_once():
