@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -79,6 +80,22 @@ class OperatorProcess:
     def log_tail(self, n: int = 60) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
         return "\n".join(lines[-n:])
+
+
+def requests_sent(metrics: str, verb: str, resource: str) -> int:
+    """The operator's own count of its API requests (``finetune_operator_api_requests_total``)."""
+    pattern = (
+        rf'^finetune_operator_api_requests_total\{{resource="{re.escape(resource)}",verb="{verb}"\}} (\S+)$'
+    )
+    m = re.search(pattern, metrics, re.M)
+    return int(float(m.group(1))) if m else 0
+
+
+def handler_runs(metrics: str, handler: str) -> int:
+    """How often the operator timed ``handler`` (``finetune_operator_handler_duration_seconds``)."""
+    pattern = rf'^finetune_operator_handler_duration_seconds_count\{{handler="{re.escape(handler)}"\}} (\S+)$'
+    m = re.search(pattern, metrics, re.M)
+    return int(float(m.group(1))) if m else 0
 
 
 BASE_SPEC: dict[str, Any] = {

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness import BASE_SPEC, GROUP, PLURAL, VERSION
+from harness import BASE_SPEC, GROUP, PLURAL, VERSION, handler_runs, requests_sent
 from helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -24,26 +24,12 @@ pytestmark = pytest.mark.e2e
 COUNT = 40
 
 
-def requests_sent(metrics: str, verb: str, resource: str) -> int:
-    pattern = (
-        rf'^finetune_operator_api_requests_total\{{resource="{re.escape(resource)}",verb="{verb}"\}} (\S+)$'
-    )
-    m = re.search(pattern, metrics, re.M)
-    return int(float(m.group(1))) if m else 0
-
-
 def handled_job_events(metrics: str) -> int:
-    m = re.search(
-        r'^finetune_operator_handler_duration_seconds_count\{handler="job_event"\} (\S+)$', metrics, re.M
-    )
-    return int(float(m.group(1))) if m else 0
+    return handler_runs(metrics, "job_event")
 
 
 def reconciles(metrics: str) -> int:
-    m = re.search(
-        r'^finetune_operator_handler_duration_seconds_count\{handler="reconcile"\} (\S+)$', metrics, re.M
-    )
-    return int(float(m.group(1))) if m else 0
+    return handler_runs(metrics, "reconcile")
 
 
 def test_a_burst_of_new_finetunejobs_gets_no_finetunejob_and_is_reconciled_once_each(

@@ -3,11 +3,12 @@ stuck in a phase that is no longer true."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
-from harness import GROUP, PLURAL, VERSION, Ftj, create_ftj
+from harness import GROUP, PLURAL, VERSION, Ftj, create_ftj, handler_runs, requests_sent
 from helpers import load_hack, wait_for
 from summaries import trainer_summary
 
@@ -188,3 +189,52 @@ def test_without_secret_permission_a_missing_secret_is_read_from_the_pod(isolate
     st = ftj.wait_phase("Failed", timeout=60)
     assert st["reason"] == "SecretNotFound" and "'absent'" in st["message"], st
     wait_for(lambda: not ftj.jobs(), 60, "the Job that could never start to be deleted")
+
+
+def test_the_resync_reads_no_job_the_job_watch_keeps_showing(isolated_operator, kube_api):
+    """Four Running FineTuneJobs whose Jobs the Job watch shows several times per resync interval and
+    one whose Job stays quiet: the resync reads only the quiet one's Job (it read all five every
+    sweep: 17,117 Job GETs for 2,000 objects in a 6-minute scale run). The quiet one is still read
+    each sweep: the watch has shown nothing of it for longer than an interval."""
+    from kubernetes import client
+
+    ns = isolated_operator.namespace
+    op = isolated_operator(FTJ_RESYNC_INTERVAL="2")
+    busy = [_create(kube_api, ns, f"busy-{i}") for i in range(4)]
+    quiet = _create(kube_api, ns, "quiet")
+    for ftj in [*busy, quiet]:
+        ftj.wait_phase("Running")
+    batch = client.BatchV1Api(kube_api)
+    stop = threading.Event()
+
+    def touch() -> None:  # a MODIFIED event per busy Job every 0.4 s
+        tick = 0
+        while not stop.is_set():
+            for ftj in busy:
+                note = {"metadata": {"annotations": {"test.finetuning.io/tick": str(tick)}}}
+                batch.patch_namespaced_job(f"{ftj.name}-r1", ns, note)
+            tick += 1
+            stop.wait(0.4)
+
+    toucher = threading.Thread(target=touch, daemon=True)
+    events = handler_runs(op.metrics(), "job_event")
+    toucher.start()
+    try:
+        wait_for(
+            lambda: handler_runs(op.metrics(), "job_event") >= events + 2 * len(busy),
+            30,
+            "the busy Jobs' events handled",
+        )
+        before = op.metrics()
+        sweeps = handler_runs(before, "resync_sweep")
+        wait_for(lambda: handler_runs(op.metrics(), "resync_sweep") >= sweeps + 5, 60, "five resync sweeps")
+        after = op.metrics()
+    finally:
+        stop.set()
+        toucher.join(10)
+    swept = handler_runs(after, "resync_sweep") - sweeps
+    reads = requests_sent(after, "GET", "jobs") - requests_sent(before, "GET", "jobs")
+    # The quiet one's Job once per sweep (one more for a sweep that ended while this was read).
+    assert reads <= swept + 1, f"{reads} Job GETs in {swept} sweeps: the resync read the busy Jobs too"
+    assert reads >= swept - 1, f"{reads} Job GETs in {swept} sweeps: the quiet Job was not read each sweep"
+    assert all(ftj.status()["phase"] == "Running" for ftj in [*busy, quiet])
