@@ -18,6 +18,7 @@ from finetune_operator import constants as c
 from finetune_operator.context import Context
 from finetune_operator.ftj_index import FtjIndex, Key
 from finetune_operator.health import problems
+from finetune_operator.job_sightings import JobSightings
 from finetune_operator.metrics import HANDLER_DURATION
 from finetune_operator.parked_job_events import ParkedJobEvents
 from finetune_operator.preflight_wait import RecheckLater
@@ -82,9 +83,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     retries: dict[Key, int] = {}
     in_flight: dict[Key, int] = {}  # the trigger each running reconcile works on
     parked = ParkedJobEvents()
+    sightings = JobSightings()  # Job events folded without error: what the resync may leave out
     # Every reconcile goes through it, the resync's too: one worker per FineTuneJob at a time.
     queue: WorkQueue[Key] = WorkQueue(lambda key: _reconcile_key(key), settings.max_workers)
-    register_safety_net(registry, index, queue)
+    register_safety_net(registry, index, queue, sightings)
 
     async def _reconcile_key(key: Key) -> float | None:
         """Reconcile the latest body of ``key``; the retry delay, or None when done."""
@@ -191,8 +193,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         one that fails unexpectedly is logged and the others still run (the resync repairs it)."""
         for job, deleted in events:
             cached = next(iter(index.get(key, ())), None)
+            fold = functools.partial(on_job_event, ctx, job, cached, deleted=deleted)
             try:
-                _attempt(ctx, "job_event", functools.partial(on_job_event, ctx, job, cached, deleted=deleted))
+                _attempt(ctx, "job_event", functools.partial(sightings.handle, job, deleted, fold))
             except Exception:
                 log.exception("job event failed", extra={"ftj": f"{key[0]}/{key[1]}"})
 
@@ -212,7 +215,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         if parked.park(key, job, deleted):
             return
         cached = next(iter(index.get(key, [])), None)
-        _attempt(ctx, "job_event", lambda: on_job_event(ctx, job, cached, deleted=deleted))
+        fold = functools.partial(on_job_event, ctx, job, cached, deleted=deleted)
+        _attempt(ctx, "job_event", functools.partial(sightings.handle, job, deleted, fold))
 
     @kopf.on.startup(registry=registry)
     async def start_progress_loop(memo: kopf.Memo, **_: Any) -> None:
@@ -235,13 +239,15 @@ def start_watched(memo: kopf.Memo, work: Coroutine[Any, Any, None], name: str) -
     return task
 
 
-def register_safety_net(registry: kopf.OperatorRegistry, index: FtjIndex, queue: WorkQueue[Key]) -> None:
-    """The periodic resync of unfinished FineTuneJobs (through the reconcile queue), and a liveness
-    probe that can fail."""
+def register_safety_net(
+    registry: kopf.OperatorRegistry, index: FtjIndex, queue: WorkQueue[Key], sightings: JobSightings
+) -> None:
+    """The periodic resync of unfinished FineTuneJobs (through the reconcile queue; those whose Job
+    the Job watch showed within the interval are left out), and a liveness probe that can fail."""
 
     @kopf.on.startup(registry=registry)
     async def start_resync_loop(memo: kopf.Memo, **_: Any) -> None:
-        loop = ResyncLoop(memo["ctx"], index, queue)
+        loop = ResyncLoop(memo["ctx"], index, queue, sightings)
         memo["resync_loop"] = start_watched(memo, loop.run(), "resync loop")
 
     @kopf.on.cleanup(registry=registry)

@@ -48,6 +48,11 @@ RESYNC_QUEUED = Counter(
     "FineTuneJobs the periodic resync handed to the reconcile queue (its background lane).",
     registry=REGISTRY,
 )
+RESYNC_SKIPPED = Counter(
+    "finetune_operator_resync_skipped_total",
+    "Unfinished FineTuneJobs a resync sweep left out: the Job watch showed their Job within the interval.",
+    registry=REGISTRY,
+)
 JOB_CREATED_LATENCY = Histogram(
     "finetune_operator_job_created_latency_seconds",
     "From a FineTuneJob's creation (or its new generation) to its run's Job being created.",

@@ -259,8 +259,10 @@ def _runs(body: dict[str, Any], owner: dict[str, Any], job_meta: dict[str, Any])
 
 def on_job_event(
     ctx: Context, job: dict[str, Any], cached_owner: dict[str, Any] | None = None, deleted: bool = False
-) -> None:
-    """A Job changed: fold it into its FineTuneJob, unless nothing status depends on changed.
+) -> bool:
+    """A Job changed: fold it into its FineTuneJob, unless nothing status depends on changed. Whether
+    the Job is its FineTuneJob's current run and its status now holds what the Job shows (the
+    periodic resync leaves such a FineTuneJob out for a while: job_sightings.py).
 
     A deleted Job's final state counts too: finished, it is recorded (even when its pods went with
     it); unfinished, the run failed with JobDeleted.
@@ -268,33 +270,34 @@ def on_job_event(
     meta = job.get("metadata") or {}
     owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == c.KIND), None)
     if owner is None:
-        return
+        return False
     key = (str(meta.get("namespace")), str(meta.get("name")))
     fingerprint = job_fingerprint(job)
     with ctx.lock:
         if deleted:
             ctx.seen_jobs.pop(key, None)
         elif ctx.seen_jobs.get(key) == fingerprint:
-            return
+            return True  # folded already, by an earlier event of this Job
     body = cached_owner
     if body is None or not _runs(body, owner, meta):
         body = ctx.kube.get_ftj(meta["namespace"], owner["name"])  # the cache may lag our own writes
         if body is not None:
             ctx.remember(body)
     if body is None or not _runs(body, owner, meta):
-        return
+        return False
     status = body.get("status") or {}
     if status.get("phase") in Phase.TERMINAL and (status.get("run") or {}).get("completionTime"):
-        return  # this run finished and is recorded: a restart over thousands of them reads no pods
+        return True  # this run finished and is recorded: a restart over thousands of them reads no pods
     if deleted:
         view = JobView.from_job(job)
         if view.complete or view.failed_condition is not None:
             observe(ctx, body, job)
         else:
             _job_gone(ctx, body, str(meta["name"]))
-        return
+        return False
     observe(ctx, body, job)
     with ctx.lock:
         if len(ctx.seen_jobs) > 8192:
             ctx.seen_jobs.clear()
         ctx.seen_jobs[key] = fingerprint
+    return True

@@ -1,0 +1,166 @@
+"""Which unfinished FineTuneJobs a resync sweep may leave out: those whose Job the Job watch showed,
+and the operator folded without error, within the last interval (resync.shown_recently,
+job_sightings.JobSightings); every other one is reconciled as before."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any, cast
+
+import pytest
+
+from finetune_operator import constants as c
+from finetune_operator.context import Context
+from finetune_operator.job_sightings import JobSightings, Sighting
+from finetune_operator.metrics import PhaseBook
+from finetune_operator.resync import ResyncLoop, shown_recently
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.work_queue import WorkQueue
+from helpers import running
+
+INTERVAL = 60.0
+NOW = 1000.0
+FRESH = Sighting(at=NOW - 5, suspended=False)
+
+
+def _running(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": "x", "generation": 1, "annotations": {}},
+        "spec": spec,
+        "status": {
+            "phase": "Running",
+            "observedGeneration": 1,
+            "run": {"number": 1, "jobName": "x-r1", "generation": 1, "specHash": "h"},
+        },
+    }
+
+
+def _with(body: dict[str, Any], **status: Any) -> dict[str, Any]:
+    out = copy.deepcopy(body)
+    out["status"].update(status)
+    return out
+
+
+def test_a_running_job_shown_within_the_interval_is_left_out():
+    assert shown_recently(_running(), FRESH, NOW, INTERVAL) is True
+
+
+@pytest.mark.parametrize(
+    "sighting",
+    [None, Sighting(at=NOW - INTERVAL, suspended=False), Sighting(at=NOW - 3 * INTERVAL, suspended=False)],
+    ids=["never shown", "shown exactly an interval ago", "shown long ago"],
+)
+def test_a_job_the_watch_has_not_shown_for_an_interval_is_resynced(sighting: Sighting | None):
+    """A watch that stops delivering: every sighting ages past the interval."""
+    assert shown_recently(_running(), sighting, NOW, INTERVAL) is False
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (_with(_running(), phase="Succeeded"), "finished: needs_resync decides (another run asked for)"),
+        (_with(_running(), run={}), "no run"),
+        (_with(_running(), observedGeneration=0), "status has not seen this generation"),
+        (_with(_running(secrets={"hubToken": {"name": "s", "key": "t"}}), phase="Pending"), "pods are read"),
+        (_with(_running(secrets={"storage": {"name": "s"}}), phase="Pending"), "pods are read"),
+        (_running(suspend=True), "the Job must be suspended"),
+    ],
+)
+def test_a_reconcile_that_would_do_more_than_fold_the_job_is_never_left_out(body: dict[str, Any], why: str):
+    assert shown_recently(body, FRESH, NOW, INTERVAL) is False, why
+
+
+def test_a_pending_job_without_secrets_is_left_out_like_a_running_one():
+    assert shown_recently(_with(_running(), phase="Pending"), FRESH, NOW, INTERVAL) is True
+
+
+def test_a_suspended_job_that_should_run_is_resynced_unless_kueue_holds_it():
+    held = Sighting(at=NOW - 5, suspended=True)
+    assert shown_recently(_running(), held, NOW, INTERVAL) is False
+    assert shown_recently(_running(scheduling={"queueName": "q"}), held, NOW, INTERVAL) is True
+    assert shown_recently(_running(suspend=True), held, NOW, INTERVAL) is True
+
+
+def test_a_new_rerun_token_is_resynced():
+    body = _running()
+    body["metadata"]["annotations"][c.ANNOTATION_RERUN] = "again"
+    assert shown_recently(body, FRESH, NOW, INTERVAL) is False
+
+
+def _job(name: str = "x-r1", suspend: bool = False) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name}, "spec": {"suspend": suspend}}
+
+
+def test_only_a_handling_that_folded_the_current_run_is_a_sighting():
+    sightings = JobSightings(clock=lambda: NOW)
+    sightings.handle(_job(suspend=True), False, lambda: True)
+    assert sightings.get("ns", "x-r1") == Sighting(at=NOW, suspended=True)
+    sightings.handle(_job("old-r0"), False, lambda: False)  # not the current run of its FineTuneJob
+    assert sightings.get("ns", "old-r0") is None
+
+
+def test_a_failed_handling_forgets_the_earlier_sighting():
+    """A status write refused for the newest event: an older sighting must not keep it out of the resync."""
+    sightings = JobSightings(clock=lambda: NOW)
+    sightings.handle(_job(), False, lambda: True)
+
+    def refused() -> bool:
+        raise RuntimeError("status write refused")
+
+    with pytest.raises(RuntimeError):
+        sightings.handle(_job(), False, refused)
+    assert sightings.get("ns", "x-r1") is None
+
+
+def test_a_deleted_job_leaves_no_entry_and_old_entries_are_pruned():
+    clock = [NOW]
+    sightings = JobSightings(clock=lambda: clock[0])
+    sightings.handle(_job(), False, lambda: True)
+    sightings.handle(_job(), True, lambda: True)
+    assert sightings.get("ns", "x-r1") is None
+    sightings.handle(_job("a-r1"), False, lambda: True)
+    clock[0] = NOW + 10
+    sightings.handle(_job("b-r1"), False, lambda: True)
+    sightings.prune(before=NOW + 5)
+    assert (sightings.get("ns", "a-r1"), len(sightings)) == (None, 1)
+
+
+def test_a_sweep_queues_only_the_jobs_the_watch_has_not_shown_lately():
+    """Through the real sweep and queue: ``fresh``'s Job was folded a moment ago and is left out;
+    ``stale``'s was folded two intervals ago and ``failed``'s last handling failed: both reconciled."""
+    index = {
+        ("ns", n): [_with(_running(), run={"number": 1, "jobName": f"{n}-r1"})]
+        for n in ("fresh", "stale", "failed")
+    }
+    ctx = Context(
+        kube=cast(Any, None),
+        settings=OperatorSettings(resync_interval_seconds=INTERVAL),
+        phases=PhaseBook(),
+        post_event=lambda *_: None,
+    )
+    reconciled: list[tuple[str, str]] = []
+
+    async def handle(key: tuple[str, str]) -> float | None:
+        reconciled.append(key)
+        return None
+
+    def refused() -> bool:
+        raise RuntimeError("status write refused")
+
+    async def body() -> None:
+        clock = [time.monotonic() - 2 * INTERVAL]
+        sightings = JobSightings(clock=lambda: clock[0])
+        sightings.handle(_job("stale-r1"), False, lambda: True)
+        clock[0] = time.monotonic()
+        sightings.handle(_job("fresh-r1"), False, lambda: True)
+        sightings.handle(_job("failed-r1"), False, lambda: True)
+        with pytest.raises(RuntimeError):
+            sightings.handle(_job("failed-r1"), False, refused)
+        assert await ResyncLoop(ctx, index, queue, sightings).sweep() == {"queued": 2, "pending": 0}
+        assert len(sightings) == 1, "the sweep drops sightings older than its interval"
+
+    queue: WorkQueue[tuple[str, str]] = WorkQueue(handle, concurrency=2)
+    asyncio.run(running(queue, body))
+    assert sorted(reconciled) == [("ns", "failed"), ("ns", "stale")]
