@@ -169,6 +169,8 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
         elif not spec.suspend and suspended and not spec.scheduling.queue_name:
             ctx.kube.set_job_suspend(ns, status.run.job_name, False)
             job["spec"]["suspend"] = False
+    with ctx.lock:  # this fold may differ from the one an event of this Job recorded: the next is folded
+        ctx.seen_jobs.pop((ns, status.run.job_name), None)
     observe(ctx, body, job, spec)
 
 
