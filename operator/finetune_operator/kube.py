@@ -165,6 +165,24 @@ class Kube:
         )
         return list(jobs.get("items") or [])
 
+    def job_page(
+        self, namespace: str, label_selector: str, limit: int, token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of a namespace's Jobs (``token``: the previous page's ``metadata.continue``)."""
+        page: dict[str, Any] = self._call(
+            lambda: _wire(
+                self.batch.list_namespaced_job(
+                    namespace,
+                    label_selector=label_selector,
+                    limit=limit,
+                    _continue=token,
+                    _preload_content=False,
+                )
+            ),
+            "list_jobs",
+        )
+        return page
+
     def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         pods = self._call(
             lambda: _wire(

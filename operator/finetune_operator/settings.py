@@ -43,6 +43,7 @@ class OperatorSettings:
     max_workers: int = 32
     # Objects per page of kopf's initial LIST of FineTuneJobs and Jobs (0: all at once). Over 2,000 of
     # each, a restart peaked at 291-295 MiB listing them at once, 165-245 MiB in pages of 50-200.
+    # Also the page size of the resync's LIST of a namespace's Jobs (job_relist.py).
     list_chunk_size: int = 100
     scrape_pod_ips: bool = True
     # Leader election (leader.py): the Lease's name and namespace; no name runs without election.

@@ -56,15 +56,20 @@ def test_a_job_deleted_while_it_runs_fails_the_run_from_the_deleted_event(isolat
     assert st["reason"] == "JobDeleted"
 
 
-def test_a_lost_job_event_is_recovered_by_the_resync(isolated_operator, kube_api):
+@pytest.mark.parametrize("others", [0, 5], ids=["alone", "among five others: the resync lists Jobs"])
+def test_a_lost_job_event_is_recovered_by_the_resync(isolated_operator, kube_api, others):
     """The operator's status write for the Job's completion is refused once (an admission policy
     stands in for any transient failure); kopf never retries that event and nothing about the
-    FineTuneJob changes afterwards, so only the periodic resync can bring it to Succeeded."""
+    FineTuneJob changes afterwards, so only the periodic resync can bring it to Succeeded. Among
+    other Running FineTuneJobs the resync reads the namespace's Jobs with a LIST instead of a GET
+    each (job_relist.py): the completed Job it shows must still be folded in."""
     from kubernetes import client
 
     ns = isolated_operator.namespace
     op = isolated_operator(FTJ_RESYNC_INTERVAL="2")
     ftj = _create(kube_api, ns, "lost")
+    for other in [_create(kube_api, ns, f"other-{i}") for i in range(others)]:
+        other.wait_phase("Running")
     ftj.wait_phase("Running")
 
     admission = client.AdmissionregistrationV1Api(kube_api)
@@ -244,3 +249,32 @@ def test_the_resync_reads_no_job_the_job_watch_keeps_showing(isolated_operator, 
     assert reads <= 2 * swept, f"{reads} Job GETs in {swept} sweeps: the resync read the busy Jobs too"
     assert reads >= swept - 1, f"{reads} Job GETs in {swept} sweeps: the quiet Job was not read each sweep"
     assert all(ftj.status()["phase"] == "Running" for ftj in [*busy, quiet])
+
+
+def test_the_resync_lists_the_jobs_of_a_namespace_full_of_quiet_runs(isolated_operator, kube_api):
+    """Eight Running FineTuneJobs whose Jobs stay quiet: each sweep reads their Jobs with one paged
+    LIST (pages of 4 here: two requests) instead of eight GETs, and reconciles none of them, since
+    every listed Job shows what status already holds."""
+    ns = isolated_operator.namespace
+    op = isolated_operator(FTJ_RESYNC_INTERVAL="3", FTJ_LIST_CHUNK_SIZE="4")
+    quiet = [_create(kube_api, ns, f"quiet-{i}") for i in range(8)]
+    for ftj in quiet:
+        ftj.wait_phase("Running")
+    before = op.metrics()
+    sweeps = handler_runs(before, "resync_sweep")
+    wait_for(
+        lambda: handler_runs(op.metrics(), "resync_sweep") >= sweeps + 4,
+        60,
+        "four resync sweeps",
+        interval=0.5,
+    )
+    after = op.metrics()
+    swept = handler_runs(after, "resync_sweep") - sweeps
+    reads = requests_sent(after, "GET", "jobs") - requests_sent(before, "GET", "jobs")
+    reconciled = handler_runs(after, "reconcile") - handler_runs(before, "reconcile")
+    # Two pages per sweep (one more sweep's worth for the one running when counting began).
+    assert reads <= 2 * (swept + 1), (
+        f"{reads} Job reads in {swept} sweeps: a GET per FineTuneJob is 8 a sweep"
+    )
+    assert reconciled <= len(quiet), f"{reconciled} reconciles in {swept} sweeps of quiet, listed runs"
+    assert all(ftj.status()["phase"] == "Running" for ftj in quiet)

@@ -41,6 +41,7 @@ CALLS: dict[str, Callable[[Kube], Any]] = {
     "get_ftj": lambda k: k.get_ftj("ns", "x"),
     "get_job": lambda k: k.get_job("ns", "x"),
     "list_jobs": lambda k: k.list_jobs("ns", "a=b"),
+    "job_page": lambda k: k.job_page("ns", "a=b", 100),
     "job_pods": lambda k: k.job_pods("ns", "x"),
     "delete_job": lambda k: k.delete_job("ns", "x"),
     "create": lambda k: k.create({"kind": "Job", "metadata": {"name": "x", "namespace": "ns"}}),

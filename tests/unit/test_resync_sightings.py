@@ -1,6 +1,7 @@
 """Which unfinished FineTuneJobs a resync sweep may leave out: those whose Job the Job watch showed,
 and the operator folded without error, within the last interval (resync.shown_recently,
-job_sightings.JobSightings); every other one is reconciled as before."""
+job_sightings.JobSightings), or a LIST of the namespace's Jobs this sweep showed as status already
+holds it (job_relist.py); every other one is reconciled as before."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ from typing import Any, cast
 
 import pytest
 
+from finetune_api.conditions import Phase, Reason
+from finetune_api.status import FineTuneJobStatus, RunStatus
 from finetune_operator import constants as c
 from finetune_operator.context import Context
+from finetune_operator.job_relist import (
+    MAX_LISTED_PER_KEY,
+    MIN_KEYS,
+    already_folded,
+    listed_sightings,
+    worth_listing,
+)
 from finetune_operator.job_sightings import JobSightings, Sighting
 from finetune_operator.metrics import PhaseBook
 from finetune_operator.resync import ResyncLoop, shown_recently
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.status import apply_phase
 from finetune_operator.work_queue import WorkQueue
 from helpers import running
 
@@ -164,3 +175,84 @@ def test_a_sweep_queues_only_the_jobs_the_watch_has_not_shown_lately():
     queue: WorkQueue[tuple[str, str]] = WorkQueue(handle, concurrency=2)
     asyncio.run(running(queue, body))
     assert sorted(reconciled) == [("ns", "failed"), ("ns", "stale")]
+
+
+# -- the paged LIST (job_relist.py) -------------------------------------------------------------------
+
+
+def _owned(name: str = "x-r1", uid: str = "u1", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "ownerReferences": [{"kind": "FineTuneJob", "name": name.rsplit("-", 1)[0], "uid": uid}],
+        },
+        "spec": {"suspend": False},
+        "status": status,
+    }
+
+
+def _running_body(name: str = "x") -> dict[str, Any]:
+    """A FineTuneJob whose status holds its Job's Running state, as the operator writes it."""
+    st = FineTuneJobStatus(
+        run=RunStatus(number=1, job_name=f"{name}-r1", spec_hash="h", generation=1, start_time="x"),
+        observed_generation=1,
+    )
+    apply_phase(st, Phase.RUNNING, Reason.PODS_RUNNING, "Trainer pods are running.", 1, "x")
+    body = _running()
+    body["metadata"].update(name=name, uid="u1")
+    body["status"] = st.wire()
+    return body
+
+
+def test_a_listed_job_is_a_sighting_only_when_status_already_holds_what_it_shows():
+    body = _running_body()
+    assert already_folded(body, _owned(active=1, ready=1), 5) is True
+    assert already_folded(body, _owned(active=1, ready=0), 5) is True, "a pod not ready yet: unchanged"
+    assert already_folded(body, _owned(active=1, ready=1, failed=1), 5) is False, "an attempt failed"
+    done = _owned(succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    assert already_folded(body, done, 5) is False, "finished: the pods are read by a reconcile"
+    assert already_folded(body, _owned("x-r0", active=1, ready=1), 5) is False, "not the current run"
+    assert already_folded(body, _owned(uid="u0", active=1, ready=1), 5) is False, "another object's Job"
+    unreadable = _with(body, run={"jobName": "x-r1"})  # no number: dropped when parsed
+    assert already_folded(unreadable, _owned(active=1, ready=1), 5) is False, "a run status cannot read"
+
+
+def test_a_namespace_is_listed_only_where_that_is_cheaper_than_a_get_each():
+    assert worth_listing(checked=MIN_KEYS, in_namespace=MIN_KEYS) is True
+    assert worth_listing(checked=MIN_KEYS - 1, in_namespace=MIN_KEYS - 1) is False
+    assert worth_listing(checked=10, in_namespace=10 * MAX_LISTED_PER_KEY) is True
+    assert worth_listing(checked=10, in_namespace=10 * MAX_LISTED_PER_KEY + 1) is False, "mostly finished"
+
+
+class PagedKube:
+    """A namespace's Jobs in pages of two, as the API server pages a LIST (or fails it)."""
+
+    def __init__(self, jobs: list[dict[str, Any]], fail: bool = False) -> None:
+        self.jobs, self.fail, self.requests = jobs, fail, 0
+
+    def job_page(self, namespace: str, selector: str, limit: int, token: str | None) -> dict[str, Any]:
+        self.requests += 1
+        if self.fail:
+            raise ConnectionError("the API server is gone")
+        start = int(token or 0)
+        rest = self.jobs[start + 2 :]
+        return {
+            "items": self.jobs[start : start + 2],
+            "metadata": {"continue": str(start + 2) if rest else ""},
+        }
+
+
+def test_listed_sightings_follow_every_page_and_a_failed_list_gives_none():
+    bodies = [_running_body(n) for n in ("a", "b", "c")]
+    jobs = [_owned(f"{n}-r1", active=1, ready=1) for n in ("a", "b")]
+    jobs.append(_owned("c-r1", active=1, ready=1, failed=2))  # status does not hold this yet
+    kube = PagedKube(jobs)
+    ctx = Context(
+        kube=cast(Any, kube), settings=OperatorSettings(), phases=PhaseBook(), post_event=lambda *_: None
+    )
+    found = listed_sightings(ctx, {"ns": bodies})
+    assert sorted(found) == [("ns", "a-r1"), ("ns", "b-r1")]
+    assert kube.requests == 2
+    ctx.kube = cast(Any, PagedKube(jobs, fail=True))
+    assert listed_sightings(ctx, {"ns": bodies}) == {}

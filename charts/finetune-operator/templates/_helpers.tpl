@@ -77,7 +77,8 @@ each of watchNamespaces otherwise. Each rule names the code that needs it (opera
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
 # The run's Job: kopf watches Jobs it manages; kube.create/get_job/set_job_suspend/delete_job, and
-# list to retire a replaced run's Job (children.retire_other_jobs).
+# list to retire a replaced run's Job (children.retire_other_jobs) and for the resync's paged read
+# of many runs' Jobs (job_relist).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
