@@ -21,7 +21,7 @@ from finetune_api.conditions import Phase
 from finetune_api.wellknown import timestamp
 from finetune_operator import constants as c
 from finetune_operator.context import Context, parse_status
-from finetune_operator.job_sightings import JobKey, Sighting
+from finetune_operator.job_sightings import JobKey, Sighting, owner_uid
 from finetune_operator.status import JobView, observe_job
 from finetune_operator.transitions import Facts, JobSeen, next_phase
 
@@ -65,8 +65,8 @@ def already_folded(body: dict[str, Any], job: dict[str, Any], history_limit: int
 
 def listed_sightings(ctx: Context, checked: Mapping[str, Iterable[dict[str, Any]]]) -> dict[JobKey, Sighting]:
     """For each namespace in ``checked`` (FineTuneJob bodies to check), a sighting of every Job whose
-    state its FineTuneJob's status already holds. A failed LIST leaves that namespace's FineTuneJobs
-    without sightings: they are reconciled, as before."""
+    state its FineTuneJob's status already holds. A LIST that fails (a page past an expired continue
+    token, say) adds no sightings from that page on: those FineTuneJobs are reconciled, as before."""
     selector = f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}"
     found: dict[JobKey, Sighting] = {}
     for namespace, bodies in checked.items():
@@ -79,7 +79,8 @@ def listed_sightings(ctx: Context, checked: Mapping[str, Iterable[dict[str, Any]
                     body = by_name.get(_owner_name(job_meta))
                     if body is not None and already_folded(body, job, ctx.settings.history_limit):
                         suspended = bool((job.get("spec") or {}).get("suspend"))
-                        found[(namespace, str(job_meta.get("name")))] = Sighting(at, suspended)
+                        sighting = Sighting(at, suspended, owner_uid(job_meta))
+                        found[(namespace, str(job_meta.get("name")))] = sighting
         except Exception as exc:  # the API unreachable, a continue token expired: GETs then
             log.warning("resync: listing the Jobs of %s failed (%s); reconciling each", namespace, exc)
     return found

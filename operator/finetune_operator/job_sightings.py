@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_operator.constants import KIND
+
 JobKey = tuple[str, str]
 
 
@@ -25,6 +27,7 @@ JobKey = tuple[str, str]
 class Sighting:
     at: float  # time.monotonic() when its handling ended
     suspended: bool  # the Job's spec.suspend as shown
+    owner: str | None = None  # its FineTuneJob's uid: a re-created object of that name has the Job's name too
 
 
 class JobSightings:
@@ -43,7 +46,8 @@ class JobSightings:
         with self._lock:
             self._seen.pop(key, None)
         if fold() and not deleted:
-            sighting = Sighting(self._clock(), bool((job.get("spec") or {}).get("suspend")))
+            suspended = bool((job.get("spec") or {}).get("suspend"))
+            sighting = Sighting(self._clock(), suspended, owner_uid(meta))
             with self._lock:
                 self._seen[key] = sighting
 
@@ -58,3 +62,10 @@ class JobSightings:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+def owner_uid(job_meta: dict[str, Any]) -> str | None:
+    """The uid of the FineTuneJob that owns a Job (its metadata), if any."""
+    refs: list[dict[str, Any]] = job_meta.get("ownerReferences") or []
+    uid = next((r.get("uid") for r in refs if r.get("kind") == KIND), None)
+    return str(uid) if uid is not None else None

@@ -50,7 +50,8 @@ RESYNC_QUEUED = Counter(
 )
 RESYNC_SKIPPED = Counter(
     "finetune_operator_resync_skipped_total",
-    "Unfinished FineTuneJobs a resync sweep left out: the Job watch showed their Job within the interval.",
+    "Unfinished FineTuneJobs a resync sweep left out: the Job watch showed their Job within the interval, "
+    "or the sweep's LIST of their namespace's Jobs showed what status already holds.",
     registry=REGISTRY,
 )
 JOB_CREATED_LATENCY = Histogram(

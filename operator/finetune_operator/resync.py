@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ from finetune_operator.status import parse_time
 log = logging.getLogger("finetune_operator.resync")
 
 Index = Mapping[Any, Iterable[dict[str, Any]]]
+Digest = Callable[[dict[str, Any]], str]  # a FineTuneJob body -> its spec's run digest ("" if invalid)
 HEARTBEAT = "resync"
 NEW_OBJECT_GRACE_SECONDS = 600.0
 PROGRESS_CHECK_SECONDS = 5.0
@@ -61,7 +62,15 @@ class Queue(Protocol):
     def add_watched(self, key: Any, background: bool = False) -> asyncio.Future[None]: ...
 
 
-def needs_resync(body: dict[str, Any]) -> bool:
+def spec_digest(body: dict[str, Any]) -> str:
+    """The run digest of ``body``'s spec; "" for an invalid spec (reconcile reports it)."""
+    try:
+        return run_digest(FineTuneJobSpec.model_validate(dict(body.get("spec") or {})))
+    except ValidationError:
+        return ""
+
+
+def needs_resync(body: dict[str, Any], digest: Digest = spec_digest) -> bool:
     """Not finished, or finished while the object now asks for another run (see run_identity)."""
     status = body.get("status") or {}
     meta = body.get("metadata") or {}
@@ -74,10 +83,12 @@ def needs_resync(body: dict[str, Any]) -> bool:
         return True
     if status.get("observedGeneration") != meta.get("generation"):
         return True
-    return _asks_new_run(body)
+    return _asks_new_run(body, digest)
 
 
-def shown_recently(body: dict[str, Any], sighting: Sighting | None, now: float, interval: float) -> bool:
+def shown_recently(
+    body: dict[str, Any], sighting: Sighting | None, now: float, interval: float, digest: Digest = spec_digest
+) -> bool:
     """May a sweep at ``now`` leave out ``body``, which ``needs_resync``? Only when the Job watch showed
     its run's Job (``sighting``, looked up by ``status.run.jobName``) within the last ``interval`` and
     that was folded into status without error, and a reconcile would do nothing but read that Job and
@@ -91,6 +102,8 @@ def shown_recently(body: dict[str, Any], sighting: Sighting | None, now: float, 
         return False
     status = body.get("status") or {}
     meta = body.get("metadata") or {}
+    if sighting.owner is not None and sighting.owner != meta.get("uid"):
+        return False  # the Job of a deleted object of this name (its DELETED event lost)
     spec = body.get("spec") or {}
     phase = status.get("phase")
     if phase in Phase.TERMINAL or not (status.get("run") or {}).get("jobName"):
@@ -104,27 +117,20 @@ def shown_recently(body: dict[str, Any], sighting: Sighting | None, now: float, 
     queued = bool((spec.get("scheduling") or {}).get("queueName"))
     if suspend != sighting.suspended and (suspend or not queued):
         return False  # reconcile (un)suspends the Job (sync_run)
-    return not _asks_new_run(body)
+    return not _asks_new_run(body, digest)
 
 
-def _asks_new_run(body: dict[str, Any]) -> bool:
+def _asks_new_run(body: dict[str, Any], digest: Digest) -> bool:
     status = body.get("status") or {}
     meta = body.get("metadata") or {}
     spec = dict(body.get("spec") or {})
-
-    def digest() -> str:
-        try:
-            return run_digest(FineTuneJobSpec.model_validate(spec))
-        except ValidationError:
-            return ""  # an invalid spec: reconcile reports it
-
     reason = new_run_reason(
         current_run(status),
         used_tokens(status),
         meta.get("generation"),
         status.get("observedGeneration"),
         str((meta.get("annotations") or {}).get(c.ANNOTATION_RERUN) or ""),
-        digest,
+        lambda: digest(body),
         lambda: spec_hash(spec),
     )
     return reason is not None
@@ -153,6 +159,10 @@ class ResyncLoop:
         self.queue = queue
         self.sightings = sightings if sightings is not None else JobSightings()
         self.interval = ctx.settings.resync_interval_seconds
+        # Run digests by (uid, generation), kept while a sweep uses them: parsing a spec runs its CEL
+        # rules (2-5 ms), in the event loop, for every edited-but-not-rerun object every sweep.
+        self._digests: dict[tuple[str, int], str] = {}
+        self._used: dict[tuple[str, int], str] = {}
         # Longer than a few API calls of one reconcile with nothing finished: the queue is stuck.
         self.max_silence = self.interval + 4 * ctx.settings.api_read_timeout_seconds + 60
 
@@ -170,9 +180,10 @@ class ResyncLoop:
         returns counts (for tests and logs)."""
         started = time.monotonic()
         self.sightings.prune(started - self.interval)
+        self._digests, self._used = self._used, {}
         due: dict[Any, list[dict[str, Any]]] = {}
         for key in list(self.index):
-            bodies = [body for body in list(self.index.get(key, ())) if needs_resync(body)]
+            bodies = [body for body in list(self.index.get(key, ())) if needs_resync(body, self._digest)]
             if bodies:
                 due[key] = bodies
         seen = self._seen_by_watch
@@ -196,14 +207,24 @@ class ResyncLoop:
             self.ctx.heartbeats.beat(HEARTBEAT, self.max_silence)
         return counts
 
+    def _digest(self, body: dict[str, Any]) -> str:
+        """``spec_digest`` once per object generation (its spec never changes)."""
+        meta = body["metadata"]
+        key = (str(meta.get("uid")), int(meta.get("generation") or 0))
+        digest = self._used.get(key)
+        if digest is None:
+            digest = self._digests[key] if key in self._digests else spec_digest(body)
+            self._used[key] = digest
+        return digest
+
     def _seen_by_watch(self, body: dict[str, Any], now: float) -> bool:
         name = _job_name(body)
         sighting = self.sightings.get(str(body["metadata"].get("namespace")), name) if name else None
-        return shown_recently(body, sighting, now, self.interval)
+        return shown_recently(body, sighting, now, self.interval, self._digest)
 
     def _seen_in(self, listed: Mapping[JobKey, Sighting], body: dict[str, Any], now: float) -> bool:
         sighting = listed.get((str(body["metadata"].get("namespace")), _job_name(body)))
-        return shown_recently(body, sighting, now, self.interval)
+        return shown_recently(body, sighting, now, self.interval, self._digest)
 
     async def _list(self, unseen: Mapping[Any, list[dict[str, Any]]]) -> dict[JobKey, Sighting]:
         """Sightings from a paged LIST of the Jobs of each namespace where that is cheaper than a GET

@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from finetune_api.conditions import Phase, Reason
+from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus, RunStatus
 from finetune_operator import constants as c
 from finetune_operator.context import Context
@@ -26,6 +27,7 @@ from finetune_operator.job_relist import (
 from finetune_operator.job_sightings import JobSightings, Sighting
 from finetune_operator.metrics import PhaseBook
 from finetune_operator.resync import ResyncLoop, shown_recently
+from finetune_operator.run_identity import run_digest
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import apply_phase
 from finetune_operator.work_queue import WorkQueue
@@ -256,3 +258,76 @@ def test_listed_sightings_follow_every_page_and_a_failed_list_gives_none():
     assert kube.requests == 2
     ctx.kube = cast(Any, PagedKube(jobs, fail=True))
     assert listed_sightings(ctx, {"ns": bodies}) == {}
+
+
+# -- review: what a sweep may spend in the event loop, and whose Job a sighting is ---------------------
+
+SPEC: dict[str, Any] = {"model": {"name": "m"}, "dataset": {"source": {"uri": "s3://b/d.jsonl"}}}
+
+
+def _resumed(name: str) -> dict[str, Any]:
+    """Running, its spec edited since the run started without asking for another run (suspended and
+    resumed): whether it asks for one needs the spec's run digest."""
+    digest = run_digest(FineTuneJobSpec.model_validate(SPEC))
+    body = _with(
+        _running(**copy.deepcopy(SPEC)),
+        observedGeneration=3,
+        run={"number": 1, "jobName": f"{name}-r1", "generation": 1, "specHash": digest},
+    )
+    body["metadata"].update(name=name, uid=f"uid-{name}", generation=3)
+    return body
+
+
+def test_a_sweep_parses_a_resumed_objects_spec_once_not_every_sweep(monkeypatch: pytest.MonkeyPatch):
+    """The sweep runs in the event loop. Parsing a spec (its CEL rules: 2-5 ms here) for every resumed
+    FineTuneJob every sweep blocks kopf's watches and probes for seconds at 2,000 objects; a
+    generation's spec never changes, so its digest is computed once."""
+    names = [f"r{i}" for i in range(6)]
+    index = {("ns", n): [_resumed(n)] for n in names}
+    ctx = Context(
+        kube=cast(Any, None),
+        settings=OperatorSettings(resync_interval_seconds=INTERVAL),
+        phases=PhaseBook(),
+        post_event=lambda *_: None,
+    )
+    parsed: list[object] = []
+    validate = FineTuneJobSpec.model_validate
+
+    def counting(obj: Any, *args: Any, **kwargs: Any) -> FineTuneJobSpec:
+        parsed.append(obj)
+        return validate(obj, *args, **kwargs)
+
+    monkeypatch.setattr(FineTuneJobSpec, "model_validate", counting)
+
+    async def handle(key: tuple[str, str]) -> float | None:
+        raise AssertionError(f"{key} was reconciled: its Job was shown a moment ago")
+
+    async def body() -> None:
+        sightings = JobSightings()
+        for n in names:
+            sightings.handle(_job(f"{n}-r1"), False, lambda: True)
+        loop = ResyncLoop(ctx, index, queue, sightings)
+        assert await loop.sweep() == {"queued": 0, "pending": 0}
+        first = len(parsed)
+        assert await loop.sweep() == {"queued": 0, "pending": 0}
+        assert first <= len(names) and len(parsed) == first, (
+            f"{first} then {len(parsed) - first} spec parses for {len(names)} resumed objects"
+        )
+
+    queue: WorkQueue[tuple[str, str]] = WorkQueue(handle, concurrency=2)
+    asyncio.run(running(queue, body))
+
+
+def test_a_sighting_of_a_replaced_objects_job_does_not_leave_out_its_successor():
+    """A FineTuneJob deleted and created again under its name names the same Job (``x-r1``) once the
+    old one is gone; a sighting of the old object's Job (its DELETED event lost to a watch relist)
+    says nothing about the new object's."""
+    sightings = JobSightings(clock=lambda: NOW - 5)
+    old_job = _job()
+    old_job["metadata"]["ownerReferences"] = [{"kind": c.KIND, "name": "x", "uid": "old"}]
+    sightings.handle(old_job, False, lambda: True)
+    successor = _running()
+    successor["metadata"]["uid"] = "new"
+    assert shown_recently(successor, sightings.get("ns", "x-r1"), NOW, INTERVAL) is False
+    successor["metadata"]["uid"] = "old"
+    assert shown_recently(successor, sightings.get("ns", "x-r1"), NOW, INTERVAL) is True
