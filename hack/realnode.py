@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hack_loader import load_hack
 
 NODE_NAME = "real-node-0"
 NODE_IP = "192.0.2.2"  # TEST-NET-1: never routed, so it cannot clash with a real network
@@ -410,8 +411,28 @@ def _ctr(
     return _run("ctr", "--address", str(paths.socket), "-n", "k8s.io", *args, timeout=timeout, check=check)
 
 
+def start_containerd(paths: Paths, pause_ref: str) -> int:
+    """Write the node's containerd and CNI configuration, start containerd and wait until it answers;
+    returns its pid (recorded with the node's other processes, so ``stop`` ends it)."""
+    for d in (paths.root / "containerd" / "cni-conf", paths.runc_root, paths.containerd_root):
+        d.mkdir(parents=True, exist_ok=True)
+    conf = paths.root / "containerd" / "config.toml"
+    conf.write_text(containerd_config(paths, pause_ref))
+    (paths.root / "containerd" / "cni-conf" / "10-ftj.conflist").write_text(json.dumps(cni_config(paths)))
+    pid = _spawn(paths, "containerd", [shutil.which("containerd") or "containerd", "--config", str(conf)])
+    _wait(lambda: _ctr(paths, "version", timeout=5).returncode == 0, 30, "containerd",
+          lambda: _tail(paths.logs / "containerd.log"))  # fmt: skip
+    return pid
+
+
+def image_store(paths: Paths) -> Any:
+    """The node's image store (hack/nodeimages.py) through this node's containerd."""
+    return load_hack("nodeimages").ImageStore(lambda *args, **kw: _ctr(paths, *args, **kw), log)
+
+
 def import_images(paths: Paths, archives: dict[str, str]) -> dict[str, float]:
-    """Import OCI archives (ref -> path) the node lacks; returns seconds per imported ref."""
+    """Import the OCI archives (ref -> path) whose image the node lacks or holds another build of, and
+    prune what they replace; returns seconds per imported ref."""
     # Containers a previous node left (its pods' exited containers; no kubelet runs yet): each holds a
     # snapshot of the image it ran, so removing an old image freed nothing (29 GB of snapshots seen).
     leftovers = _ctr(paths, "containers", "ls", "-q", check=False).stdout.split()
@@ -420,19 +441,10 @@ def import_images(paths: Paths, archives: dict[str, str]) -> dict[str, float]:
         _ctr(paths, "tasks", "rm", "-f", cid, check=False)
     if leftovers:
         _ctr(paths, "containers", "rm", *leftovers, check=False)
-    have = set(_ctr(paths, "images", "ls", "-q").stdout.split())
-    # Older builds of our images: the store lives in the cache, so it would only grow.
-    stale = [r for r in have if r.startswith("localhost/finetune-") and r not in archives]
-    if stale:
-        _ctr(paths, "images", "rm", *stale, check=False)
-    took: dict[str, float] = {}
-    for ref, archive in archives.items():
-        if ref in have:
-            continue
-        t0 = time.monotonic()
-        log(f"importing {ref} ({Path(archive).stat().st_size / 1e6:.0f} MB)")
-        _ctr(paths, "images", "import", "--snapshotter", "overlayfs", archive, timeout=1800)
-        took[ref] = round(time.monotonic() - t0, 1)
+    # Leases an interrupted import left (ctr's expire after 24 h): each holds what it had written.
+    if leases := _ctr(paths, "leases", "ls", "-q", check=False).stdout.split():
+        _ctr(paths, "leases", "rm", *leases, check=False)
+    took: dict[str, float] = image_store(paths).import_archives(archives)
     return took
 
 
@@ -470,21 +482,10 @@ def start(
     pki = cluster_dir / "pki"
     _claim(paths, wait)
     try:
-        for d in (
-            paths.root / "containerd" / "cni-conf",
-            paths.runc_root,
-            paths.containerd_root,
-            paths.root / "kubelet",
-        ):
-            d.mkdir(parents=True, exist_ok=True)
+        (paths.root / "kubelet").mkdir(parents=True, exist_ok=True)
         _setup_network()
-        conf = paths.root / "containerd" / "config.toml"
-        conf.write_text(containerd_config(paths, pause_ref))
-        (paths.root / "containerd" / "cni-conf" / "10-ftj.conflist").write_text(json.dumps(cni_config(paths)))
         (paths.root / "binaries.json").write_text(json.dumps({k: str(v) for k, v in bins.items()}))
-        _spawn(paths, "containerd", [shutil.which("containerd") or "containerd", "--config", str(conf)])
-        _wait(lambda: _ctr(paths, "version", timeout=5).returncode == 0, 30, "containerd",
-              lambda: _tail(paths.logs / "containerd.log"))  # fmt: skip
+        start_containerd(paths, pause_ref)
         took = import_images(paths, images)
 
         kubelet_kc = client_kubeconfig(paths, pki, server, f"system:node:{NODE_NAME}", ["system:nodes"])
@@ -576,6 +577,24 @@ def _umount_under(root: Path) -> None:
         _run("umount", "-l", point, check=False)
 
 
+def stop_containerd(paths: Paths) -> None:
+    """Forget the node's containers (the image store in the cache outlives them), stop the shims and
+    containerd, by pid."""
+    pid = _pids(paths).get("containerd")
+    if pid is not None and _alive(pid) and paths.socket.exists():
+        for kind in ("tasks", "containers"):
+            ids = _ctr(paths, kind, "ls", "-q", check=False, timeout=30).stdout.split()
+            for cid in ids:
+                if kind == "tasks":
+                    _ctr(paths, "tasks", "delete", "--force", cid, check=False, timeout=30)
+                else:
+                    _ctr(paths, "containers", "delete", cid, check=False, timeout=30)
+    for shim in _shims(paths):
+        _stop_pid(shim, 5)
+    if pid is not None:
+        _stop_pid(pid, 10)
+
+
 def stop(paths: Paths) -> bool:
     """Stop the node's processes and containers, by pid and by our runc root; remove its state."""
     pids = _pids(paths)
@@ -591,19 +610,7 @@ def stop(paths: Paths) -> bool:
             _run(runc, "--root", str(paths.runc_root), "kill", cid, "KILL", check=False)
         for cid in listing:
             _run(runc, "--root", str(paths.runc_root), "delete", "--force", cid, check=False)
-    if "containerd" in pids and _alive(pids["containerd"]) and paths.socket.exists():
-        # Forget this cluster's containers (the image store in the cache outlives it).
-        for kind in ("tasks", "containers"):
-            ids = _ctr(paths, kind, "ls", "-q", check=False, timeout=30).stdout.split()
-            for cid in ids:
-                if kind == "tasks":
-                    _ctr(paths, "tasks", "delete", "--force", cid, check=False, timeout=30)
-                else:
-                    _ctr(paths, "containers", "delete", cid, check=False, timeout=30)
-    for pid in _shims(paths):
-        _stop_pid(pid, 5)
-    if "containerd" in pids:
-        _stop_pid(pids["containerd"], 10)
+    stop_containerd(paths)
     if "kube-proxy" in pids and (cfg := paths.root / "kube-proxy-config.yaml").exists():
         proxy = None
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -640,5 +647,6 @@ def rss_mib(cluster_dir: Path, cache: Path) -> dict[str, float]:
     return out
 
 
-__all__ = ["NODE_IP", "NODE_LABEL", "NODE_NAME", "Node", "NodeError", "Paths", "apiserver_args", "rss_mib",
-           "start", "stop"]  # fmt: skip
+__all__ = ["NODE_IP", "NODE_LABEL", "NODE_NAME", "Node", "NodeError", "Paths", "apiserver_args",
+           "image_store", "import_images", "rss_mib", "start", "start_containerd", "stop",
+           "stop_containerd"]  # fmt: skip
