@@ -6,7 +6,7 @@ start imports nothing. Every rebuild of an image is a new build (hack/images.py 
 its inputs). containerd keeps a build's content (the archive's blobs) and its unpacked snapshots while
 any image record points to it, and its CRI plugin adds one of its own to every image, the image ID
 (``sha256:<config digest>``): removing the old tag alone freed nothing, so each trainer build stayed
-(≈9.4 GB: a 3.3 GB layer blob and 6 GB unpacked), and the store grew to 29 GB and filled the disk.
+(≈10 GB: 3.4 GB of gzip layers and 6.6 GB unpacked), and the store grew to 29 GB and filled the disk.
 
 So an import of ``repository:tag`` first removes the other images of that repository and every image
 ID no name points to any more, except what a container was created from, with containerd's

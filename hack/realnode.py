@@ -5,7 +5,8 @@
 What makes it work on a machine without Docker, registries or systemd (see docs/development.md):
 - containerd (Debian's) with its own socket, state and config; ``restrict_oom_score_adj`` because
   root may lack CAP_SYS_RESOURCE; the sandbox image is the locally built pause image; its image store
-  lives in the cache, so images imported once survive the cluster (a warm start imports nothing);
+  lives in the cache, so images imported once survive the cluster (a warm start imports nothing), and
+  holds one build per image (hack/nodeimages.py: an import removes the build it replaces);
 - the node's address is a TEST-NET-1 address on the loopback interface, pods get 10.244.0.0/24 on a bridge
   (CNI bridge + host-local), and kube-proxy (iptables) routes the ``kubernetes`` Service to the
   apiserver, which the control plane then advertises on that address (``apiserver_args``);
