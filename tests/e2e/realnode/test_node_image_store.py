@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ociarchive
 import pytest
 
-from helpers import load_hack
+import ociarchive
+from helpers import load_hack, wait_for
 
 pytestmark = pytest.mark.e2e
 TRAINER = "localhost/finetune-trainer"
@@ -143,3 +145,29 @@ def test_an_image_a_container_uses_is_kept_until_the_container_is_gone(node: Nod
     after = node.usage()
     # The container's own writable snapshot went with it.
     assert counts(after) == (one_build.images, one_build.blobs, one_build.snapshots - 1)
+
+
+def test_an_interrupted_import_leaves_nothing_after_the_next_start(node: Node) -> None:
+    """ctr holds what an import writes with a lease that expires after 24 h: killed mid-import, it left
+    that lease and the blobs it held. The next start removes the lease and the blobs with it."""
+    rn = load_hack("realnode")
+    archive = node.build(TRAINER_1, "one")
+    with tarfile.open(archive) as tar:
+        blobs_end = tar.getmember("index.json").offset  # the blobs come first, the index last
+    ctr = ["ctr", "--address", str(node.paths.socket), "-n", "k8s.io", "images", "import", "-"]
+    proc = subprocess.Popen(ctr, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(Path(archive).read_bytes()[:blobs_end])
+        proc.stdin.flush()
+        wait_for(lambda: node.usage().blobs == 4, 30, "the interrupted import's 4 blobs in the store")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rn._ctr(node.paths, "leases", "ls", "-q").stdout.split(), "no lease held the import"
+
+    rn.import_images(node.paths, {OPERATOR: node.build(OPERATOR, "op")})
+
+    assert rn._ctr(node.paths, "leases", "ls", "-q").stdout.split() == []
+    # The operator's image alone: the base layer (the trainer's too), its own layer, config, manifest.
+    assert node.usage().blobs == 4
