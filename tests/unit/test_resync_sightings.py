@@ -331,3 +331,48 @@ def test_a_sighting_of_a_replaced_objects_job_does_not_leave_out_its_successor()
     assert shown_recently(successor, sightings.get("ns", "x-r1"), NOW, INTERVAL) is False
     successor["metadata"]["uid"] = "old"
     assert shown_recently(successor, sightings.get("ns", "x-r1"), NOW, INTERVAL) is True
+
+
+class SlowKube(PagedKube):
+    """An API server that takes ``delay`` seconds per page (loaded, or many namespaces to list)."""
+
+    def __init__(self, jobs: list[dict[str, Any]], delay: float) -> None:
+        super().__init__(jobs)
+        self.delay = delay
+
+    def job_page(self, namespace: str, selector: str, limit: int, token: str | None) -> dict[str, Any]:
+        time.sleep(self.delay)
+        return super().job_page(namespace, selector, limit, token)
+
+
+def test_a_sweep_whose_list_outlasts_the_interval_still_waits_for_what_it_queued():
+    """The sweep's LISTs come before its wait, which ended an interval after the sweep began: LISTs
+    slower than that left no time to see the queue handle anything, so the sweep never beat its
+    heartbeat and the liveness probe restarted a working operator (every sweep alike)."""
+    interval = 0.2
+    names = [f"q{i}" for i in range(5)]
+    index = {("ns", n): [_running_body(n)] for n in names}
+    for n in names:
+        index[("ns", n)][0]["metadata"]["uid"] = "u1"
+    jobs = [_owned(f"{n}-r1", active=1, ready=1) for n in names[:-1]]
+    jobs.append(_owned(f"{names[-1]}-r1", active=1, ready=1, failed=1))  # news: reconciled
+    ctx = Context(
+        kube=cast(Any, SlowKube(jobs, delay=interval)),
+        settings=OperatorSettings(resync_interval_seconds=interval),
+        phases=PhaseBook(),
+        post_event=lambda *_: None,
+    )
+    reconciled: list[tuple[str, str]] = []
+
+    async def handle(key: tuple[str, str]) -> float | None:
+        reconciled.append(key)
+        return None
+
+    async def body() -> None:
+        counts = await ResyncLoop(ctx, index, queue).sweep()
+        assert counts == {"queued": 1, "pending": 0}, counts
+        assert ctx.heartbeats.silent(now=time.monotonic() + 3600) == ["resync"], "the sweep never beat"
+
+    queue: WorkQueue[tuple[str, str]] = WorkQueue(handle, concurrency=2)
+    asyncio.run(running(queue, body))
+    assert reconciled == [("ns", names[-1])]
