@@ -111,6 +111,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.created: dict[str, float] = {}  # the create call returned
         self.job_added: dict[str, float] = {}
+        self.ftj_seen: dict[str, float] = {}  # the FineTuneJob's first watch event here
         self.job_done: dict[str, float] = {}  # Job condition Complete=True
         self.job_criteria: dict[str, float] = {}  # SuccessCriteriaMet=True (before Complete)
         self.annotated: dict[str, float] = {}
@@ -127,6 +128,7 @@ class Recorder:
         with self.lock:
             self.events[f"finetunejobs/{etype}"] += 1
             self.last_event = t
+            self.ftj_seen.setdefault(name, t)
             if isinstance(step, int):
                 self.steps[name] = step
             if phase:
@@ -674,8 +676,33 @@ def build_direct_children(name: str, namespace: str, harness: ModuleType) -> lis
     return [configmap, job]
 
 
+def start_apiserver_profile(api: Any, seconds: float, path: Path | None) -> threading.Thread | None:
+    """Record the API server's own CPU profile (Go pprof, ``/debug/pprof/profile``) for ``seconds`` into
+    ``path``, in the background; read it with ``go tool pprof -top <kube-apiserver binary> <path>``."""
+    if path is None:
+        return None
+
+    def record() -> None:
+        request = api.param_serialize(
+            "GET",
+            "/debug/pprof/profile",
+            query_params=[("seconds", str(max(int(seconds), 1)))],
+            auth_settings=["BearerToken"],
+        )
+        path.write_bytes(api.call_api(*request, _request_timeout=seconds + 60).read())
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
 def direct_baseline(
-    api: Any, harness: ModuleType, count: int, threads: int, timeout: float
+    api: Any,
+    harness: ModuleType,
+    count: int,
+    threads: int,
+    timeout: float,
+    profile: tuple[float, Path] | None = None,
 ) -> dict[str, Any]:
     """The API server's own ceiling on this machine, now: the same ConfigMaps and Jobs created directly
     with the same client concurrency, timed to the Job's ADDED event on a watch, as for the operator."""
@@ -719,10 +746,13 @@ def direct_baseline(
 
     say(f"direct baseline: {count} ConfigMaps + Jobs with {threads} threads")
     cpu0 = cpu_by_process()
+    profiler = start_apiserver_profile(api, *profile) if profile else None
     t0 = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(create, names))
     ok = wait_until(lambda: len(rec.job_added) >= count, timeout, "every direct Job")
+    if profiler is not None:
+        profiler.join()
     t_jobs = max(rec.job_added.values(), default=time.monotonic())
     cpu1 = cpu_by_process()
     stop.set()
@@ -735,6 +765,71 @@ def direct_baseline(
         "jobs_per_s": round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2),
         "create_to_job_seconds": stats(latency),
         "cpu_seconds_by_process": cpu_spent(cpu0, cpu1),
+    }
+
+
+def ftj_only_baseline(
+    api: Any, harness: ModuleType, count: int, threads: int, timeout: float
+) -> dict[str, Any]:
+    """What the CRD alone costs, with no operator: the same FineTuneJobs created in a namespace nothing
+    reconciles, with the same client concurrency, and how late a watch sees them (the API server's
+    watch delivery of FineTuneJobs, which the operator has to wait for before it can act)."""
+    from kubernetes import client
+
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    namespace = f"bench-ftj-only-{os.getpid()}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    rec = Recorder()
+    stop, ready = threading.Event(), threading.Event()
+    threading.Thread(
+        target=watch_forever,
+        args=(
+            custom.list_namespaced_custom_object,
+            (GROUP, VERSION, namespace, PLURAL),
+            {},
+            rec.on_ftj,
+            stop,
+            ready,
+        ),
+        daemon=True,
+    ).start()
+    ready.wait(30)
+    time.sleep(1)  # let the watch connection open before the burst
+
+    def create(name: str) -> None:
+        for attempt in range(5):
+            try:
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, ftj_body(name, harness)
+                )
+                break
+            except client.ApiException as exc:
+                if exc.status not in (429, 500, 503) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        with rec.lock:
+            rec.created[name] = time.monotonic()
+
+    say(f"FineTuneJobs alone: {count} with {threads} threads, no operator")
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, [f"f{i:05d}" for i in range(count)]))
+    seconds = time.monotonic() - t0
+    ok = wait_until(lambda: len(rec.ftj_seen) >= count, timeout, "every FineTuneJob on the watch")
+    stop.set()
+    with contextlib.suppress(Exception):
+        core.delete_namespace(namespace, propagation_policy="Background")
+    wait_until(
+        lambda: not _exists(lambda: core.read_namespace(namespace)),
+        300,
+        "the FineTuneJob-only namespace gone",
+    )
+    return {
+        "complete": ok,
+        "creates_per_s": round(count / max(seconds, 1e-9), 2),
+        "create_to_watch_event_seconds": stats(
+            max(rec.ftj_seen[k] - rec.created[k], 0.0) for k in rec.created if k in rec.ftj_seen
+        ),
     }
 
 
@@ -804,6 +899,14 @@ def main() -> int:
         help="with --py-spy: on-CPU samples only (where the operator's CPU goes), kept with the log",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
+    p.add_argument(
+        "--apiserver-profile",
+        metavar="DIR",
+        help="record the API server's CPU profile of each burst into DIR (direct.pprof, operator.pprof)",
+    )
+    p.add_argument(
+        "--apiserver-profile-seconds", type=float, default=8.0, help="length of each API server profile"
+    )
     p.add_argument("--unrelated-jobs", type=int, default=0, help="unrelated Jobs in the namespace first")
     p.add_argument(
         "--progress-sweeps",
@@ -856,7 +959,12 @@ def main() -> int:
         report["pod_capacity_for_bench"] = capacity
 
         if not args.no_direct:
-            report["direct"] = direct_baseline(api, harness, args.count, args.threads, phase_timeout)
+            profile = None
+            if args.apiserver_profile:
+                profile = (args.apiserver_profile_seconds, Path(args.apiserver_profile) / "direct.pprof")
+            report["direct"] = direct_baseline(api, harness, args.count, args.threads, phase_timeout, profile)
+        if not args.no_direct:
+            report["ftj_only"] = ftj_only_baseline(api, harness, args.count, args.threads, phase_timeout)
         if args.unrelated_jobs:
             say(f"creating {args.unrelated_jobs} unrelated Jobs")
             report["unrelated_jobs"] = {
@@ -926,6 +1034,11 @@ def main() -> int:
 
         say(f"creating {args.count} FineTuneJobs with {args.threads} threads")
         machine_cpu_start = cpu_by_process()
+        profiler = start_apiserver_profile(
+            api,
+            args.apiserver_profile_seconds,
+            Path(args.apiserver_profile) / "operator.pprof" if args.apiserver_profile else None,
+        )
         t0 = time.monotonic()
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(create, names))
@@ -939,6 +1052,8 @@ def main() -> int:
         )
         t_jobs = time.monotonic()
         cpu_after_jobs = sampler.snapshot()[1]
+        if profiler is not None:
+            profiler.join()
         machine_cpu_jobs = cpu_by_process()
         running_ok = wait_until(
             lambda: rec.count("Running") >= args.count,
@@ -1094,6 +1209,10 @@ def main() -> int:
 
         n = args.count
         created_to_job = [rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added]
+        by_creation = sorted(rec.created, key=rec.created.__getitem__)
+        tenths = [
+            by_creation[i * len(by_creation) // 10 : (i + 1) * len(by_creation) // 10] for i in range(10)
+        ]
         finish_to_status = [
             rec.phase["Succeeded"][k] - rec.job_done[k] for k in rec.job_done if k in rec.phase["Succeeded"]
         ]
@@ -1127,6 +1246,8 @@ def main() -> int:
                 "ratio_operator_to_direct": round(operator_rate / direct["jobs_per_s"], 2)
                 if direct.get("jobs_per_s")
                 else None,
+                # The CRD's own ceiling: FineTuneJobs created with no operator, relative to the direct path.
+                "ftj_only_creates_per_s": (report.get("ftj_only") or {}).get("creates_per_s"),
                 "direct_create_to_job_p50_s": (direct.get("create_to_job_seconds") or {}).get("p50"),
                 "direct_create_to_job_p99_s": (direct.get("create_to_job_seconds") or {}).get("p99"),
                 "operator_create_to_job_p50_s": stats(created_to_job).get("p50"),
@@ -1165,6 +1286,21 @@ def main() -> int:
                 "complete": {"jobs": jobs_ok, "running": running_ok, "succeeded": done_ok},
                 "create_burst_seconds": round(t_created - t0, 2),
                 "create_to_job_created_seconds": stats(created_to_job),
+                # Where the lag builds: the p50 of each tenth of the burst in creation order (a queue
+                # grows from tenth to tenth; a fixed pipeline delay does not), and how late this
+                # bench's own FineTuneJob watch saw each create (the API server's watch delivery).
+                "create_to_job_p50_by_tenth_s": [
+                    stats(rec.job_added[k] - rec.created[k] for k in part if k in rec.job_added).get("p50")
+                    for part in tenths
+                ],
+                "ftj_watch_event_to_job_seconds": stats(
+                    rec.job_added[k] - rec.ftj_seen[k]
+                    for k in rec.created
+                    if k in rec.ftj_seen and k in rec.job_added
+                ),
+                "create_to_ftj_watch_event_seconds": stats(
+                    max(rec.ftj_seen[k] - rec.created[k], 0.0) for k in rec.created if k in rec.ftj_seen
+                ),
                 "job_finished_to_status_seconds": stats(finish_to_status),
                 "job_success_criteria_to_status_seconds": stats(criteria_to_status),
                 "pod_annotated_to_status_seconds": stats(annotate_to_status),
@@ -1268,7 +1404,15 @@ def install_crd(kubeconfig: Path) -> None:
     kubectl = str(load_hack("tools").ensure_tools() / "kubectl")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     apply = ["apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")]
-    subprocess.run([kubectl, *apply], env=env, check=True, capture_output=True, text=True, timeout=90)
+    # A control plane that has just started can refuse the first apply (its own API still being set up).
+    deadline = time.monotonic() + 60
+    while True:
+        applied = subprocess.run([kubectl, *apply], env=env, capture_output=True, text=True, timeout=90)
+        if applied.returncode == 0:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"kubectl apply of the CRD failed: {applied.stderr}")
+        time.sleep(1)
     # `kubectl wait` fails at once while the new CRD has no status.conditions yet: ask again.
     wait = ["wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"]
     for _ in range(30):
