@@ -27,8 +27,9 @@ from finetune_operator.metrics import JOB_CREATED_LATENCY, STATUS_LATENCY, recor
 from finetune_operator.naming import spec_hash
 from finetune_operator.pod_config import ConfigTooLarge
 from finetune_operator.preflight import preflight, wait_for_preflight
-from finetune_operator.preflight_wait import WAITABLE, timeout_of
+from finetune_operator.preflight_wait import WAITABLE
 from finetune_operator.progress_book import run_key
+from finetune_operator.run_facts import RunFacts
 from finetune_operator.run_identity import run_digest
 from finetune_operator.status import (
     JobView,
@@ -79,15 +80,25 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> None:
     try:
         spec = ctx.parse_spec(body)
     except ValidationError as exc:
-        refused = RunRefused(
-            Reason.INVALID_SPEC, format_errors(exc, "spec", limit=5), spec_hash(raw_spec), rerun_token(body)
-        )
-        apply(ctx, body, refused)
+        errors = format_errors(exc, "spec", limit=5)
+        refused = RunRefused(Reason.INVALID_SPEC, errors, spec_hash(raw_spec), rerun_token(body))
+        change = apply(ctx, body, refused)
+        if (change is None or not change.changed) and status.run is not None:
+            # Not a new request: the spec of a run an earlier version started, refused by this one's
+            # rules. That run goes on and is followed to its verdict.
+            log.warning(
+                "the stored spec does not validate under this version; its current run is still followed",
+                extra={
+                    "ftj": f"{body['metadata']['namespace']}/{body['metadata']['name']}",
+                    "errors": errors,
+                },
+            )
+            sync_run(ctx, body, RunFacts.lenient(raw_spec), status)
         return
     if decide_run(body, status, lambda: run_digest(spec)) is not None:
         start_run(ctx, body, spec, run_digest(spec), rerun_token(body))
     else:
-        sync_run(ctx, body, spec, status)
+        sync_run(ctx, body, RunFacts.of(spec), status)
 
 
 def _refuse(
@@ -140,7 +151,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
         ctx.post_event(body, "Warning", "AdmissionWarning", warning)
 
 
-def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: FineTuneJobStatus) -> None:
+def sync_run(ctx: Context, body: dict[str, Any], spec: RunFacts, status: FineTuneJobStatus) -> None:
     """Same run as before: follow suspend/resume and refresh the phase from the Job."""
     assert status.run is not None
     if status.phase in Phase.TERMINAL:
@@ -166,7 +177,7 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
         if spec.suspend and not suspended:
             ctx.kube.set_job_suspend(ns, status.run.job_name, True)
             job["spec"]["suspend"] = True
-        elif not spec.suspend and suspended and not spec.scheduling.queue_name:
+        elif not spec.suspend and suspended and not spec.queued:
             ctx.kube.set_job_suspend(ns, status.run.job_name, False)
             job["spec"]["suspend"] = False
     with ctx.lock:  # this fold may differ from the one an event of this Job recorded: the next is folded
@@ -174,20 +185,22 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, status: 
     observe(ctx, body, job, spec)
 
 
-def observe(
-    ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: FineTuneJobSpec | None = None
-) -> None:
+def run_facts(ctx: Context, body: dict[str, Any]) -> RunFacts:
+    """What following ``body``'s run needs from its spec, also when this version refuses that spec."""
+    try:
+        return RunFacts.of(ctx.parse_spec(body))
+    except ValidationError:
+        return RunFacts.lenient(body.get("spec"))
+
+
+def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: RunFacts | None = None) -> None:
     """Fold a Job's state into its FineTuneJob's status (the Job event handler and sync call this)."""
     if spec is None:
-        try:
-            spec = ctx.parse_spec(body)
-        except ValidationError:
-            return
+        spec = run_facts(ctx, body)
     view = JobView.from_job(job)
-    observed = observe_job(view, spec.suspend, bool(spec.scheduling.queue_name))
+    observed = observe_job(view, spec.suspend, spec.queued)
     ns, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
-    refs = spec.secrets
-    if (refs.hub_token or refs.storage) and observed.phase == Phase.PENDING:
+    if spec.names_secrets and observed.phase == Phase.PENDING:
         secret = missing_secret(ctx.kube.job_pods(ns, job_name))
         if secret is not None:
             _secret_missing(ctx, body, spec, job_name, secret)
@@ -199,9 +212,7 @@ def observe(
         if exit_code is None and message is None:
             result = summary_lost(result)
         latest = ctx.progress_book.latest(run_key(body, job_name))  # scraped since the last write
-    distributed = spec.distributed_or_default()
-    gpus = distributed.gpus_per_node * distributed.nodes
-    change = apply(ctx, body, JobSeen(job_name, view, observed, result, gpus, latest))
+    change = apply(ctx, body, JobSeen(job_name, view, observed, result, spec.gpus, latest))
     if change is not None and change.finished:
         if view.completion_time or observed.phase == Phase.FAILED:
             STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))
@@ -213,12 +224,10 @@ def _job_gone(ctx: Context, body: dict[str, Any], job_name: str) -> None:
     apply(ctx, body, JobGone(job_name, ctx.progress_book.latest(run_key(body, job_name))))
 
 
-def _secret_missing(
-    ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, job_name: str, secret: str
-) -> None:
+def _secret_missing(ctx: Context, body: dict[str, Any], spec: RunFacts, job_name: str, secret: str) -> None:
     text = f"Secret {secret!r} named in spec.secrets does not exist; the pods cannot start."
     run = parse_status(body).run
-    timeout = timeout_of(spec)
+    timeout = spec.preflight_timeout
     if run is not None and run.start_time and _age(run.start_time) < timeout:
         # The kubelet starts the pod as soon as the Secret appears (External Secrets, sync waves).
         message = f"{text} Waiting for it up to {timeout} s (spec.preflightTimeoutSeconds)."

@@ -174,3 +174,47 @@ def test_status_stored_by_an_older_operator_is_read_and_rewritten(
     assert "dataset" not in st
     assert "oldKey" not in st.get("progress", {})
     assert "ValidationError" not in op.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def crd_whose_default_the_operator_refuses(kubectl: Any, crd_installed: None) -> Any:
+    """A CRD that defaults a field to a value the operator's models refuse: what a stored spec looks like
+    to an operator whose rules are stricter than those of the version that started its run."""
+    original = CRD.read_text()
+
+    def apply() -> None:
+        crd = yaml.safe_load(original)
+        version = crd["spec"]["versions"][0]
+        resources = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["resources"]
+        name = resources["properties"]["gpuResourceName"]
+        name.pop("pattern")
+        name["default"] = "not a resource name"
+        resources["default"] = {}
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(crd))
+
+    yield apply
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+
+
+def test_a_run_whose_spec_a_new_version_refuses_still_gets_its_verdict(
+    isolated_operator, kube_api, crd_whose_default_the_operator_refuses
+):
+    """The run an earlier version started goes on being followed after an upgrade that refuses its spec:
+    its Job's verdict is recorded (it stayed Running for good), and no run is started or refused."""
+    ns = isolated_operator.namespace
+    op = isolated_operator()
+    ftj = create(kube_api, ns, "stricter")
+    ftj.wait_phase("Running", timeout=120)
+    op.kill(signal.SIGTERM)
+
+    crd_whose_default_the_operator_refuses()
+    wait_for(
+        lambda: ftj.get()["spec"]["resources"].get("gpuResourceName") == "not a resource name",
+        60,
+        "the API server to default the field on read",
+    )
+    isolated_operator()
+    ftj.finish_pods("stricter-r1", 0, trainer_summary(0, "done"))
+    st = ftj.wait_phase("Succeeded", timeout=120)
+    assert st["run"]["number"] == 1
+    assert [j["metadata"]["name"] for j in ftj.jobs()] == ["stricter-r1"]
