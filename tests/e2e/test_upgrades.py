@@ -30,6 +30,15 @@ def succeed(ftj: Ftj) -> dict[str, Any]:
     return ftj.wait_phase("Succeeded", timeout=120)
 
 
+def wait_defaulted(ftj: Ftj, gpu_resource_name: str) -> None:
+    """Until the API server defaults spec.resources.gpuResourceName on read, as the new CRD says."""
+    wait_for(
+        lambda: ftj.get()["spec"]["resources"].get("gpuResourceName") == gpu_resource_name,
+        60,
+        "the API server to default the new field on read",
+    )
+
+
 def resumed(op: Any, name: str) -> bool:
     """The operator has reconciled ``name`` (it logs each reconcile once it is done)."""
     return any(
@@ -64,11 +73,7 @@ def test_crd_upgrade_that_adds_a_default_starts_no_run(isolated_operator, kube_a
     op.kill(signal.SIGTERM)
 
     crd_with_new_defaults()
-    wait_for(
-        lambda: ftj.get()["spec"]["resources"].get("gpuResourceName") == "nvidia.com/gpu",
-        60,
-        "the API server to default the new field on read",
-    )
+    wait_defaulted(ftj, "nvidia.com/gpu")
     op2 = isolated_operator()
     wait_for(lambda: resumed(op2, "upgraded"), 60, "the restarted operator to resume the FineTuneJob")
     after = ftj.status()
@@ -208,11 +213,7 @@ def test_a_run_whose_spec_a_new_version_refuses_still_gets_its_verdict(
     op.kill(signal.SIGTERM)
 
     crd_whose_default_the_operator_refuses()
-    wait_for(
-        lambda: ftj.get()["spec"]["resources"].get("gpuResourceName") == "not a resource name",
-        60,
-        "the API server to default the field on read",
-    )
+    wait_defaulted(ftj, "not a resource name")
     isolated_operator()
     ftj.finish_pods("stricter-r1", 0, trainer_summary(0, "done"))
     st = ftj.wait_phase("Succeeded", timeout=120)
