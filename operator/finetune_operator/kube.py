@@ -41,7 +41,8 @@ class DeadlineRESTClient(rest.RESTClientObject):
         self.timeouts = timeouts
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        API_REQUESTS.labels(verb=method.upper(), resource=resource_of(url)).inc()
+        verb, resource = request_labels(method, url)
+        API_REQUESTS.labels(verb=verb, resource=resource).inc()
         if not kwargs.get("_request_timeout"):
             kwargs["_request_timeout"] = self.timeouts
         return super().request(method, url, *args, **kwargs)
@@ -50,14 +51,26 @@ class DeadlineRESTClient(rest.RESTClientObject):
 def resource_of(url: str) -> str:
     """The resource a request URL names, with its subresource: ``/api/v1/namespaces/a/pods/b/status``
     is ``pods/status``; ``/apis/g/v/namespaces/a/finetunejobs`` is ``finetunejobs``."""
-    path = urllib3.util.parse_url(url).path or ""
-    parts = [p for p in path.split("/") if p]
+    return request_labels("GET", url)[1]
+
+
+def request_labels(method: str, url: str) -> tuple[str, str]:
+    """(verb, resource) of a request, as the API server's own metrics name them: a GET of a collection
+    is a ``LIST`` (a ``WATCH`` with ``watch=true``), a GET of one object a ``GET``."""
+    parsed = urllib3.util.parse_url(url)
+    parts = [p for p in (parsed.path or "").split("/") if p]
+    api = parts[:1] in (["api"], ["apis"])
     rest = parts[2:] if parts[:1] == ["api"] else parts[3:] if parts[:1] == ["apis"] else parts
-    if len(rest) >= 2 and rest[0] == "namespaces":
-        rest = rest[2:] or ["namespaces"]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource; ["namespaces", name] is the namespace itself
     if not rest:
-        return "other"
-    return rest[0] if len(rest) < 3 else f"{rest[0]}/{rest[2]}"
+        return method.upper(), "other"
+    resource = rest[0] if len(rest) < 3 else f"{rest[0]}/{rest[2]}"
+    verb = method.upper()
+    if verb == "GET" and api and len(rest) == 1:
+        query = parsed.query or ""
+        verb = "WATCH" if "watch=true" in query or "watch=1" in query else "LIST"
+    return verb, resource
 
 
 def with_timeouts(

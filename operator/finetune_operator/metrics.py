@@ -38,8 +38,8 @@ API_ERRORS = Counter(
 )
 API_REQUESTS = Counter(
     "finetune_operator_api_requests_total",
-    "Kubernetes API requests the operator's handlers and loops sent (not kopf's watches), by HTTP verb"
-    " and resource (subresource after a slash).",
+    "Kubernetes API requests the operator's handlers and loops sent (not kopf's watches), by verb (GET of"
+    " one object, LIST of a collection, POST, PUT, PATCH, DELETE) and resource (subresource after a slash).",
     ["verb", "resource"],
     registry=REGISTRY,
 )

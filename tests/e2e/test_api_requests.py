@@ -99,7 +99,7 @@ def test_a_restart_over_finished_runs_reads_no_pods_and_writes_nothing(isolated_
         lambda: handled_job_events(again.metrics()) >= len(names), 60, "every finished Job's event handled"
     )
     metrics = again.metrics()
-    assert requests_sent(metrics, "GET", "pods") == 0, "the results are recorded already"
+    assert requests_sent(metrics, "LIST", "pods") == 0, "the results are recorded already"
     for verb in ("POST", "PUT", "PATCH", "DELETE"):
         assert not re.search(
             rf'verb="{verb}"',
