@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -616,6 +617,20 @@ def measure_progress_loop(
 # --- the run ---------------------------------------------------------------------------------------
 
 
+def create_retrying(create: Callable[[], Any]) -> None:
+    """One create call, retried (up to five tries) when the API server throttles or is briefly away."""
+    from kubernetes import client
+
+    for attempt in range(5):
+        try:
+            create()
+            return
+        except client.ApiException as exc:
+            if exc.status not in (429, 500, 503) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def ftj_body(name: str, harness: ModuleType) -> dict[str, Any]:
     spec = harness.deep_merge(harness.BASE_SPEC, {"distributed": {"gpusPerNode": 0}})
     spec.pop("resources", None)
@@ -735,14 +750,7 @@ def direct_baseline(
         with rec.lock:
             rec.created[name] = time.monotonic()
         for child in manifests[name]:
-            for attempt in range(5):
-                try:
-                    creators[child["kind"]](namespace, child)
-                    break
-                except client.ApiException as exc:
-                    if exc.status not in (429, 500, 503) or attempt == 4:
-                        raise
-                    time.sleep(0.2 * (attempt + 1))
+            create_retrying(functools.partial(creators[child["kind"]], namespace, child))
 
     say(f"direct baseline: {count} ConfigMaps + Jobs with {threads} threads")
     cpu0 = cpu_by_process()
@@ -797,16 +805,11 @@ def ftj_only_baseline(
     time.sleep(1)  # let the watch connection open before the burst
 
     def create(name: str) -> None:
-        for attempt in range(5):
-            try:
-                custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, ftj_body(name, harness)
-                )
-                break
-            except client.ApiException as exc:
-                if exc.status not in (429, 500, 503) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        create_retrying(
+            lambda: custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, ftj_body(name, harness)
+            )
+        )
         with rec.lock:
             rec.created[name] = time.monotonic()
 
@@ -854,14 +857,7 @@ def create_unrelated_jobs(api: Any, namespace: str, count: int, threads: int) ->
                 },
             },
         }
-        for attempt in range(5):
-            try:
-                batch.create_namespaced_job(namespace, body)
-                return
-            except client.ApiException as exc:
-                if exc.status not in (429, 500, 503) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        create_retrying(lambda: batch.create_namespaced_job(namespace, body))
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
@@ -1021,14 +1017,9 @@ def main() -> int:
 
         def create(name: str) -> None:
             body = ftj_body(name, harness)
-            for attempt in range(5):
-                try:
-                    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-                    break
-                except client.ApiException as exc:
-                    if exc.status not in (429, 500, 503) or attempt == 4:
-                        raise
-                    time.sleep(0.2 * (attempt + 1))
+            create_retrying(
+                lambda: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            )
             with rec.lock:
                 rec.created[name] = time.monotonic()
 

@@ -151,7 +151,7 @@ def start_run(ctx: Context, body: dict[str, Any], spec: FineTuneJobSpec, digest:
         ctx.post_event(body, "Warning", "AdmissionWarning", warning)
 
 
-def sync_run(ctx: Context, body: dict[str, Any], spec: RunFacts, status: FineTuneJobStatus) -> None:
+def sync_run(ctx: Context, body: dict[str, Any], facts: RunFacts, status: FineTuneJobStatus) -> None:
     """Same run as before: follow suspend/resume and refresh the phase from the Job."""
     assert status.run is not None
     if status.phase in Phase.TERMINAL:
@@ -170,19 +170,19 @@ def sync_run(ctx: Context, body: dict[str, Any], spec: RunFacts, status: FineTun
         if final is None:
             _job_gone(ctx, body, status.run.job_name)
         else:
-            observe(ctx, body, final, spec)  # finished, then removed by its TTL: record the verdict
+            observe(ctx, body, final, facts)  # finished, then removed by its TTL: record the verdict
         return
     if status.phase not in Phase.TERMINAL:
         suspended = bool((job.get("spec") or {}).get("suspend"))
-        if spec.suspend and not suspended:
+        if facts.suspend and not suspended:
             ctx.kube.set_job_suspend(ns, status.run.job_name, True)
             job["spec"]["suspend"] = True
-        elif not spec.suspend and suspended and not spec.queued:
+        elif not facts.suspend and suspended and not facts.queued:
             ctx.kube.set_job_suspend(ns, status.run.job_name, False)
             job["spec"]["suspend"] = False
     with ctx.lock:  # this fold may differ from the one an event of this Job recorded: the next is folded
         ctx.seen_jobs.pop((ns, status.run.job_name), None)
-    observe(ctx, body, job, spec)
+    observe(ctx, body, job, facts)
 
 
 def run_facts(ctx: Context, body: dict[str, Any]) -> RunFacts:
@@ -193,17 +193,17 @@ def run_facts(ctx: Context, body: dict[str, Any]) -> RunFacts:
         return RunFacts.lenient(body.get("spec"))
 
 
-def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: RunFacts | None = None) -> None:
+def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], facts: RunFacts | None = None) -> None:
     """Fold a Job's state into its FineTuneJob's status (the Job event handler and sync call this)."""
-    if spec is None:
-        spec = run_facts(ctx, body)
+    if facts is None:
+        facts = run_facts(ctx, body)
     view = JobView.from_job(job)
-    observed = observe_job(view, spec.suspend, spec.queued)
+    observed = observe_job(view, facts.suspend, facts.queued)
     ns, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
-    if spec.names_secrets and observed.phase == Phase.PENDING:
+    if facts.names_secrets and observed.phase == Phase.PENDING:
         secret = missing_secret(ctx.kube.job_pods(ns, job_name))
         if secret is not None:
-            _secret_missing(ctx, body, spec, job_name, secret)
+            _secret_missing(ctx, body, facts, job_name, secret)
             return
     result = latest = None
     if observed.phase in Phase.TERMINAL:
@@ -212,7 +212,7 @@ def observe(ctx: Context, body: dict[str, Any], job: dict[str, Any], spec: RunFa
         if exit_code is None and message is None:
             result = summary_lost(result)
         latest = ctx.progress_book.latest(run_key(body, job_name))  # scraped since the last write
-    change = apply(ctx, body, JobSeen(job_name, view, observed, result, spec.gpus, latest))
+    change = apply(ctx, body, JobSeen(job_name, view, observed, result, facts.gpus, latest))
     if change is not None and change.finished:
         if view.completion_time or observed.phase == Phase.FAILED:
             STATUS_LATENCY.observe(_age(view.completion_time or _failed_time(view)))
@@ -224,10 +224,10 @@ def _job_gone(ctx: Context, body: dict[str, Any], job_name: str) -> None:
     apply(ctx, body, JobGone(job_name, ctx.progress_book.latest(run_key(body, job_name))))
 
 
-def _secret_missing(ctx: Context, body: dict[str, Any], spec: RunFacts, job_name: str, secret: str) -> None:
+def _secret_missing(ctx: Context, body: dict[str, Any], facts: RunFacts, job_name: str, secret: str) -> None:
     text = f"Secret {secret!r} named in spec.secrets does not exist; the pods cannot start."
     run = parse_status(body).run
-    timeout = spec.preflight_timeout
+    timeout = facts.preflight_timeout
     if run is not None and run.start_time and _age(run.start_time) < timeout:
         # The kubelet starts the pod as soon as the Secret appears (External Secrets, sync waves).
         message = f"{text} Waiting for it up to {timeout} s (spec.preflightTimeoutSeconds)."

@@ -196,6 +196,20 @@ def test_without_secret_permission_a_missing_secret_is_read_from_the_pod(isolate
     wait_for(lambda: not ftj.jobs(), 60, "the Job that could never start to be deleted")
 
 
+def _across_sweeps(op: Any, count: int) -> tuple[str, str, int]:
+    """The operator's metrics before and after at least ``count`` resync sweeps, and how many ran."""
+    before = op.metrics()
+    sweeps = handler_runs(before, "resync_sweep")
+    wait_for(
+        lambda: handler_runs(op.metrics(), "resync_sweep") >= sweeps + count,
+        60,
+        f"{count} resync sweeps",
+        interval=0.5,
+    )
+    after = op.metrics()
+    return before, after, handler_runs(after, "resync_sweep") - sweeps
+
+
 def test_the_resync_reads_no_job_the_job_watch_keeps_showing(isolated_operator, kube_api):
     """Four Running FineTuneJobs whose Jobs the Job watch shows several times per resync interval and
     one whose Job stays quiet: the resync reads only the quiet one's Job (it read all five every
@@ -230,19 +244,10 @@ def test_the_resync_reads_no_job_the_job_watch_keeps_showing(isolated_operator, 
             30,
             "the busy Jobs' events handled",
         )
-        before = op.metrics()
-        sweeps = handler_runs(before, "resync_sweep")
-        wait_for(
-            lambda: handler_runs(op.metrics(), "resync_sweep") >= sweeps + 5,
-            60,
-            "five resync sweeps",
-            interval=0.5,
-        )
-        after = op.metrics()
+        before, after, swept = _across_sweeps(op, 5)
     finally:
         stop.set()
         toucher.join(10)
-    swept = handler_runs(after, "resync_sweep") - sweeps
     reads = requests_sent(after, "GET", "jobs") - requests_sent(before, "GET", "jobs")
     # The quiet one's Job once per sweep; slack for a busy one whose events lagged on a loaded machine
     # (reading all five, as before, is 5 per sweep).
@@ -260,16 +265,7 @@ def test_the_resync_lists_the_jobs_of_a_namespace_full_of_quiet_runs(isolated_op
     quiet = [_create(kube_api, ns, f"quiet-{i}") for i in range(8)]
     for ftj in quiet:
         ftj.wait_phase("Running")
-    before = op.metrics()
-    sweeps = handler_runs(before, "resync_sweep")
-    wait_for(
-        lambda: handler_runs(op.metrics(), "resync_sweep") >= sweeps + 4,
-        60,
-        "four resync sweeps",
-        interval=0.5,
-    )
-    after = op.metrics()
-    swept = handler_runs(after, "resync_sweep") - sweeps
+    before, after, swept = _across_sweeps(op, 4)
     reads = sum(
         requests_sent(after, verb, "jobs") - requests_sent(before, verb, "jobs") for verb in ("GET", "LIST")
     )

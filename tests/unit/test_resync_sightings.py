@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -54,6 +55,22 @@ def _with(body: dict[str, Any], **status: Any) -> dict[str, Any]:
     out = copy.deepcopy(body)
     out["status"].update(status)
     return out
+
+
+def _ctx(kube: Any = None, interval: float | None = INTERVAL) -> Context:
+    settings = OperatorSettings() if interval is None else OperatorSettings(resync_interval_seconds=interval)
+    return Context(kube=cast(Any, kube), settings=settings, phases=PhaseBook(), post_event=lambda *_: None)
+
+
+def _recording() -> tuple[list[tuple[str, str]], Callable[[tuple[str, str]], Awaitable[float | None]]]:
+    """A queue handler that records each key it reconciles, and its record."""
+    reconciled: list[tuple[str, str]] = []
+
+    async def handle(key: tuple[str, str]) -> float | None:
+        reconciled.append(key)
+        return None
+
+    return reconciled, handle
 
 
 def test_a_running_job_shown_within_the_interval_is_left_out():
@@ -147,17 +164,8 @@ def test_a_sweep_queues_only_the_jobs_the_watch_has_not_shown_lately():
         ("ns", n): [_with(_running(), run={"number": 1, "jobName": f"{n}-r1"})]
         for n in ("fresh", "stale", "failed")
     }
-    ctx = Context(
-        kube=cast(Any, None),
-        settings=OperatorSettings(resync_interval_seconds=INTERVAL),
-        phases=PhaseBook(),
-        post_event=lambda *_: None,
-    )
-    reconciled: list[tuple[str, str]] = []
-
-    async def handle(key: tuple[str, str]) -> float | None:
-        reconciled.append(key)
-        return None
+    ctx = _ctx()
+    reconciled, handle = _recording()
 
     def refused() -> bool:
         raise RuntimeError("status write refused")
@@ -250,9 +258,7 @@ def test_listed_sightings_follow_every_page_and_a_failed_list_gives_none():
     jobs = [_owned(f"{n}-r1", active=1, ready=1) for n in ("a", "b")]
     jobs.append(_owned("c-r1", active=1, ready=1, failed=2))  # status does not hold this yet
     kube = PagedKube(jobs)
-    ctx = Context(
-        kube=cast(Any, kube), settings=OperatorSettings(), phases=PhaseBook(), post_event=lambda *_: None
-    )
+    ctx = _ctx(kube, interval=None)
     found = listed_sightings(ctx, {"ns": bodies})
     assert sorted(found) == [("ns", "a-r1"), ("ns", "b-r1")]
     assert kube.requests == 2
@@ -284,12 +290,7 @@ def test_a_sweep_parses_a_resumed_objects_spec_once_not_every_sweep(monkeypatch:
     generation's spec never changes, so its digest is computed once."""
     names = [f"r{i}" for i in range(6)]
     index = {("ns", n): [_resumed(n)] for n in names}
-    ctx = Context(
-        kube=cast(Any, None),
-        settings=OperatorSettings(resync_interval_seconds=INTERVAL),
-        phases=PhaseBook(),
-        post_event=lambda *_: None,
-    )
+    ctx = _ctx()
     parsed: list[object] = []
     validate = FineTuneJobSpec.model_validate
 
@@ -356,17 +357,8 @@ def test_a_sweep_whose_list_outlasts_the_interval_still_waits_for_what_it_queued
         index[("ns", n)][0]["metadata"]["uid"] = "u1"
     jobs = [_owned(f"{n}-r1", active=1, ready=1) for n in names[:-1]]
     jobs.append(_owned(f"{names[-1]}-r1", active=1, ready=1, failed=1))  # news: reconciled
-    ctx = Context(
-        kube=cast(Any, SlowKube(jobs, delay=interval)),
-        settings=OperatorSettings(resync_interval_seconds=interval),
-        phases=PhaseBook(),
-        post_event=lambda *_: None,
-    )
-    reconciled: list[tuple[str, str]] = []
-
-    async def handle(key: tuple[str, str]) -> float | None:
-        reconciled.append(key)
-        return None
+    ctx = _ctx(SlowKube(jobs, delay=interval), interval)
+    reconciled, handle = _recording()
 
     async def body() -> None:
         counts = await ResyncLoop(ctx, index, queue).sweep()
