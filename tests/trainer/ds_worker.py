@@ -225,7 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         print(report["traceback"], file=sys.stderr, flush=True)
         return 1
     (args.out / f"rank{rank}.json").write_text(json.dumps(report, indent=2))
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down before the interpreter does: left to exit, a rank could abort
+    ("terminate called without an active exception", SIGABRT) after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
