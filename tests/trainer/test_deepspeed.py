@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -22,7 +23,7 @@ import pytest
 
 from finetune_api.training import TrainingSpec
 from finetune_trainer.deepspeed_config import deepspeed_config
-from finetune_trainer.distributed import WorldInfo, training_arguments_overrides, world_info
+from finetune_trainer.distributed import WorldInfo, finishes_within, training_arguments_overrides, world_info
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -130,6 +131,47 @@ def test_world_info_reads_torchrun_environment() -> None:
         world_info({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="not an integer"):
         world_info({"WORLD_SIZE": "two"})
+
+
+def test_finishes_within_tells_a_hang_from_a_return_and_passes_an_error_on() -> None:
+    release = threading.Event()
+    try:
+        assert finishes_within(release.wait, timeout_s=0.2) is False
+    finally:
+        release.set()
+    assert finishes_within(lambda: None, timeout_s=30) is True
+    with pytest.raises(RuntimeError, match="gloo"):
+        finishes_within(lambda: (_ for _ in ()).throw(RuntimeError("gloo")), timeout_s=30)
+
+
+HANGING_TEARDOWN = """
+import os, sys, threading
+import torch.distributed as dist
+from finetune_trainer import distributed, runner
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(distributed.free_port()))
+dist.init_process_group("gloo", rank=0, world_size=1)
+dist.destroy_process_group = threading.Event().wait  # a peer that never answers
+distributed.LEAVE_TIMEOUT_S = 0.5
+runner._leave_process_group(3)
+print("returned")
+"""
+
+
+def test_a_rank_whose_group_hangs_at_teardown_still_ends_with_the_runs_code() -> None:
+    """A real (world of one) gloo group whose destroy never returns: the rank exits with its run's code
+    after the timeout, instead of hanging the pod or aborting in the interpreter's teardown."""
+    from runs import trainer_env
+
+    proc = subprocess.run(
+        [sys.executable, "-c", HANGING_TEARDOWN],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    assert "returned" not in proc.stdout
+    assert "was not torn down in 0 s; exiting 3" in proc.stderr, proc.stderr[-4000:]
 
 
 def test_training_arguments_overrides_count_cpu_processes() -> None:
@@ -341,6 +383,8 @@ def test_runner_full_zero3_two_processes(make_config: Any, tmp_path: Path) -> No
     metrics = summary["metrics"]
     assert metrics["step"] == 6
     assert metrics["train_loss"] < metrics["first_train_loss"], metrics
+    # every rank destroyed its group before exit (a group left to teardown could abort a finished run)
+    assert sorted(re.findall(r"\[rank (\d)\] .*left the process group", output)) == ["0", "1"], output[-8000:]
 
     # ZeRO-3 partitioned the model while loading it: each rank held about half, never the whole model.
     held = {

@@ -8,6 +8,7 @@ the signal (a multi-node run where only one pod is preempted).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -159,6 +160,46 @@ def test_bad_dataset_under_torchrun_ends_the_pod_with_exit_3(make_config: Any) -
     # the data stage ran once, on rank 0, and rank 1 ended with its verdict
     assert re.findall(r"\[rank (\d)\] .*preparing the data", out) == ["0"], out[-6000:]
     assert sorted(re.findall(r"\[rank (\d)\] .*exit 3 \(InvalidData\)", out)) == ["0", "1"], out[-6000:]
+    assert _ranks_that_left_the_group(out) == ["0", "1"], out[-6000:]
+
+
+def _ranks_that_left_the_group(out: str) -> list[str]:
+    return sorted(re.findall(r"\[rank (\d)\] .*left the process group", out))
+
+
+@pytest.mark.trainer
+def test_a_finished_run_leaves_its_process_group_before_the_interpreter_exits(
+    make_config: Any, tmp_path: Path
+) -> None:
+    """Each rank destroys its group on the way out. Left to the interpreter's teardown, a rank could abort
+    after a finished run (SIGABRT, "terminate called without an active exception"), torchrun then exits
+    non-zero, and the Job fails or retrains a run whose summary says Succeeded."""
+    path = make_config(
+        "prompt-completion",
+        name="leaves-group",
+        hyperparameters={"maxSteps": 2, "batchSize": 2},
+        evaluation={"compareBase": False},
+        distributed={"gpusPerNode": 0},
+    )
+    reports = tmp_path / "reports"
+    worker = Path(__file__).parent / "trainer_then_report.py"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(
+        [*torchrun, str(worker), str(path), str(reports)],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = _finish(proc)
+    assert read_summary(path)["phase"] == "Succeeded", out[-6000:]
+    ranks = {p.name: json.loads(p.read_text()) for p in sorted(reports.glob("rank*.json"))}
+    assert ranks == {
+        "rank0.json": {"code": 0, "group_up": False},
+        "rank1.json": {"code": 0, "group_up": False},
+    }, out[-6000:]
+    assert proc.returncode == 0, out[-6000:]
 
 
 def _children(pid: int) -> list[int]:
@@ -231,3 +272,4 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(make_config: A
     assert checkpoints == [f"checkpoint-{stops['0']}"], checkpoints
     summary = read_summary(path)
     assert summary["reason"] == "InfrastructureError" and summary["checkpoint"]["step"] == int(stops["0"])
+    assert _ranks_that_left_the_group(out) == ["0", "1"], out[-6000:]

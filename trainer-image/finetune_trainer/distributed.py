@@ -16,12 +16,17 @@ Import-light: torch and deepspeed are imported only inside the functions that ne
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# How long a rank waits for its process group to be torn down at the end of a run before it exits without
+# the interpreter's teardown (NCCL can wait on a peer that is already gone).
+LEAVE_TIMEOUT_S = 60.0
 
 # Long enough for a slow checkpoint load on one rank while the others wait in a collective; a hung
 # peer still ends the run (exit code 75, retriable) instead of holding GPUs forever.
@@ -267,3 +272,41 @@ def gather_from_all(value: T) -> list[T]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value, group=cpu_group())
     return out
+
+
+def leave_process_group(timeout_s: float = LEAVE_TIMEOUT_S) -> bool | None:
+    """Destroy this rank's process group (and the gloo control group) at the end of a run.
+
+    Left to the interpreter's teardown, a rank can abort after a finished run (SIGABRT, "terminate called
+    without an active exception"): torchrun then exits non-zero and the Job fails, or retrains a run whose
+    summary says Succeeded. Returns None when no group was up, True when it was destroyed, and False when
+    destroying it did not finish within ``timeout_s`` (the caller then exits without the teardown).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    _CPU_GROUP.clear()
+    return finishes_within(dist.destroy_process_group, timeout_s)
+
+
+def finishes_within(work: Callable[[], object], timeout_s: float) -> bool:
+    """Run ``work`` on a daemon thread; whether it finished within ``timeout_s``. An exception it raised
+    in time is raised here."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="leave-process-group", daemon=True).start()
+    if not done.wait(timeout_s):
+        return False
+    if failed:
+        raise failed[0]
+    return True

@@ -8,8 +8,11 @@ path out, success or not, because it is the only thing the operator reads after 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -90,4 +93,28 @@ def run(config: TrainerConfig) -> int:
     if server is not None:
         server.close()
     log.info("exit %d (%s): %s", int(code), meaning_of(code).reason, message)
+    _leave_process_group(int(code))
     return int(code)
+
+
+def _leave_process_group(code: int) -> None:
+    """Every rank destroys its group before the interpreter exits (see ``leave_process_group``); one that
+    hangs there ends the process with the run's own code, skipping the teardown that would hang too."""
+    from finetune_trainer.distributed import LEAVE_TIMEOUT_S, leave_process_group
+
+    try:
+        left = leave_process_group(LEAVE_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("the process group could not be torn down: %s", exc)
+        return
+    if left is None:
+        return
+    if left:
+        log.info("left the process group")
+        return
+    log.error("the process group was not torn down in %.0f s; exiting %d without it", LEAVE_TIMEOUT_S, code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
