@@ -12,8 +12,9 @@ was not written yet.
 
 Each cluster lives in ``.local/kwok/clusters/<name>/`` (gitignored); ``down`` removes it. kwokctl
 starts every component with setsid, so each is its own process group and a terminal's Ctrl-C does
-not reach it: callers that must not leak processes use ``register_cleanup`` and/or an owner pid,
-which starts a small watchdog that stops the cluster when the owner dies, even by SIGKILL.
+not reach it: callers that must not leak processes use ``register_cleanup`` (on SIGTERM/SIGHUP it
+stops the cluster, then unwinds the caller, whose ``finally`` stops what it started itself) and/or an
+owner pid, which starts a small watchdog that stops the cluster when the owner dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -577,19 +578,48 @@ def reap_stale(prefix: str = TEST_NAME_PREFIX) -> list[str]:
     return reaped
 
 
-def register_cleanup(name: str) -> None:
-    """Stop the cluster at interpreter exit and on SIGTERM/SIGHUP (SIGINT unwinds via atexit)."""
+def register_cleanup(name: str, *, unwind: Callable[[int], BaseException] | None = None) -> None:
+    """Stop the cluster at interpreter exit, and on SIGTERM/SIGHUP stop it at once and unwind.
+
+    On the signal the handler stops the cluster first, then raises ``unwind(signum)`` (by default
+    ``SystemExit(128 + signum)``, the status a shell reports for a death by that signal), so the
+    caller's ``finally`` blocks and atexit handlers still run: they stop what the caller started
+    itself (an operator, a trainer), which the cluster's stop cannot know about. Not an
+    ``Exception``, so an ``except Exception`` on the way does not swallow it. pytest reports a
+    SystemExit as one failed test and goes on; tests/conftest.py passes an ``unwind`` that ends the
+    session instead. A repeated signal stops the cluster again (nothing left to stop) but raises
+    nothing, so it cannot cut that clean-up short; a clean-up that hangs still yields to SIGKILL. A
+    callable handler installed before is called after the cluster is stopped, and decides the rest.
+    A process forked from this one (a DataLoader worker) inherits the handler but not the cluster:
+    there the signal has its previous effect. SIGINT already unwinds (KeyboardInterrupt) and reaches
+    the atexit stop.
+    """
     atexit.register(down, name)
+    raising = unwind or (lambda signum: SystemExit(128 + signum))
+    received: list[int] = []
+    registered_by = os.getpid()
 
     def handler(signum: int, frame: FrameType | None, prev: Any = None) -> None:
-        # Without the lock: this process may hold it (signal during create) and is going away.
+        if os.getpid() != registered_by:  # a forked child (a DataLoader worker): not its cluster
+            if callable(prev):
+                prev(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        # Without the lock: this process may hold it (signal during create), and the exception
+        # below unwinds through a create in progress, which then stops nothing more.
         with contextlib.suppress(Exception):
             _down_locked(name)
         if callable(prev):
             prev(signum, frame)
             return
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        if received:
+            with contextlib.suppress(Exception):  # e.g. a reentrant write to stderr
+                log(f"{name}: signal {signum} again; still cleaning up after signal {received[0]}")
+            return
+        received.append(signum)
+        raise raising(signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         prev = signal.getsignal(sig)

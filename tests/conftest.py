@@ -3,7 +3,9 @@
 
 - ``cluster`` (session): a ``ClusterInfo`` for a fresh local cluster (hack/localcluster.py) named
   ``ftj-test-<pid>``, stopped at the end of the session, at exit, on SIGTERM/SIGHUP and, through
-  a watchdog, even if pytest is killed. ``USE_EXISTING_CLUSTER=true`` uses ``$KUBECONFIG`` instead
+  a watchdog, even if pytest is killed. SIGTERM/SIGHUP then end the session as Ctrl-C does, so every
+  fixture's teardown still runs (the operators it started), with exit status 128 + the signal
+  (tests/session_signals.py). ``USE_EXISTING_CLUSTER=true`` uses ``$KUBECONFIG`` instead
   and starts nothing. Missing binaries FAIL the test with the command that builds them.
 - ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for that cluster.
 - ``kubectl`` (session): ``kubectl(*args, input=None, check=True, timeout=60) -> CompletedProcess``.
@@ -28,6 +30,9 @@ import pytest
 import yaml
 
 from helpers import kubectl_runner, load_hack, wait_for
+from session_signals import interrupted, pytest_sessionfinish
+
+__all__ = ["pytest_sessionfinish"]  # a hook: pytest finds it in this module
 
 REPO = Path(__file__).resolve().parent.parent
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -60,7 +65,7 @@ def cluster() -> Iterator[Any]:
     lc = load_hack("localcluster")
     lc.reap_stale()
     name = f"{lc.TEST_NAME_PREFIX}{os.getpid()}"
-    lc.register_cleanup(name)
+    lc.register_cleanup(name, unwind=interrupted)
     failure = None
     try:
         info = lc.ensure_up(name, owner_pid=os.getpid())

@@ -27,6 +27,7 @@ import pytest
 from realenv import RESTRICTED, ChartOperator, RealCluster, Volume
 
 from helpers import kubectl_runner, load_hack, wait_for
+from session_signals import interrupted
 
 OPERATOR_NAMESPACE = "finetune-system"  # the chart's documented namespace, as in `make demo`
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -37,7 +38,7 @@ def real_cluster() -> Iterator[RealCluster]:
     lc = load_hack("localcluster")
     lc.reap_stale()
     name = f"{lc.TEST_NAME_PREFIX}real-{os.getpid()}"
-    lc.register_cleanup(name)
+    lc.register_cleanup(name, unwind=interrupted)
     try:
         info = lc.ensure_up(
             name, owner_pid=os.getpid(), timeout=300, real_node=lc.RealNode(("operator", "trainer"), gpus=2)
