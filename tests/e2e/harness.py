@@ -55,7 +55,11 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_for(self._healthy, timeout=60, what=f"the operator's health endpoint (log: {self.log_path})")
+        try:
+            wait_for(self._healthy, timeout=60, what=f"the operator's health endpoint (log: {self.log_path})")
+        except BaseException:  # never healthy, or a signal unwinding the caller: the caller has no handle
+            self.kill()
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -9,6 +9,7 @@ small script (the same calls the benches make) in its own process, with a real c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -240,4 +241,72 @@ def test_sigterm_to_a_forked_child_leaves_the_parents_cluster_alone(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        lc.down(name)
+
+
+# A bench's start of the operator: the handle exists only once start() returns (the health endpoint
+# answered), so a signal before that leaves its ``finally`` nothing to stop; start() stops it itself.
+OPERATOR_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[5])
+from hack_loader import load_hack
+import harness
+lc = load_hack("localcluster")
+name, work = sys.argv[2], Path(sys.argv[4])
+lc.register_cleanup(name)
+info = lc.ensure_up(name, owner_pid=int(sys.argv[3]))
+# A copy: the stop removes the cluster's own, which would end an operator that had not read it yet.
+kubeconfig = work / "kubeconfig"
+kubeconfig.write_bytes(Path(info.kubeconfig).read_bytes())
+(work / "cluster-up").touch()
+op = None
+try:
+    op = harness.OperatorProcess(kubeconfig, ["default"], work / "operator.log").start()
+    print("OPERATOR-HEALTHY", flush=True)
+finally:
+    if op is not None:
+        op.kill()
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_sigterm_while_a_bench_starts_the_operator_leaves_no_operator(tmp_path: Path) -> None:
+    lc = load_hack("localcluster")
+    name = f"{lc.TEST_NAME_PREFIX}sig-op-{os.getpid()}"
+    script = OPERATOR_SCRIPT.replace("sys.argv[5]", repr(str(REPO / "tests" / "e2e")))
+    proc = _start(tmp_path, script, name)
+    operator = 0
+    try:
+        _until_running(proc, tmp_path, (tmp_path / "cluster-up").exists, "the cluster")
+
+        def operator_started() -> int:
+            # The watchdog is a child too; the operator is the one running finetune_operator.
+            for pid in _children(proc.pid):
+                with contextlib.suppress(OSError):
+                    if b"finetune_operator" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        return pid
+            return 0
+
+        _until_running(proc, tmp_path, operator_started, "the operator process")
+        operator = operator_started()
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=60)
+
+        assert "OPERATOR-HEALTHY" not in _log(tmp_path), "the signal came after the start; nothing tested"
+        wait_for(lambda: not _alive(operator), timeout=30, what="the half-started operator stopped")
+        assert returncode == 128 + signal.SIGTERM, (returncode, _log(tmp_path))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if operator and _alive(operator):
+            os.killpg(operator, signal.SIGKILL)
         lc.down(name)
