@@ -80,8 +80,10 @@ def main() -> int:
     import harness
 
     lc = load_hack("localcluster")
+    lc.register_cleanup(CLUSTER)  # on SIGTERM: the cluster stopped, then the finally below stops the operator
     info = lc.ensure_up(CLUSTER, owner_pid=os.getpid())
     report: dict[str, Any] = {"count": args.count, "load_average_start": os.getloadavg(), "runs": {}}
+    op: Any = None
     try:
         api = config.new_client_from_config(str(info.kubeconfig))
         bench.install_crd(Path(info.kubeconfig))
@@ -118,6 +120,8 @@ def main() -> int:
                     }
                 )
     finally:
+        if op is not None:
+            op.kill(signal.SIGTERM)
         lc.down(CLUSTER)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report))

@@ -253,147 +253,153 @@ def run_chaos(
     operators = Operators(start_operator)
     finisher = Finisher(core, namespace)
     finisher.start()
-    failures: Counter[str] = Counter()
-    rng = random.Random(params.seed + 1)
+    try:
+        failures: Counter[str] = Counter()
+        rng = random.Random(params.seed + 1)
 
-    def act(kind: str, name: str) -> None:
-        try:
-            if kind == "create":
-                body = scale.ftj_body(name, harness)
-                custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            elif kind == "change":
-                patch = {"spec": {"hyperparameters": {"epochs": 2}}}
-                custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
-            else:
-                custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except Exception as exc:
-            failures[f"{kind}: {type(exc).__name__}"] += 1
-            raise
+        def act(kind: str, name: str) -> None:
+            try:
+                if kind == "create":
+                    body = scale.ftj_body(name, harness)
+                    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+                elif kind == "change":
+                    patch = {"spec": {"hyperparameters": {"epochs": 2}}}
+                    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+                else:
+                    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            except Exception as exc:
+                failures[f"{kind}: {type(exc).__name__}"] += 1
+                raise
 
-    say(f"chaos window {params.window:.0f}s: {params.count} creates, {len(plan.changed)} changes, "
-        f"{len(plan.deleted)} deletes, {params.kills} operator SIGKILLs")  # fmt: skip
-    t0 = time.monotonic()
-    pending = list(plan.actions)
-    kills = list(plan.kills)
-    futures = []
-    with ThreadPoolExecutor(8) as pool:
-        while pending or kills:
-            now = time.monotonic() - t0
-            while pending and pending[0][0] <= now:
-                _, kind, name = pending.pop(0)
-                futures.append((kind, name, pool.submit(act, kind, name)))
-            if kills and kills[0] <= now:
-                kills.pop(0)
-                operators.kill_and_restart(rng.uniform(0.0, 2.0))
-            nxt = min([p[0] for p in pending[:1]] + kills[:1], default=now)
-            time.sleep(min(max(nxt - (time.monotonic() - t0), 0.0), 0.5))  # the plan's schedule
-    # An action that failed (e.g. a create refused while the API server was busy) is retried once, so
-    # the plan is carried out; what still fails is reported.
-    for kind, name, fut in futures:
-        if fut.exception() is not None:
-            with contextlib.suppress(Exception):
-                act(kind, name)
-    report["chaos_seconds"] = round(time.monotonic() - t0, 1)
-    report["operator_kills"] = operators.kills
-    report["action_failures"] = dict(failures)
+        say(f"chaos window {params.window:.0f}s: {params.count} creates, {len(plan.changed)} changes, "
+            f"{len(plan.deleted)} deletes, {params.kills} operator SIGKILLs")  # fmt: skip
+        t0 = time.monotonic()
+        pending = list(plan.actions)
+        kills = list(plan.kills)
+        futures = []
+        with ThreadPoolExecutor(8) as pool:
+            while pending or kills:
+                now = time.monotonic() - t0
+                while pending and pending[0][0] <= now:
+                    _, kind, name = pending.pop(0)
+                    futures.append((kind, name, pool.submit(act, kind, name)))
+                if kills and kills[0] <= now:
+                    kills.pop(0)
+                    operators.kill_and_restart(rng.uniform(0.0, 2.0))
+                nxt = min([p[0] for p in pending[:1]] + kills[:1], default=now)
+                time.sleep(min(max(nxt - (time.monotonic() - t0), 0.0), 0.5))  # the plan's schedule
+        # An action that failed (e.g. a create refused while the API server was busy) is retried once, so
+        # the plan is carried out; what still fails is reported.
+        for kind, name, fut in futures:
+            if fut.exception() is not None:
+                with contextlib.suppress(Exception):
+                    act(kind, name)
+        report["chaos_seconds"] = round(time.monotonic() - t0, 1)
+        report["operator_kills"] = operators.kills
+        report["action_failures"] = dict(failures)
 
-    if restart_control_plane is not None:
-        say("restarting etcd and kube-apiserver")
-        t_restart = time.monotonic()
-        restart_control_plane()
-        report["control_plane_restart_seconds"] = round(time.monotonic() - t_restart, 1)
-    else:
-        report["control_plane_restart_seconds"] = None
+        if restart_control_plane is not None:
+            say("restarting etcd and kube-apiserver")
+            t_restart = time.monotonic()
+            restart_control_plane()
+            report["control_plane_restart_seconds"] = round(time.monotonic() - t_restart, 1)
+        else:
+            report["control_plane_restart_seconds"] = None
 
-    survivors = sorted({a[2] for a in plan.actions} - plan.deleted)
+        survivors = sorted({a[2] for a in plan.actions} - plan.deleted)
 
-    def ftjs() -> dict[str, dict[str, Any]]:
-        resp = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _preload_content=False)
-        return {o["metadata"]["name"]: o for o in _items(resp)}
+        def ftjs() -> dict[str, dict[str, Any]]:
+            resp = custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _preload_content=False
+            )
+            return {o["metadata"]["name"]: o for o in _items(resp)}
 
-    def leftovers() -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for kind, lister in (
-            ("jobs", batch.list_namespaced_job),
-            ("services", core.list_namespaced_service),
-            ("configmaps", core.list_namespaced_config_map),
-            ("pods", core.list_namespaced_pod),
-        ):
-            items = _items(lister(namespace, label_selector=LABEL_JOB, _preload_content=False))
-            names = [
-                f"{kind}/{o['metadata']['name']}"
-                for o in items
-                if (o["metadata"].get("labels") or {}).get(LABEL_JOB) in plan.deleted
-            ]
-            if names:
-                out[kind] = names
-        return out
+        def leftovers() -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for kind, lister in (
+                ("jobs", batch.list_namespaced_job),
+                ("services", core.list_namespaced_service),
+                ("configmaps", core.list_namespaced_config_map),
+                ("pods", core.list_namespaced_pod),
+            ):
+                items = _items(lister(namespace, label_selector=LABEL_JOB, _preload_content=False))
+                names = [
+                    f"{kind}/{o['metadata']['name']}"
+                    for o in items
+                    if (o["metadata"].get("labels") or {}).get(LABEL_JOB) in plan.deleted
+                ]
+                if names:
+                    out[kind] = names
+            return out
 
-    def settled() -> bool:
-        try:
-            objs = ftjs()
-        except Exception:
-            return False
-        # Terminal for the generation the object has now: a spec change not handled yet still shows the
-        # previous run's terminal phase, with an older observedGeneration.
-        done = all(_finished_current(objs.get(n) or {}) for n in survivors)
-        return done and not (set(objs) & plan.deleted) and not leftovers()
+        def settled() -> bool:
+            try:
+                objs = ftjs()
+            except Exception:
+                return False
+            # Terminal for the generation the object has now: a spec change not handled yet still shows the
+            # previous run's terminal phase, with an older observedGeneration.
+            done = all(_finished_current(objs.get(n) or {}) for n in survivors)
+            return done and not (set(objs) & plan.deleted) and not leftovers()
 
-    say("settling")
-    t_settle = time.monotonic()
-    ok = scale.wait_until(settled, params.settle, "every FineTuneJob terminal and every deleted one gone")
-    report["settled"] = ok
-    report["settle_seconds"] = round(time.monotonic() - t_settle, 1)
+        say("settling")
+        t_settle = time.monotonic()
+        ok = scale.wait_until(settled, params.settle, "every FineTuneJob terminal and every deleted one gone")
+        report["settled"] = ok
+        report["settle_seconds"] = round(time.monotonic() - t_settle, 1)
 
-    objs = ftjs()
-    jobs = _items(batch.list_namespaced_job(namespace, label_selector=LABEL_JOB, _preload_content=False))
-    unfinished: Counter[str] = Counter(
-        (j["metadata"].get("labels") or {}).get(LABEL_JOB, "?")
-        for j in jobs
-        if not _finished(j) and not j["metadata"].get("deletionTimestamp")
-    )
-    with joblog.lock:
-        runs = {n: len(v) for n, v in joblog.jobs.items()}
-    checks: dict[str, list[str]] = {
-        "duplicate_jobs": sorted(n for n, k in unfinished.items() if k > 1),
-        "extra_runs": sorted(
-            f"{n}: {runs[n]} Jobs" for n in runs if runs[n] > (1 if n not in plan.changed else 2)
-        ),
-        "orphans": sorted(x for names in leftovers().values() for x in names),
-        "stuck_finalizers": sorted(
-            n
-            for n, o in objs.items()
-            if o["metadata"].get("deletionTimestamp") or o["metadata"].get("finalizers")
-        ),
-        "not_terminal": sorted(
-            f"{n}: {((objs.get(n) or {}).get('status') or {}).get('phase')}"
-            for n in survivors
-            if ((objs.get(n) or {}).get("status") or {}).get("phase") not in TERMINAL
-        ),
-        "stale_observed_generation": sorted(
-            n
-            for n, o in objs.items()
-            if (o.get("status") or {}).get("observedGeneration") != o["metadata"].get("generation")
-        ),
-    }
-    report.update({k: len(v) for k, v in checks.items()})
-    report["examples"] = {k: v[:10] for k, v in checks.items() if v}
-    report["phases"] = dict(Counter(((o.get("status") or {}).get("phase") or "none") for o in objs.values()))
-    report["runs_per_changed_job"] = round(
-        sum(runs.get(n, 0) for n in plan.changed) / max(len(plan.changed), 1), 2
-    )
-    report["finisher_errors"] = finisher.errors
-    report["goals"] = {k: {"goal": 0, "met": not v} for k, v in checks.items()}
-    report["all_goals_met"] = ok and all(not v for v in checks.values())
-    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["namespace"] = namespace
+        objs = ftjs()
+        jobs = _items(batch.list_namespaced_job(namespace, label_selector=LABEL_JOB, _preload_content=False))
+        unfinished: Counter[str] = Counter(
+            (j["metadata"].get("labels") or {}).get(LABEL_JOB, "?")
+            for j in jobs
+            if not _finished(j) and not j["metadata"].get("deletionTimestamp")
+        )
+        with joblog.lock:
+            runs = {n: len(v) for n, v in joblog.jobs.items()}
+        checks: dict[str, list[str]] = {
+            "duplicate_jobs": sorted(n for n, k in unfinished.items() if k > 1),
+            "extra_runs": sorted(
+                f"{n}: {runs[n]} Jobs" for n in runs if runs[n] > (1 if n not in plan.changed else 2)
+            ),
+            "orphans": sorted(x for names in leftovers().values() for x in names),
+            "stuck_finalizers": sorted(
+                n
+                for n, o in objs.items()
+                if o["metadata"].get("deletionTimestamp") or o["metadata"].get("finalizers")
+            ),
+            "not_terminal": sorted(
+                f"{n}: {((objs.get(n) or {}).get('status') or {}).get('phase')}"
+                for n in survivors
+                if ((objs.get(n) or {}).get("status") or {}).get("phase") not in TERMINAL
+            ),
+            "stale_observed_generation": sorted(
+                n
+                for n, o in objs.items()
+                if (o.get("status") or {}).get("observedGeneration") != o["metadata"].get("generation")
+            ),
+        }
+        report.update({k: len(v) for k, v in checks.items()})
+        report["examples"] = {k: v[:10] for k, v in checks.items() if v}
+        report["phases"] = dict(
+            Counter(((o.get("status") or {}).get("phase") or "none") for o in objs.values())
+        )
+        report["runs_per_changed_job"] = round(
+            sum(runs.get(n, 0) for n in plan.changed) / max(len(plan.changed), 1), 2
+        )
+        report["finisher_errors"] = finisher.errors
+        report["goals"] = {k: {"goal": 0, "met": not v} for k, v in checks.items()}
+        report["all_goals_met"] = ok and all(not v for v in checks.values())
+        report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["namespace"] = namespace
 
-    finisher.stop_event.set()
-    operators.stop()
-    stop.set()
-    with contextlib.suppress(Exception):
-        core.delete_namespace(namespace)
-    return report
+        return report
+    finally:  # also on an error or a signal unwinding (hack/localcluster.py's register_cleanup)
+        finisher.stop_event.set()
+        operators.stop()
+        stop.set()
+        with contextlib.suppress(Exception):
+            core.delete_namespace(namespace)
 
 
 def _finished_current(obj: dict[str, Any]) -> bool:

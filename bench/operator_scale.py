@@ -940,6 +940,7 @@ def main() -> int:
     namespace = f"bench-{os.getpid()}"
     stop = threading.Event()
     op: Any = None
+    spy: subprocess.Popen[bytes] | None = None
     trainers: FakeTrainers | None = None
     report: dict[str, Any] = {"count": args.count, "load_average_start": list(os.getloadavg())}
     try:
@@ -985,7 +986,6 @@ def main() -> int:
         sampler = ProcSampler(op.proc.pid)
         sampler.start()
         rss_start, cpu_start = sampler.snapshot()
-        spy = None
         if args.py_spy:
             spy_args = ["record", "--pid", str(op.proc.pid), "--nonblocking", "--rate", "25"]
             if not args.py_spy_cpu:
@@ -1361,10 +1361,13 @@ def main() -> int:
                 "operator_log": str(log_path) if args.keep_log else None,
             }
         )
-    finally:
+    finally:  # also on a signal: hack/localcluster.py's register_cleanup stops the cluster, then unwinds
         stop.set()
         if op is not None:
             op.kill(signal.SIGTERM)
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait()
         if trainers is not None:
             trainers.close()
         if own:
