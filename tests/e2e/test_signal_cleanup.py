@@ -250,7 +250,7 @@ OPERATOR_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-sys.path.insert(0, sys.argv[5])
+sys.path.insert(0, str(Path(sys.argv[1]).parent / "tests" / "e2e"))
 from hack_loader import load_hack
 import harness
 lc = load_hack("localcluster")
@@ -281,8 +281,7 @@ def _children(pid: int) -> list[int]:
 def test_sigterm_while_a_bench_starts_the_operator_leaves_no_operator(tmp_path: Path) -> None:
     lc = load_hack("localcluster")
     name = f"{lc.TEST_NAME_PREFIX}sig-op-{os.getpid()}"
-    script = OPERATOR_SCRIPT.replace("sys.argv[5]", repr(str(REPO / "tests" / "e2e")))
-    proc = _start(tmp_path, script, name)
+    proc = _start(tmp_path, OPERATOR_SCRIPT, name)
     operator = 0
     try:
         _until_running(proc, tmp_path, (tmp_path / "cluster-up").exists, "the cluster")
