@@ -25,6 +25,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 
+# WAIT_NOTE: Python runs a signal handler between bytecodes; a signal that lands just before a blocking
+# call without a timeout (a bare Popen.wait(), time.sleep(3600)) waits for that call to return. The test
+# signals right after a file written just before the wait, so these scripts wait in short polls.
 # argv: hack dir, cluster name, owner pid (the test: a watchdog stops the cluster if pytest dies, never
 # before), workdir. Starts a child in its own session (as harness.OperatorProcess starts the operator, so
 # a signal to the script never reaches it) and stops it only in ``finally``; the test says when the
@@ -41,7 +44,8 @@ lc.ensure_up(name, owner_pid=owner)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
 try:
     (work / "child.pid").write_text(str(child.pid))
-    child.wait()
+    while child.poll() is None:  # polls, as the benches do (see WAIT_NOTE)
+        time.sleep(0.05)
 finally:
     (work / "cleaning").touch()
     deadline = time.monotonic() + 60
@@ -71,7 +75,16 @@ def _start(tmp_path: Path, script: str, name: str) -> subprocess.Popen[str]:
     path.write_text(script)
     log = open(tmp_path / "owner.log", "w")  # noqa: SIM115 - the process owns it
     return subprocess.Popen(
-        [sys.executable, str(path), str(REPO / "hack"), name, str(os.getpid()), str(tmp_path)],
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            str(path),
+            str(REPO / "hack"),
+            name,
+            str(os.getpid()),
+            str(tmp_path),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,7 +92,17 @@ def _start(tmp_path: Path, script: str, name: str) -> subprocess.Popen[str]:
 
 
 def _log(tmp_path: Path) -> str:
-    return (tmp_path / "owner.log").read_text(errors="replace")[-4000:]
+    return (tmp_path / "owner.log").read_text(errors="replace")[-8000:]
+
+
+def _exit_status(proc: subprocess.Popen[Any], tmp_path: Path, timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler (-X faulthandler, pytest's own) dumps each thread
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        raise AssertionError(f"still running {timeout:g}s after the signal:\n{_log(tmp_path)}") from None
 
 
 def _cluster_gone(lc: Any, name: str) -> bool:
@@ -117,7 +140,7 @@ def test_sigterm_runs_the_callers_finally_stops_the_cluster_and_exits_143(tmp_pa
         # A second SIGTERM (an impatient caller) must not cut the clean-up short.
         proc.send_signal(signal.SIGTERM)
         (tmp_path / "go").touch()
-        returncode = proc.wait(timeout=60)
+        returncode = _exit_status(proc, tmp_path, 60)
 
         assert (tmp_path / "cleaned").exists(), f"the clean-up was cut short:\n{_log(tmp_path)}"
         assert not _alive(child), "the child the script stopped in its finally is still running"
@@ -157,7 +180,7 @@ def test_sigterm_while_the_cluster_is_being_created_leaves_no_process(tmp_path: 
             "a component of the cluster being created",
         )
         proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=60)
+        returncode = _exit_status(proc, tmp_path, 60)
 
         wait_for(lambda: _cluster_gone(lc, name), timeout=30, what="every process of the cluster gone")
         assert "CLUSTER-UP" not in _log(tmp_path), "the signal came after the cluster was ready; no test"
@@ -189,7 +212,7 @@ def test_sigterm_ends_a_pytest_session_with_every_fixture_torn_down_and_exit_143
         _until_running(proc, tmp_path, (tmp_path / "child.pid").exists, "the session's test")
         child = int((tmp_path / "child.pid").read_text())
         proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=90)
+        returncode = _exit_status(proc, tmp_path, 90)
 
         assert (tmp_path / "torn-down").exists(), f"the fixture was not torn down:\n{_log(tmp_path)}"
         assert not (tmp_path / "not-interrupted").exists()
@@ -207,6 +230,7 @@ def test_sigterm_ends_a_pytest_session_with_every_fixture_torn_down_and_exit_143
 
 FORK_SCRIPT = """
 import os, signal, sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from hack_loader import load_hack
 lc = load_hack("localcluster")
@@ -217,8 +241,11 @@ ready_r, ready_w = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.write(ready_w, b"1")  # past the fork's own signal set-up, which drops a signal pending then
-    time.sleep(3600)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # short polls (see WAIT_NOTE)
+        time.sleep(0.05)
     os._exit(0)
+(Path(sys.argv[4]) / "child.pid").write_text(str(pid))
 os.read(ready_r, 1)
 os.kill(pid, signal.SIGTERM)
 _, status = os.waitpid(pid, 0)
@@ -233,7 +260,7 @@ def test_sigterm_to_a_forked_child_leaves_the_parents_cluster_alone(tmp_path: Pa
     name = f"{lc.TEST_NAME_PREFIX}sig-fork-{os.getpid()}"
     proc = _start(tmp_path, FORK_SCRIPT, name)
     try:
-        returncode = proc.wait(timeout=120)
+        returncode = _exit_status(proc, tmp_path, 120)
         assert f"CHILD {-signal.SIGTERM} UP True" in _log(tmp_path), _log(tmp_path)
         assert returncode == 0, _log(tmp_path)
         wait_for(lambda: _cluster_gone(lc, name), timeout=30, what="the cluster stopped at the parent's exit")
@@ -241,6 +268,9 @@ def test_sigterm_to_a_forked_child_leaves_the_parents_cluster_alone(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        child = tmp_path / "child.pid"
+        if child.exists() and _alive(int(child.read_text())):
+            os.kill(int(child.read_text()), signal.SIGKILL)
         lc.down(name)
 
 
@@ -297,7 +327,7 @@ def test_sigterm_while_a_bench_starts_the_operator_leaves_no_operator(tmp_path: 
         _until_running(proc, tmp_path, operator_started, "the operator process")
         operator = operator_started()
         proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=60)
+        returncode = _exit_status(proc, tmp_path, 60)
 
         assert "OPERATOR-HEALTHY" not in _log(tmp_path), "the signal came after the start; nothing tested"
         wait_for(lambda: not _alive(operator), timeout=30, what="the half-started operator stopped")
