@@ -9,10 +9,11 @@ never replaces a fresher body.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+from finetune_api.lenient import copy_json
 
 Key = tuple[str | None, str]
 
@@ -29,9 +30,9 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": copy.deepcopy(meta),
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": copy.deepcopy(dict(body.get("status") or {})),
+        "metadata": copy_json(meta),
+        "spec": copy_json(dict(body.get("spec") or {})),
+        "status": copy_json(dict(body.get("status") or {})),
     }
 
 

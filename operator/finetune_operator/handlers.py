@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import logging
 import time
@@ -14,6 +13,7 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.lenient import copy_json
 from finetune_operator import constants as c
 from finetune_operator.context import Context
 from finetune_operator.ftj_index import FtjIndex, Key
@@ -93,7 +93,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         bodies = index.get(key)
         if not bodies:
             return None  # deleted meanwhile
-        body = copy.deepcopy(bodies[0])
+        body = copy_json(bodies[0])
         # Until its bookkeeping is done, events of this same state (our own status writes) queue nothing.
         trigger = in_flight[key] = trigger_of(body)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from kubernetes import client, config
 from kubernetes.client import BatchV1Api, CoreV1Api, CustomObjectsApi, rest
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.lenient import copy_json
 from finetune_operator import constants as c
 from finetune_operator.metrics import API_ERRORS, API_REQUESTS
 
@@ -269,9 +269,7 @@ class Kube:
         """
         for attempt in range(attempts):
             obj = (
-                copy.deepcopy(initial)
-                if attempt == 0 and initial is not None
-                else self.get_ftj(namespace, name)
+                copy_json(initial) if attempt == 0 and initial is not None else self.get_ftj(namespace, name)
             )
             if obj is None:
                 return None

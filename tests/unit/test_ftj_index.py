@@ -72,3 +72,28 @@ def test_the_copy_is_slim() -> None:
     assert kept is not None
     assert "managedFields" not in kept["metadata"]
     assert kept["metadata"]["annotations"] == {"finetuning.io/rerun": "x"}
+
+
+def test_a_kept_body_shares_nothing_with_the_event_and_is_copied_without_deepcopy(monkeypatch: Any) -> None:
+    """Every FineTuneJob event and every status write's answer is kept: copy.deepcopy's memo and
+    type dispatch took three times as long as copying the decoded JSON's dicts and lists."""
+    import copy
+
+    deepcopies: list[Any] = []
+    real = copy.deepcopy
+    monkeypatch.setattr(copy, "deepcopy", lambda x, *a: deepcopies.append(x) or real(x, *a))
+    event = body("10", phase="Running", labels={"team": "nlp"})
+    event["spec"]["hyperparameters"] = {"epochs": 1}
+    event["status"]["conditions"] = [{"type": "Running", "status": "True"}]
+
+    index = FtjIndex()
+    kept = index.offer(event)
+
+    assert kept is not None
+    assert deepcopies == []
+    event["metadata"]["labels"]["team"] = "changed"
+    event["spec"]["hyperparameters"]["epochs"] = 9
+    event["status"]["conditions"][0]["status"] = "False"
+    assert kept["metadata"]["labels"] == {"team": "nlp"}
+    assert kept["spec"]["hyperparameters"] == {"epochs": 1}
+    assert kept["status"]["conditions"] == [{"type": "Running", "status": "True"}]

@@ -7,6 +7,7 @@ operator built itself (a Job's pod template validated into ``V1Job`` and walked 
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Iterator
@@ -172,8 +173,11 @@ def test_a_refused_job_raises_the_servers_status_and_is_counted(
 
 
 def test_a_status_write_sends_the_object_as_is_and_returns_the_servers_copy(
-    kube: Kube, server: FakeApiServer
+    kube: Kube, server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    deepcopies: list[Any] = []
+    real = copy.deepcopy
+    monkeypatch.setattr(copy, "deepcopy", lambda x, *a: deepcopies.append(x) or real(x, *a))
     stored = ftj({"phase": "Pending"}, version="8")
     server.replies[("PUT", STATUS_PATH)] = [(200, stored)]
     puts = count(API_REQUESTS, verb="PUT", resource="finetunejobs/status")
@@ -190,6 +194,7 @@ def test_a_status_write_sends_the_object_as_is_and_returns_the_servers_copy(
     assert json.loads(request.body) == {**initial, "status": {"phase": "Pending"}}
     assert initial["status"] == {}  # the caller's body is not changed
     assert api.walked <= 10, f"{api.walked} values walked for one status PUT"
+    assert deepcopies == [], "the caller's body is copied as decoded JSON"
     assert count(API_REQUESTS, verb="PUT", resource="finetunejobs/status") == puts + 1
 
 
