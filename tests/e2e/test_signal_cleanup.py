@@ -280,6 +280,8 @@ OPERATOR_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
+# harness imports helpers from tests/: both on the path, as the benches put them (no PYTHONPATH needed)
+sys.path.insert(0, str(Path(sys.argv[1]).parent / "tests"))
 sys.path.insert(0, str(Path(sys.argv[1]).parent / "tests" / "e2e"))
 from hack_loader import load_hack
 import harness
