@@ -111,15 +111,23 @@ def _cluster_gone(lc: Any, name: str) -> bool:
 
 
 def _until_running(proc: subprocess.Popen[Any], tmp_path: Path, ready: Any, what: str) -> None:
-    def check() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the script exited with {proc.returncode} before {what}:\n{_log(tmp_path)}")
-        return bool(ready())
-
     try:
-        wait_for(check, timeout=240, what=what)
+        wait_for(lambda: proc.poll() is not None or ready(), timeout=240, what=what)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{_log(tmp_path)}") from exc
+    if proc.poll() is not None:
+        raise AssertionError(f"the script exited with {proc.returncode} before {what}:\n{_log(tmp_path)}")
+
+
+def _stop_everything(proc: subprocess.Popen[Any], lc: Any, name: str, *pids: int) -> None:
+    """A test's own clean-up, whatever it asserted: the script, the processes it started, its cluster."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    lc.down(name)
 
 
 def test_sigterm_runs_the_callers_finally_stops_the_cluster_and_exits_143(tmp_path: Path) -> None:
@@ -147,12 +155,7 @@ def test_sigterm_runs_the_callers_finally_stops_the_cluster_and_exits_143(tmp_pa
         # A caller such as `timeout` or CI still sees a death by SIGTERM (128 + 15, as a shell reports it).
         assert returncode == 128 + signal.SIGTERM, (returncode, _log(tmp_path))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
-        lc.down(name)
+        _stop_everything(proc, lc, name, child)
 
 
 CREATE_SCRIPT = """
@@ -186,10 +189,7 @@ def test_sigterm_while_the_cluster_is_being_created_leaves_no_process(tmp_path: 
         assert "CLUSTER-UP" not in _log(tmp_path), "the signal came after the cluster was ready; no test"
         assert returncode == 128 + signal.SIGTERM, (returncode, _log(tmp_path))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        lc.down(name)
+        _stop_everything(proc, lc, name)
 
 
 def test_sigterm_ends_a_pytest_session_with_every_fixture_torn_down_and_exit_143(tmp_path: Path) -> None:
@@ -220,12 +220,7 @@ def test_sigterm_ends_a_pytest_session_with_every_fixture_torn_down_and_exit_143
         wait_for(lambda: _cluster_gone(lc, name), timeout=30, what="the session's cluster stopped")
         assert returncode == 128 + signal.SIGTERM, (returncode, _log(tmp_path))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
-        lc.down(name)
+        _stop_everything(proc, lc, name, child)
 
 
 FORK_SCRIPT = """
@@ -265,13 +260,8 @@ def test_sigterm_to_a_forked_child_leaves_the_parents_cluster_alone(tmp_path: Pa
         assert returncode == 0, _log(tmp_path)
         wait_for(lambda: _cluster_gone(lc, name), timeout=30, what="the cluster stopped at the parent's exit")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         child = tmp_path / "child.pid"
-        if child.exists() and _alive(int(child.read_text())):
-            os.kill(int(child.read_text()), signal.SIGKILL)
-        lc.down(name)
+        _stop_everything(proc, lc, name, int(child.read_text()) if child.exists() else 0)
 
 
 # A bench's start of the operator: the handle exists only once start() returns (the health endpoint
@@ -335,9 +325,6 @@ def test_sigterm_while_a_bench_starts_the_operator_leaves_no_operator(tmp_path: 
         wait_for(lambda: not _alive(operator), timeout=30, what="the half-started operator stopped")
         assert returncode == 128 + signal.SIGTERM, (returncode, _log(tmp_path))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         if operator and _alive(operator):
-            os.killpg(operator, signal.SIGKILL)
-        lc.down(name)
+            os.killpg(operator, signal.SIGKILL)  # its own session: the whole group
+        _stop_everything(proc, lc, name)
