@@ -293,7 +293,6 @@ def leave_process_group(timeout_s: float = LEAVE_TIMEOUT_S) -> bool | None:
 def finishes_within(work: Callable[[], object], timeout_s: float) -> bool:
     """Run ``work`` on a daemon thread; whether it finished within ``timeout_s``. An exception it raised
     in time is raised here."""
-    done = threading.Event()
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -301,11 +300,11 @@ def finishes_within(work: Callable[[], object], timeout_s: float) -> bool:
             work()
         except BaseException as exc:
             failed.append(exc)
-        finally:
-            done.set()
 
-    threading.Thread(target=run, name="leave-process-group", daemon=True).start()
-    if not done.wait(timeout_s):
+    thread = threading.Thread(target=run, name="leave-process-group", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
         return False
     if failed:
         raise failed[0]
