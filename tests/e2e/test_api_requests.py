@@ -171,3 +171,38 @@ def test_a_suspended_or_queued_start_writes_status_once_and_still_resumes(isolat
         held_by = "Suspended" if name == "s-0" else "Queued"
         assert {c["type"]: c["status"] for c in st["conditions"]}[held_by] == "False", st["conditions"]
     assert not batch.read_namespaced_job("s-0-r1", ns).spec.suspend
+
+
+def test_the_operators_status_writes_are_its_own_and_leave_what_the_user_wrote(kube_api, operator, namespace):
+    """Against the real API server: the operator's status writes show in managedFields under its own
+    name, and they leave the user's spec, labels and annotations, and the user's ownership of them,
+    as the user wrote them (the status PUT carries neither the spec nor managedFields)."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(kube_api)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "owned", "labels": {"team": "search"}, "annotations": {"note": "kept"}},
+        "spec": BASE_SPEC,
+    }
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body, field_manager="ml-engineer"
+    )
+
+    def written() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "owned")
+        return obj if (obj.get("status") or {}).get("run") else None
+
+    after = wait_for(written, 120, "the operator's first status write")
+
+    def by_writer(obj: dict[str, Any]) -> dict[tuple[str, str | None], Any]:
+        return {(m["manager"], m.get("subresource")): m["fieldsV1"] for m in obj["metadata"]["managedFields"]}
+
+    writers = by_writer(after)
+    assert set(writers) == {("ml-engineer", None), ("finetune-operator", "status")}, writers
+    assert set(writers[("finetune-operator", "status")]) == {"f:status"}
+    assert writers[("ml-engineer", None)] == by_writer(created)[("ml-engineer", None)]
+    assert after["spec"] == created["spec"]
+    assert after["metadata"]["labels"] == {"team": "search"}
+    assert after["metadata"]["annotations"] == {"note": "kept"}

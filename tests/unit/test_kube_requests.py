@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -21,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
 from finetune_operator.builders import Owner, build_children, build_job
-from finetune_operator.kube import Kube, with_timeouts
+from finetune_operator.kube import Kube, load_api_client, with_timeouts
 from finetune_operator.metrics import API_ERRORS, API_REQUESTS
 from finetune_operator.settings import OperatorSettings
 
@@ -109,6 +111,10 @@ def jobs_path(job: dict[str, Any]) -> str:
     return f"/apis/batch/v1/namespaces/{job['metadata']['namespace']}/jobs"
 
 
+def copy_of(body: dict[str, Any]) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(json.dumps(body)))
+
+
 def ftj(status: dict[str, Any] | None = None, version: str = "7") -> dict[str, Any]:
     return {
         "apiVersion": f"{c.GROUP}/{c.VERSION}",
@@ -172,9 +178,12 @@ def test_a_refused_job_raises_the_servers_status_and_is_counted(
     assert count(API_ERRORS, operation="create_job") == errors + 1
 
 
-def test_a_status_write_sends_the_object_as_is_and_returns_the_servers_copy(
+def test_a_status_write_sends_only_what_the_status_subresource_reads_and_returns_the_servers_copy(
     kube: Kube, server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The status subresource keeps the stored spec and metadata and the stored managedFields (it
+    computes the writer's entry itself): the spec and managedFields of the body are decoded by the
+    API server and then dropped, half of a stored FineTuneJob's bytes, so they are not sent."""
     deepcopies: list[Any] = []
     real = copy.deepcopy
     monkeypatch.setattr(copy, "deepcopy", lambda x, *a: deepcopies.append(x) or real(x, *a))
@@ -182,6 +191,13 @@ def test_a_status_write_sends_the_object_as_is_and_returns_the_servers_copy(
     server.replies[("PUT", STATUS_PATH)] = [(200, stored)]
     puts = count(API_REQUESTS, verb="PUT", resource="finetunejobs/status")
     initial = ftj()
+    initial["metadata"] |= {
+        "labels": {"team": "search"},
+        "annotations": {"note": "kept"},
+        "finalizers": ["finetuning.io/cleanup"],
+        "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}],
+    }
+    before = copy_of(initial)
     api = kube.api
     assert isinstance(api, CountingApiClient)
 
@@ -191,11 +207,42 @@ def test_a_status_write_sends_the_object_as_is_and_returns_the_servers_copy(
     [request] = server.seen
     assert (request.method, request.path) == ("PUT", STATUS_PATH)
     assert request.headers["Accept"] == "application/json"
-    assert json.loads(request.body) == {**initial, "status": {"phase": "Pending"}}
-    assert initial["status"] == {}  # the caller's body is not changed
+    meta = {k: v for k, v in before["metadata"].items() if k != "managedFields"}
+    assert json.loads(request.body) == {
+        "apiVersion": before["apiVersion"],
+        "kind": before["kind"],
+        "metadata": meta,  # resourceVersion (the write's precondition), uid, labels, finalizers...
+        "status": {"phase": "Pending"},
+    }
+    assert initial == before  # the caller's body is not changed
     assert api.walked <= 10, f"{api.walked} values walked for one status PUT"
     assert deepcopies == [], "the caller's body is copied as decoded JSON"
     assert count(API_REQUESTS, verb="PUT", resource="finetunejobs/status") == puts + 1
+
+
+def test_the_operators_client_names_itself_to_the_api_server(server: FakeApiServer, tmp_path: Path) -> None:
+    """The API server names each writer in managedFields (and audit logs) after its User-Agent: the
+    client's default, OpenAPI-Generator, is every Python program's."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server.url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    server.replies[("PUT", STATUS_PATH)] = [(200, ftj({"phase": "Pending"}, version="8"))]
+
+    kube = Kube(load_api_client(str(kubeconfig)))
+    kube.update_status("ml", "support-classifier", lambda obj: {"phase": "Pending"}, initial=ftj())
+
+    [request] = server.seen
+    assert request.headers["User-Agent"] == f"finetune-operator/{version('finetune-operator')}"
 
 
 def test_a_conflicting_status_write_reads_again_and_retries(kube: Kube, server: FakeApiServer) -> None:
