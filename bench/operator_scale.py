@@ -894,6 +894,12 @@ def main() -> int:
         action="store_true",
         help="with --py-spy: on-CPU samples only (where the operator's CPU goes), kept with the log",
     )
+    p.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="with --py-spy: samples of the thread holding the GIL only (where the operator's Python time "
+        "goes in a burst), kept with the log",
+    )
     p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
     p.add_argument(
         "--apiserver-profile",
@@ -988,7 +994,9 @@ def main() -> int:
         rss_start, cpu_start = sampler.snapshot()
         if args.py_spy:
             spy_args = ["record", "--pid", str(op.proc.pid), "--nonblocking", "--rate", "25"]
-            if not args.py_spy_cpu:
+            if args.py_spy_gil:
+                spy_args.append("--gil")
+            elif not args.py_spy_cpu:
                 spy_args.append("--idle")
             spy = subprocess.Popen(
                 [args.py_spy, *spy_args, "--format", "raw", "-o", str(workdir / "profile.txt")],
@@ -1359,6 +1367,7 @@ def main() -> int:
                     },
                 },
                 "operator_log": str(log_path) if args.keep_log else None,
+                "py_spy_raw_profile": str(workdir / "profile.txt") if args.keep_log and args.py_spy else None,
             }
         )
     finally:  # also on a signal: hack/localcluster.py's register_cleanup stops the cluster, then unwinds

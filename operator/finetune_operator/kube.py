@@ -146,7 +146,7 @@ def status_body(obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
     The subresource stores only the status: it keeps the stored spec and metadata, and it computes the
     writer's managedFields entry from the stored ones (those in the body are ignored). The spec and
     managedFields are about three quarters of a stored FineTuneJob, which the API server would decode
-    and drop (8-15 % of its CPU per status write, ``bench/status_write_cost.py``). The metadata stays
+    and drop (5-12 % of its CPU per status write, ``bench/status_write_cost.py``). The metadata stays
     whole: the API server's field manager compares it with the stored one, and labels or finalizers
     missing from the body would be taken from their owners' managedFields entries.
     """
