@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.lenient import copy_json
 from finetune_operator import constants as c
 from finetune_operator.builders import Owner, build_children, build_job
 from finetune_operator.kube import Kube, load_api_client, with_timeouts
@@ -111,10 +112,6 @@ def jobs_path(job: dict[str, Any]) -> str:
     return f"/apis/batch/v1/namespaces/{job['metadata']['namespace']}/jobs"
 
 
-def copy_of(body: dict[str, Any]) -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads(json.dumps(body)))
-
-
 def ftj(status: dict[str, Any] | None = None, version: str = "7") -> dict[str, Any]:
     return {
         "apiVersion": f"{c.GROUP}/{c.VERSION}",
@@ -197,7 +194,7 @@ def test_a_status_write_sends_only_what_the_status_subresource_reads_and_returns
         "finalizers": ["finetuning.io/cleanup"],
         "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}],
     }
-    before = copy_of(initial)
+    before = copy_json(initial)
     api = kube.api
     assert isinstance(api, CountingApiClient)
 
