@@ -9,7 +9,6 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 CACHE="${FTJ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/finetune-operator}"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
-export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 
 log() { echo "build-binaries: $*" >&2; }
 

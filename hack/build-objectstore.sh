@@ -8,7 +8,6 @@ set -euo pipefail
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
 CACHE="${FTJ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/finetune-operator}"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
-export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 
 if [[ -n "${FTJ_OBJECTSTORE_BIN:-}" && -x "$FTJ_OBJECTSTORE_BIN" ]]; then echo "$FTJ_OBJECTSTORE_BIN"; exit 0; fi
 

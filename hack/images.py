@@ -176,8 +176,9 @@ def _export(name: str, ref: str, archive: Path, t0: float) -> Image:
 # --- bases ---------------------------------------------------------------------------------------
 
 
-def debian_mirror() -> str:
-    """The Debian mirror this machine's apt uses (deb822 or one-line sources), else the default."""
+def debian_mirror() -> str | None:
+    """The Debian mirror this machine's apt uses (deb822 or one-line sources), else None: debootstrap's
+    own default (the repo names no mirror of its own)."""
     sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for f in sources:
         with contextlib.suppress(OSError):
@@ -186,7 +187,7 @@ def debian_mirror() -> str:
             m = m or re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
             if m and "security" not in m[1]:
                 return m[1]
-    return "http://deb.debian.org/debian"
+    return None
 
 
 def ensure_base() -> str:
@@ -198,10 +199,11 @@ def ensure_base() -> str:
     t0 = time.monotonic()
     rootfs = images_dir() / "base-rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
-    log(f"debootstrap {DEBIAN_SUITE} (minbase + {', '.join(BASE_PACKAGES)}) from {debian_mirror()}")
+    mirror = debian_mirror()
+    log(f"debootstrap {DEBIAN_SUITE} (minbase + {', '.join(BASE_PACKAGES)}) from {mirror or 'its default'}")
     subprocess.run(
         ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
-         str(rootfs), debian_mirror()],
+         str(rootfs), *([mirror] if mirror else [])],
         check=True, stdout=subprocess.DEVNULL, timeout=1800,
     )  # fmt: skip
     for junk in ("var/lib/apt/lists", "var/cache/apt/archives", "usr/share/doc", "usr/share/man"):
