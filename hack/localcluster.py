@@ -35,6 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -648,12 +649,13 @@ def _create(
         "name": name,
         "owner_pid": owner_pid,
         "created_by_pid": os.getpid(),
+        "instance": uuid.uuid4().hex,  # which start of this name: a watchdog stops only its own
         "ready": False,
     }
     (sdir / STATE_FILE).write_text(json.dumps(state))
     if owner_pid is not None:
         # Before anything starts, so an owner killed even mid-create leaves nothing behind.
-        _spawn_watchdog(name, owner_pid)
+        _spawn_watchdog(name, owner_pid, state["instance"])
     versions = binary_versions(bins)
     kube_version = versions["kube-apiserver"].split()[-1]
     nodes = load_nodes()
@@ -773,23 +775,33 @@ def _wait_ready(sdir: Path, bins: dict[str, Path], nodes: list[dict[str, Any]], 
     wait(lambda: is_ready(sdir, names), "the default ServiceAccount and Ready nodes")
 
 
-def _spawn_watchdog(name: str, owner_pid: int) -> None:
+def _spawn_watchdog(name: str, owner_pid: int, instance: str) -> None:
     logf = open(state_dir(name) / "watchdog.log", "ab")  # noqa: SIM115 - handed to the child
     with logf:
         subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "_watch", name, str(owner_pid)],
+            [sys.executable, str(Path(__file__).resolve()), "_watch", name, str(owner_pid), instance],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
             start_new_session=True, close_fds=True, cwd=str(REPO),
         )  # fmt: skip
 
 
-def _watch(name: str, owner_pid: int) -> int:
+def _watch(name: str, owner_pid: int, instance: str) -> int:
+    """Stop the cluster ``instance`` once ``owner_pid`` is gone; end quietly once that instance is.
+
+    A cluster stopped by its owner and started again under the same name by the next process (benches
+    run back to back) is another instance: its state names another one, and this watchdog leaves it.
+    """
     sdir = state_dir(name)
-    while sdir.exists() and _pid_alive(owner_pid):
+
+    def ours() -> bool:
+        return (_read_state(sdir) or {}).get("instance") == instance
+
+    while ours() and _pid_alive(owner_pid):
         time.sleep(1.0)
-    if sdir.exists():
-        log(f"{name}: owner {owner_pid} is gone; stopping the cluster")
-        down(name)
+    with _lock(name):
+        if ours():
+            log(f"{name}: owner {owner_pid} is gone; stopping the cluster")
+            _down_locked(name)
     return 0
 
 
@@ -885,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("_watch")
     w.add_argument("name")
     w.add_argument("owner", type=int)
+    w.add_argument("instance")
     args = p.parse_args(argv)
     try:
         if args.cmd == "up":
@@ -899,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             print(json.dumps(status(args.name), indent=2))
         elif args.cmd == "_watch":
-            return _watch(args.name, args.owner)
+            return _watch(args.name, args.owner, args.instance)
     except MissingBinariesError as exc:
         log(str(exc))
         return 2
