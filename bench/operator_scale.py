@@ -269,7 +269,15 @@ def cpu_by_process() -> dict[str, float]:
     went (the machine's cores are shared by all of them)."""
     import psutil
 
-    parts = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok", "py-spy")
+    parts = (
+        "kube-apiserver",
+        "etcd",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "py-spy",
+        "lean_operator",
+    )
     me = os.getpid()
     out: Counter[str] = Counter()
     for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
@@ -836,6 +844,174 @@ def ftj_only_baseline(
     }
 
 
+# --- the least any operator could cost: a compiled stand-in (bench/lean_operator) ------------------
+
+LEAN_NAME, LEAN_UID = "leanftjname", "leanftjuid"  # placeholders (valid in every field they go to)
+
+
+def lean_templates(harness: ModuleType, namespace: str) -> dict[str, Any]:
+    """What the operator sends for one FineTuneJob until it is Running and after, made by its own
+    builders and transitions, with placeholders the stand-in fills in per object."""
+    from finetune_api.spec import FineTuneJobSpec
+    from finetune_api.status import FineTuneJobStatus
+    from finetune_api.wellknown import timestamp
+    from finetune_operator import constants as c
+    from finetune_operator.admission import admit
+    from finetune_operator.builders import Owner, build_children
+    from finetune_operator.run_identity import run_digest
+    from finetune_operator.settings import OperatorSettings
+    from finetune_operator.status import JobView, observe_job, outcome
+    from finetune_operator.transitions import Facts, JobSeen, RunStarted, next_phase
+
+    raw = ftj_body(LEAN_NAME, harness)
+    spec = FineTuneJobSpec.model_validate(raw["spec"])
+    settings = OperatorSettings(trainer_image="registry.local/finetune-trainer:test")
+    owner = Owner(name=LEAN_NAME, namespace=namespace, uid=LEAN_UID)
+    digest = run_digest(spec)
+    (job,) = build_children(owner, spec, 1, digest, settings)
+    job_name = job["metadata"]["name"]
+    obj = {**raw, "metadata": {"name": LEAN_NAME, "namespace": namespace, "generation": 1}}
+    facts = Facts(obj, 1, timestamp(), settings.history_limit)
+    st = FineTuneJobStatus()
+    gpus = spec.distributed.gpus_per_node * spec.distributed.nodes
+    next_phase(st, RunStarted(1, job_name, digest, "", admit(spec, settings).plan, False, False), facts)
+    statuses = {"Pending": st.wire()}
+    now = timestamp()
+    job_status = {"active": 1, "ready": 1, "startTime": now}
+    view = JobView.from_job({"spec": {}, "status": job_status})
+    next_phase(st, JobSeen(job_name, view, observe_job(view, False, False), None, gpus), facts)
+    statuses["Running"] = st.wire()
+    done = {
+        "succeeded": 1,
+        "startTime": now,
+        "completionTime": now,
+        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}],
+    }
+    view = JobView.from_job({"spec": {}, "status": done})
+    summary = json.dumps({"metrics": {"step": 10, "total_steps": 10, "train_loss": 0.5}})
+    result = outcome(observe_job(view, False, False), 0, summary)
+    next_phase(st, JobSeen(job_name, view, observe_job(view, False, False), result, gpus), facts)
+    statuses["Succeeded"] = st.wire()
+    text = json.dumps(statuses).replace(job_name, "__JOB_NAME__").replace(LEAN_NAME, "__FTJ_NAME__")
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "plural": PLURAL,
+        "job": json.dumps(job).replace(LEAN_NAME, "__FTJ_NAME__").replace(LEAN_UID, "__FTJ_UID__"),
+        "jobName": job_name.replace(LEAN_NAME, "__FTJ_NAME__"),
+        "statuses": json.loads(text),
+        "jobLabelSelector": f"{c.LABEL_MANAGED_BY}={c.OPERATOR_NAME}",
+    }
+
+
+def build_lean_operator(workdir: Path) -> Path:
+    """``go build`` of bench/lean_operator (standard library only: nothing is downloaded)."""
+    binary = workdir / "lean_operator"
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."], cwd=REPO / "bench" / "lean_operator", env=env, check=True
+    )
+    return binary
+
+
+def lean_baseline(
+    api: Any,
+    harness: ModuleType,
+    count: int,
+    threads: int,
+    timeout: float,
+    workdir: Path,
+    status: str = "all",
+) -> dict[str, Any]:
+    """The operator path with a compiled stand-in in the operator's place (bench/lean_operator): the same
+    FineTuneJobs, the same Job and status writes, timed the same way. What is left between it and the
+    direct path, any operator pays here; what is between it and the operator is the operator's own.
+    ``status``: ``all`` (a write per phase, as the operator), ``pending`` (the run's start only: the
+    pods of a real cluster are Running long after a burst) or ``none`` (what status writes cost)."""
+    from kubernetes import client
+
+    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+    namespace = f"bench-lean-{status}-{os.getpid()}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    templates = workdir / "lean-templates.json"
+    templates.write_text(json.dumps(lean_templates(harness, namespace)))
+    binary = build_lean_operator(workdir)
+    cfg = api.configuration
+    lean = subprocess.Popen(
+        [
+            str(binary),
+            f"--server={cfg.host}",
+            f"--ca={cfg.ssl_ca_cert}",
+            f"--cert={cfg.cert_file}",
+            f"--key={cfg.key_file}",
+            f"--namespace={namespace}",
+            f"--templates={templates}",
+            "--workers=32",
+            f"--status={str(status).lower()}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rec = Recorder()
+    stop = threading.Event()
+    try:
+        assert lean.stdout is not None
+        if lean.stdout.readline().strip() != "ready":
+            raise RuntimeError("the lean operator did not start (its stderr is above)")
+        readies = []
+        for list_fn, fargs, kwargs, handle in (
+            (custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), {}, rec.on_ftj),
+            (batch.list_namespaced_job, (namespace,), {"label_selector": LABEL_JOB}, rec.on_job),
+        ):
+            ready = threading.Event()
+            readies.append(ready)
+            threading.Thread(
+                target=watch_forever, args=(list_fn, fargs, kwargs, handle, stop, ready), daemon=True
+            ).start()
+        for ready in readies:
+            ready.wait(30)
+        time.sleep(1)  # let the watch connections open before the burst
+
+        def create(name: str) -> None:
+            body = ftj_body(name, harness)
+            create_retrying(
+                lambda: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            )
+            with rec.lock:
+                rec.created[name] = time.monotonic()
+
+        say(f"lean operator: {count} FineTuneJobs with {threads} threads, a compiled stand-in reconciling")
+        cpu0 = cpu_by_process()
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(create, [f"l{i:05d}" for i in range(count)]))
+        ok = wait_until(lambda: len(rec.job_added) >= count, timeout, "every lean operator Job")
+        t_jobs = max(rec.job_added.values(), default=time.monotonic())
+        cpu1 = cpu_by_process()
+        running = status != "all" or wait_until(
+            lambda: rec.count("Running") >= count, timeout, "every lean FineTuneJob Running"
+        )
+    finally:
+        stop.set()
+        lean.terminate()
+        counts_line = (lean.communicate(timeout=30)[0] or "").strip().splitlines()
+    counts = json.loads(counts_line[-1]) if counts_line else {}
+    with contextlib.suppress(Exception):
+        core.delete_namespace(namespace, propagation_policy="Background")
+    wait_until(lambda: not _exists(lambda: core.read_namespace(namespace)), 300, "the lean namespace gone")
+    return {
+        "complete": ok and running,
+        "jobs_per_s": round(len(rec.job_added) / max(t_jobs - t0, 1e-9), 2),
+        "create_to_job_seconds": stats(
+            rec.job_added[k] - rec.created[k] for k in rec.created if k in rec.job_added
+        ),
+        "create_to_ftj_watch_event_seconds": stats(
+            max(rec.ftj_seen[k] - rec.created[k], 0.0) for k in rec.created if k in rec.ftj_seen
+        ),
+        "cpu_seconds_by_process_until_all_jobs": cpu_spent(cpu0, cpu1),
+        "requests": counts,
+    }
+
+
 def create_unrelated_jobs(api: Any, namespace: str, count: int, threads: int) -> float:
     """Suspended Jobs without the operator's labels (no pods): a server-side selector must hide them."""
     from kubernetes import client
@@ -901,6 +1077,12 @@ def main() -> int:
         "goes in a burst), kept with the log",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the direct Job+ConfigMap baseline")
+    p.add_argument(
+        "--lean-operator",
+        action="store_true",
+        help="also run the operator path with a compiled stand-in that makes only the operator's Job and "
+        "status writes (bench/lean_operator, built with go): the least any operator could cost here",
+    )
     p.add_argument(
         "--apiserver-profile",
         metavar="DIR",
@@ -968,6 +1150,14 @@ def main() -> int:
             report["direct"] = direct_baseline(api, harness, args.count, args.threads, phase_timeout, profile)
         if not args.no_direct:
             report["ftj_only"] = ftj_only_baseline(api, harness, args.count, args.threads, phase_timeout)
+        if args.lean_operator:
+            report["lean_operator"] = lean_baseline(
+                api, harness, args.count, args.threads, phase_timeout, workdir
+            )
+            for status in ("pending", "none"):
+                report[f"lean_operator_status_{status}"] = lean_baseline(
+                    api, harness, args.count, args.threads, phase_timeout, workdir, status=status
+                )
         if args.unrelated_jobs:
             say(f"creating {args.unrelated_jobs} unrelated Jobs")
             report["unrelated_jobs"] = {
@@ -1245,6 +1435,23 @@ def main() -> int:
                 "ratio_operator_to_direct": round(operator_rate / direct["jobs_per_s"], 2)
                 if direct.get("jobs_per_s")
                 else None,
+                # The least any operator could cost here (--lean-operator), relative to the direct path.
+                "ratio_lean_operator_to_direct": round(
+                    report["lean_operator"]["jobs_per_s"] / direct["jobs_per_s"], 2
+                )
+                if direct.get("jobs_per_s") and "lean_operator" in report
+                else None,
+                "lean_operator_create_to_job_p99_s": (
+                    (report.get("lean_operator") or {}).get("create_to_job_seconds") or {}
+                ).get("p99"),
+                **{
+                    f"ratio_lean_operator_status_{status}_to_direct": round(
+                        report[f"lean_operator_status_{status}"]["jobs_per_s"] / direct["jobs_per_s"], 2
+                    )
+                    if direct.get("jobs_per_s") and f"lean_operator_status_{status}" in report
+                    else None
+                    for status in ("pending", "none")
+                },
                 # The CRD's own ceiling: FineTuneJobs created with no operator, relative to the direct path.
                 "ftj_only_creates_per_s": (report.get("ftj_only") or {}).get("creates_per_s"),
                 "direct_create_to_job_p50_s": (direct.get("create_to_job_seconds") or {}).get("p50"),

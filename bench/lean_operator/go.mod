@@ -1,0 +1,3 @@
+module finetune-operator/bench/lean_operator
+
+go 1.22
