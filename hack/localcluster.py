@@ -794,7 +794,12 @@ def _watch(name: str, owner_pid: int, instance: str) -> int:
     sdir = state_dir(name)
 
     def ours() -> bool:
-        return (_read_state(sdir) or {}).get("instance") == instance
+        """The directory is there and no other start claims it. A state file being rewritten (a
+        create in progress truncates it first) reads as nothing and still counts as ours."""
+        if not sdir.is_dir():
+            return False
+        state = _read_state(sdir)
+        return state is None or state.get("instance") == instance
 
     while ours() and _pid_alive(owner_pid):
         time.sleep(1.0)

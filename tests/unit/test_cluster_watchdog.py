@@ -61,3 +61,13 @@ def test_a_watchdog_stops_its_own_start_once_its_owner_is_gone(lc: ModuleType, c
     sdir = _write_state(lc, cluster, "this-start", owner)
     assert lc._watch(cluster, owner, "this-start") == 0
     assert not sdir.exists()
+
+
+def test_a_state_being_rewritten_still_counts_as_the_watchdogs_own(lc: ModuleType, cluster: str) -> None:
+    """A create in progress truncates the state file before it writes it again: read at that moment it
+    is empty, and the watchdog must neither give up on its cluster nor leave it running."""
+    owner = _gone_pid()
+    sdir: Path = lc.state_dir(cluster)
+    (sdir / lc.STATE_FILE).write_text("")
+    assert lc._watch(cluster, owner, "this-start") == 0
+    assert not sdir.exists()
