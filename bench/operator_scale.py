@@ -650,6 +650,48 @@ def ftj_body(name: str, harness: ModuleType) -> dict[str, Any]:
     }
 
 
+def watch_ftjs_and_jobs(api: Any, namespace: str, rec: Recorder, stop: threading.Event) -> None:
+    """The bench's own FineTuneJob and Job watches of ``namespace`` into ``rec`` (until ``stop``), open
+    when this returns."""
+    from kubernetes import client
+
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    readies = []
+    for list_fn, fargs, kwargs, handle in (
+        (custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), {}, rec.on_ftj),
+        (batch.list_namespaced_job, (namespace,), {"label_selector": LABEL_JOB}, rec.on_job),
+    ):
+        ready = threading.Event()
+        readies.append(ready)
+        threading.Thread(
+            target=watch_forever, args=(list_fn, fargs, kwargs, handle, stop, ready), daemon=True
+        ).start()
+    for ready in readies:
+        ready.wait(30)
+    time.sleep(1)  # let both watch connections open before the burst
+
+
+def create_ftjs(
+    api: Any, harness: ModuleType, namespace: str, names: list[str], threads: int, rec: Recorder
+) -> None:
+    """The burst: a FineTuneJob for each of ``names`` from ``threads`` client threads; ``rec.created``
+    gets the moment each create call returned."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api)
+
+    def create(name: str) -> None:
+        body = ftj_body(name, harness)
+        create_retrying(
+            lambda: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        )
+        with rec.lock:
+            rec.created[name] = time.monotonic()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, names))
+
+
 def wait_until(
     pred: Callable[[], bool],
     timeout: float,
@@ -812,19 +854,9 @@ def ftj_only_baseline(
     ready.wait(30)
     time.sleep(1)  # let the watch connection open before the burst
 
-    def create(name: str) -> None:
-        create_retrying(
-            lambda: custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, ftj_body(name, harness)
-            )
-        )
-        with rec.lock:
-            rec.created[name] = time.monotonic()
-
     say(f"FineTuneJobs alone: {count} with {threads} threads, no operator")
     t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(create, [f"f{i:05d}" for i in range(count)]))
+    create_ftjs(api, harness, namespace, [f"f{i:05d}" for i in range(count)], threads, rec)
     seconds = time.monotonic() - t0
     ok = wait_until(lambda: len(rec.ftj_seen) >= count, timeout, "every FineTuneJob on the watch")
     stop.set()
@@ -903,8 +935,9 @@ def lean_templates(harness: ModuleType, namespace: str) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def build_lean_operator(workdir: Path) -> Path:
-    """``go build`` of bench/lean_operator (standard library only: nothing is downloaded)."""
+    """``go build`` of bench/lean_operator (standard library only: nothing is downloaded), once a run."""
     binary = workdir / "lean_operator"
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
     subprocess.run(
@@ -929,7 +962,7 @@ def lean_baseline(
     pods of a real cluster are Running long after a burst) or ``none`` (what status writes cost)."""
     from kubernetes import client
 
-    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+    core = client.CoreV1Api(api)
     namespace = f"bench-lean-{status}-{os.getpid()}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     templates = workdir / "lean-templates.json"
@@ -957,33 +990,11 @@ def lean_baseline(
         assert lean.stdout is not None
         if lean.stdout.readline().strip() != "ready":
             raise RuntimeError("the lean operator did not start (its stderr is above)")
-        readies = []
-        for list_fn, fargs, kwargs, handle in (
-            (custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), {}, rec.on_ftj),
-            (batch.list_namespaced_job, (namespace,), {"label_selector": LABEL_JOB}, rec.on_job),
-        ):
-            ready = threading.Event()
-            readies.append(ready)
-            threading.Thread(
-                target=watch_forever, args=(list_fn, fargs, kwargs, handle, stop, ready), daemon=True
-            ).start()
-        for ready in readies:
-            ready.wait(30)
-        time.sleep(1)  # let the watch connections open before the burst
-
-        def create(name: str) -> None:
-            body = ftj_body(name, harness)
-            create_retrying(
-                lambda: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            )
-            with rec.lock:
-                rec.created[name] = time.monotonic()
-
+        watch_ftjs_and_jobs(api, namespace, rec, stop)
         say(f"lean operator: {count} FineTuneJobs with {threads} threads, a compiled stand-in reconciling")
         cpu0 = cpu_by_process()
         t0 = time.monotonic()
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(create, [f"l{i:05d}" for i in range(count)]))
+        create_ftjs(api, harness, namespace, [f"l{i:05d}" for i in range(count)], threads, rec)
         ok = wait_until(lambda: len(rec.job_added) >= count, timeout, "every lean operator Job")
         t_jobs = max(rec.job_added.values(), default=time.monotonic())
         cpu1 = cpu_by_process()
@@ -1122,7 +1133,7 @@ def main() -> int:
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
     cfg.connection_pool_maxsize = args.threads + 8  # the burst threads plus the two watches
     api = client.ApiClient(cfg)
-    core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+    core = client.CoreV1Api(api)
 
     workdir = Path(tempfile.mkdtemp(prefix="ftj-bench-"))
     namespace = f"bench-{os.getpid()}"
@@ -1195,31 +1206,11 @@ def main() -> int:
             )
 
         rec = Recorder()
-        readies = []
-        for list_fn, fargs, kwargs, handle in (
-            (custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), {}, rec.on_ftj),
-            (batch.list_namespaced_job, (namespace,), {"label_selector": LABEL_JOB}, rec.on_job),
-        ):
-            ready = threading.Event()
-            readies.append(ready)
-            threading.Thread(
-                target=watch_forever, args=(list_fn, fargs, kwargs, handle, stop, ready), daemon=True
-            ).start()
-        for ready in readies:
-            ready.wait(30)
-        time.sleep(1)  # let both watch connections open before the burst
+        watch_ftjs_and_jobs(api, namespace, rec, stop)
 
         server_before = ApiServerMetrics(api)
         writes_before = server_before.writes()
         names = [f"b{i:05d}" for i in range(args.count)]
-
-        def create(name: str) -> None:
-            body = ftj_body(name, harness)
-            create_retrying(
-                lambda: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            )
-            with rec.lock:
-                rec.created[name] = time.monotonic()
 
         say(f"creating {args.count} FineTuneJobs with {args.threads} threads")
         machine_cpu_start = cpu_by_process()
@@ -1229,8 +1220,7 @@ def main() -> int:
             Path(args.apiserver_profile) / "operator.pprof" if args.apiserver_profile else None,
         )
         t0 = time.monotonic()
-        with ThreadPoolExecutor(args.threads) as pool:
-            list(pool.map(create, names))
+        create_ftjs(api, harness, namespace, names, args.threads, rec)
         t_created = time.monotonic()
         cpu_after_create = sampler.snapshot()[1]
 
